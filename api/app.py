@@ -1,0 +1,124 @@
+"""The Flask application factory: wires configuration, database, broker and blueprints.
+
+`create_app(settings)` takes its configuration as an argument and reads nothing from the
+environment; ``api.wsgi`` is the one place that loads the environment for gunicorn.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Response, g, request
+from flask_openapi3 import Info, OpenAPI
+from sqlalchemy import text
+from werkzeug.exceptions import HTTPException
+
+from api.auth import authenticate
+from api.problems import http_problem, problem, validation_problem
+from api.schemas import Health, Problem, Readiness
+from api.service import TaskService
+from api.tasks import json_response, tasks_api
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.queue import make_broker, ping
+
+MAX_BODY_BYTES = 64 * 1024
+PUBLIC_ENDPOINTS = frozenset({"healthz", "readyz", "openapi_document", "static"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
+    """Build the API. ``runtime`` may supply ``engine`` and ``broker`` (tests share theirs)."""
+    engine = runtime.get("engine") or make_engine(settings.resolved_database_url)
+    broker = runtime.get("broker") or make_broker(settings)
+    sessions = make_session_factory(engine)
+
+    app = OpenAPI(
+        __name__,
+        info=Info(
+            title="Reminders",
+            version="1.0.0",
+            description="Tasks with due dates, reminded exactly once.",
+        ),
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        validation_error_status=422,
+        validation_error_model=Problem,
+        validation_error_callback=validation_problem,
+        doc_ui=False,
+    )
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["reminders"] = {"settings": settings, "engine": engine, "broker": broker}
+
+    app.register_error_handler(HTTPException, http_problem)
+
+    @app.before_request
+    def _authenticate() -> Response | None:
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        if request.endpoint is None:  # no such route: let Flask answer 404/405
+            return None
+        owner = authenticate(sessions, request.headers.get("Authorization"))
+        if owner is None:
+            return problem(
+                401,
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="reminders"'},
+            )
+        g.owner = owner
+        return None
+
+    @app.before_request
+    def _require_json_body() -> Response | None:
+        if request.method not in BODY_METHODS or request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        if request.endpoint is None:
+            return None
+        raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+        if request.mimetype != "application/json":
+            return problem(415, "the body must be application/json")
+        try:
+            json.loads(raw or b"")
+        except (ValueError, UnicodeDecodeError):
+            return problem(400, "the body is not valid JSON")
+        return None
+
+    @app.get("/healthz", summary="Liveness: the process answers", responses={200: Health})
+    def healthz() -> Response:
+        return json_response(Health(status="ok"))
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: the database and the broker answer",
+        responses={200: Readiness, 503: Readiness},
+    )
+    def readyz() -> Response:
+        checks = {"database": "ok", "broker": "ok"}
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as exc:  # any failure means "not ready", and says which
+            checks["database"] = type(exc).__name__
+        try:
+            ping(broker)
+        except Exception as exc:
+            checks["broker"] = type(exc).__name__
+        ready = all(value == "ok" for value in checks.values())
+        body = Readiness(status="ready" if ready else "unavailable", checks=checks)
+        return json_response(body, 200 if ready else 503)
+
+    @app.get(
+        "/openapi.json",
+        summary="This OpenAPI document",
+        responses={
+            200: {
+                "description": "OpenAPI 3 document",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
+    def openapi_document() -> Response:
+        return Response(json.dumps(app.api_doc), mimetype="application/json")
+
+    app.register_api(tasks_api(TaskService(sessions, settings.remind_before_seconds)))
+    return app

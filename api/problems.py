@@ -1,0 +1,94 @@
+"""Error responses as RFC 9457 problem documents (``application/problem+json``).
+
+Every error the API returns, from validation to a 404 raised deep in Werkzeug, leaves
+through `problem()`, so clients parse one shape.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from flask import Response
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+VALIDATION_TYPE = "urn:reminders:problem:validation-error"
+
+# Which part of the request a pydantic model validates, by the model's name.
+_LOCATION_BY_MODEL_SUFFIX = {"Query": "query", "Path": "path"}
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """Build a problem response; ``extra`` members are added to the document."""
+    body = {
+        "type": type_,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_MEDIA_TYPE)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def field_errors(error: ValidationError) -> list[dict[str, str]]:
+    """One entry per bad field: where it was, its dotted name, and what is wrong with it."""
+    location = next(
+        (
+            where
+            for suffix, where in _LOCATION_BY_MODEL_SUFFIX.items()
+            if error.title.endswith(suffix)
+        ),
+        "body",
+    )
+    entries: dict[str, dict[str, str]] = {}
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        # A union (e.g. "integer, or absent") reports one error per branch; name the field once,
+        # preferring the branch that says what the value should have been.
+        name = str(item["loc"][0]) if item["loc"] else location
+        if name in entries and item["type"] == "none_required":
+            continue
+        if name not in entries or entries[name]["code"] == "none_required":
+            entries[name] = {
+                "in": location,
+                "field": name,
+                "message": item["msg"],
+                "code": item["type"],
+            }
+    return list(entries.values())
+
+
+def validation_problem(error: ValidationError) -> Response:
+    """The 422 answer to a request that failed its schema (flask-openapi3's error callback)."""
+    errors = field_errors(error)
+    names = ", ".join(sorted({entry["field"] for entry in errors}))
+    return problem(
+        422,
+        f"invalid fields: {names}",
+        title="Validation failed",
+        type_=VALIDATION_TYPE,
+        errors=errors,
+    )
+
+
+def http_problem(exc: HTTPException) -> Response:
+    """Turn any Werkzeug HTTP error (404, 405, 413, ...) into a problem document."""
+    if exc.response is not None:  # already a full response (e.g. flask-openapi3's 422)
+        return exc.response  # type: ignore[return-value]
+    status = exc.code or 500
+    headers = dict(exc.get_headers())
+    headers.pop("Content-Type", None)
+    return problem(status, exc.description or HTTPStatus(status).phrase, headers=headers)

@@ -1,0 +1,124 @@
+"""The ``/tasks`` endpoints: thin views over `TaskService`, scoped to the caller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, g
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel
+
+from api.problems import problem
+from api.schemas import (
+    ReminderHistory,
+    TaskCreate,
+    TaskOut,
+    TaskPage,
+    TaskPatch,
+    TaskPath,
+    TaskQuery,
+)
+from api.service import BadCursor, Owner, TaskService
+
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def problem_responses(*statuses: int) -> dict[str | int, type[BaseModel] | dict[Any, Any] | None]:
+    """OpenAPI entries for error statuses, each a problem document."""
+    content = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return {status: {"description": "Problem document", "content": content} for status in statuses}
+
+
+def json_response(
+    model: BaseModel, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        model.model_dump_json(), status=status, mimetype="application/json", headers=headers
+    )
+
+
+def not_found() -> Response:
+    return problem(404, "no such task")
+
+
+def caller() -> Owner:
+    owner: Owner = g.owner
+    return owner
+
+
+def tasks_api(service: TaskService) -> APIBlueprint:
+    """The tasks blueprint, bound to ``service``."""
+    api = APIBlueprint(
+        "tasks",
+        __name__,
+        url_prefix="/tasks",
+        abp_tags=[Tag(name="tasks", description="A user's tasks and their reminders")],
+        abp_security=SECURITY,
+    )
+
+    @api.post(
+        "",
+        summary="Create a task",
+        responses={201: TaskOut, **problem_responses(400, 401, 413, 415, 422)},
+    )
+    def create_task(body: TaskCreate) -> Response:
+        task = service.create(caller(), body)
+        return json_response(task, 201, {"Location": f"/tasks/{task.id}"})
+
+    @api.get(
+        "",
+        summary="List your tasks, ordered by due date",
+        responses={200: TaskPage, **problem_responses(401, 422)},
+    )
+    def list_tasks(query: TaskQuery) -> Response:
+        try:
+            page = service.list(caller(), query)
+        except BadCursor as exc:
+            errors = [{"in": "query", "field": "cursor", "message": str(exc), "code": "bad_cursor"}]
+            return problem(
+                422,
+                "invalid fields: cursor",
+                title="Validation failed",
+                type_="urn:reminders:problem:validation-error",
+                errors=errors,
+            )
+        return json_response(page)
+
+    @api.get(
+        "/<uuid:task_id>",
+        summary="One task, with the reminder of its current due date",
+        responses={200: TaskOut, **problem_responses(401, 404, 422)},
+    )
+    def get_task(path: TaskPath) -> Response:
+        task = service.get(caller(), path.task_id)
+        return json_response(task) if task else not_found()
+
+    @api.patch(
+        "/<uuid:task_id>",
+        summary="Change a task; a new due date is a new reminder occurrence",
+        responses={200: TaskOut, **problem_responses(400, 401, 404, 413, 415, 422)},
+    )
+    def update_task(path: TaskPath, body: TaskPatch) -> Response:
+        task = service.update(caller(), path.task_id, body)
+        return json_response(task) if task else not_found()
+
+    @api.delete(
+        "/<uuid:task_id>",
+        summary="Delete a task; a pending reminder is cancelled",
+        responses={204: None, **problem_responses(401, 404, 422)},
+    )
+    def delete_task(path: TaskPath) -> Response:
+        return Response(status=204) if service.delete(caller(), path.task_id) else not_found()
+
+    @api.get(
+        "/<uuid:task_id>/reminders",
+        summary="The task's reminder history, oldest first",
+        responses={200: ReminderHistory, **problem_responses(401, 404, 422)},
+    )
+    def task_reminders(path: TaskPath) -> Response:
+        history = service.reminders(caller(), path.task_id)
+        if history is None:
+            return not_found()
+        return json_response(ReminderHistory(items=history))
+
+    return api

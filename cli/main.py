@@ -1,0 +1,164 @@
+"""The ``reminders`` command line: the composition root that wires api, workers and shared.
+
+``db upgrade``, ``users create|revoke``, ``scan`` act once and exit. ``web``, ``worker`` and
+``scheduler`` are the Procfile's long-running processes (gunicorn, dramatiq and periodiq
+with this service's settings). ``dev`` runs all three on the embedded default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NoReturn
+
+import click
+
+from cli.processes import (
+    executable,
+    scheduler_argv,
+    scheduler_env,
+    web_argv,
+    worker_argv,
+    worker_env,
+)
+from shared.config import ConfigError, Settings, load_settings
+from shared.db import make_engine, make_session_factory
+from shared.logs import configure_logging
+from shared.schema import upgrade
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        click.echo(str(error), err=True)
+        raise SystemExit(2) from None
+
+
+@click.group()
+def main() -> None:
+    """Reminders: tasks with due dates, each reminded exactly once."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration (Alembic) to DATABASE_URL."""
+    settings = settings_or_exit()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@main.group()
+def users() -> None:
+    """API users and their tokens."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--operator", is_flag=True, help="May use the /ops endpoints and page.")
+def users_create(name: str, operator: bool) -> None:
+    """Create user NAME and print its API token (shown only this once)."""
+    from shared.accounts import DuplicateUser, create_user
+
+    settings = settings_or_exit()
+    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    try:
+        token = create_user(sessions, name, operator=operator)
+    except (DuplicateUser, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(token)
+
+
+@users.command("revoke")
+@click.argument("name")
+def users_revoke(name: str) -> None:
+    """Revoke every token of user NAME."""
+    from shared.accounts import revoke_tokens
+
+    settings = settings_or_exit()
+    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    count = revoke_tokens(sessions, name)
+    if count is None:
+        raise click.ClickException(f"no user named {name!r}")
+    click.echo(f"revoked {count} token(s) of {name}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def scan(as_json: bool) -> None:
+    """Run the producer once now and print what it enqueued."""
+    from shared.queue import make_broker
+    from workers.producer import scan_due_tasks
+
+    settings = settings_or_exit()
+    configure_logging("WARNING")
+    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    result = scan_due_tasks(sessions, make_broker(settings), settings)
+    summary = {
+        "enqueued": result.enqueued,
+        "requeued": result.requeued,
+        "missed": result.missed,
+        "marked_failed": result.repaired_failed,
+        "message_ids": result.message_ids,
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(
+        f"enqueued {result.enqueued}, requeued {result.requeued}, missed {result.missed}, "
+        f"marked failed {result.repaired_failed}"
+    )
+    for message_id in result.message_ids:
+        click.echo(f"  {message_id}")
+
+
+def _exec(argv: list[str], env: dict[str, str]) -> NoReturn:
+    try:
+        path = executable(argv[0], env)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    os.execve(path, [path, *argv[1:]], env)
+
+
+@main.command()
+@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--threads", "-t", default=8, show_default=True, type=click.IntRange(1, 256))
+def worker(processes: int, threads: int) -> None:
+    """Run a group of Dramatiq worker processes (delivery and the producer)."""
+    settings = settings_or_exit()
+    _exec(worker_argv(processes, threads), worker_env(settings, dict(os.environ)))
+
+
+@main.command()
+def scheduler() -> None:
+    """Run the periodiq scheduler that triggers the producer on REMINDERS_SCAN_CRON."""
+    settings_or_exit()
+    _exec(scheduler_argv(), scheduler_env(dict(os.environ)))
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option("--workers", "web_workers", default=2, show_default=True, type=click.IntRange(1, 64))
+def web(bind: str, web_workers: int) -> None:
+    """Run the HTTP API under gunicorn."""
+    settings_or_exit()
+    _exec(web_argv(bind, web_workers), dict(os.environ))
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 16))
+def dev(port: int, processes: int) -> None:
+    """Run API, scheduler and workers on the embedded default (SQLite, embedded Redis)."""
+    from cli.embedded import run_embedded
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level)
+    raise SystemExit(run_embedded(settings, port=port, processes=processes))

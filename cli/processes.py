@@ -1,0 +1,66 @@
+"""The three long-running processes of the Procfile, as argv and environment.
+
+``reminders web|worker|scheduler`` exec them; ``reminders dev`` starts all three as
+children. One definition serves both, so the embedded default runs what production runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from shared.config import Settings
+
+
+def executable(name: str, env: dict[str, str]) -> str:
+    """The path of a console script, preferring this interpreter's environment."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed")
+    return found
+
+
+def web_argv(bind: str, workers: int, threads: int = 4) -> list[str]:
+    return [
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "api.wsgi:app",
+    ]
+
+
+def worker_argv(processes: int, threads: int) -> list[str]:
+    return ["dramatiq", "workers.app", "--processes", str(processes), "--threads", str(threads)]
+
+
+def scheduler_argv() -> list[str]:
+    return ["periodiq", "workers.app"]
+
+
+def worker_env(settings: Settings, base: dict[str, str]) -> dict[str, str]:
+    """A worker group's environment: Prometheus multiprocess files when metrics are on."""
+    env = dict(base)
+    if settings.metrics_port:
+        metrics_dir = Path(tempfile.gettempdir()) / f"reminders-metrics-{settings.metrics_port}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files would add old counts
+        metrics_dir.mkdir(parents=True)
+        env.update(
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+            dramatiq_prom_db=str(metrics_dir),
+            dramatiq_prom_port=str(settings.metrics_port),
+            dramatiq_prom_host=env.get("REMINDERS_METRICS_HOST", "0.0.0.0"),
+        )
+    return env
+
+
+def scheduler_env(base: dict[str, str]) -> dict[str, str]:
+    # periodiq reads cron in local time; the producer does not care, but UTC keeps ticks regular.
+    return {**base, "TZ": "UTC"}

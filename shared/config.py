@@ -1,0 +1,195 @@
+"""Configuration: every setting of every process, read from the environment once at start.
+
+`load_settings()` validates the whole environment and raises `ConfigError` with one line
+per bad variable, named as the operator typed it (``REMINDERS_MAX_RETRIES``, not
+``max_retries``). Processes call it at start and stop with that message; nothing else in
+the code reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_DATA_DIR = ".reminders"
+THIRTY_DAYS = 30 * 24 * 3600
+
+
+class ConfigError(Exception):
+    """The environment holds a bad or missing value; the message names each variable."""
+
+
+class Settings(BaseModel):
+    """The service's settings. Each field's alias is its environment variable."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True
+    )
+
+    data_dir: Path = Field(
+        default=Path(DEFAULT_DATA_DIR),
+        validation_alias="REMINDERS_DATA_DIR",
+        description="Where the embedded default keeps its SQLite file and Redis data.",
+    )
+    database_url: str = Field(
+        default="",
+        validation_alias="DATABASE_URL",
+        description="postgresql://..., postgresql+psycopg://... or sqlite:///path. "
+        "Empty: a SQLite file in REMINDERS_DATA_DIR.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias="REDIS_URL",
+        description="The Redis (or Valkey) server that carries the queue.",
+    )
+    redis_namespace: str = Field(
+        default="reminders",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        validation_alias="REMINDERS_REDIS_NAMESPACE",
+        description="Prefix of every Redis key, so several deployments can share a server.",
+    )
+    remind_before_seconds: int = Field(
+        default=86400,
+        ge=60,
+        le=THIRTY_DAYS,
+        validation_alias="REMINDERS_REMIND_BEFORE_SECONDS",
+        description="Default lead time of a reminder before the task is due.",
+    )
+    catchup_seconds: int = Field(
+        default=3600,
+        ge=0,
+        validation_alias="REMINDERS_CATCHUP",
+        description="After downtime, occurrences due less than this many seconds ago are "
+        "still sent (late); older ones are recorded as missed.",
+    )
+    scan_cron: str = Field(
+        default="* * * * *",
+        validation_alias="REMINDERS_SCAN_CRON",
+        description="When the scheduler runs the producer (cron, evaluated in UTC).",
+    )
+    scan_batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=50_000,
+        validation_alias="REMINDERS_SCAN_BATCH_SIZE",
+        description="Occurrences claimed and enqueued per producer transaction.",
+    )
+    requeue_after_seconds: int = Field(
+        default=300,
+        ge=1,
+        validation_alias="REMINDERS_REQUEUE_AFTER",
+        description="An occurrence left queued this long is checked against the broker; "
+        "if its message is gone (Redis flushed or restarted) it is enqueued again.",
+    )
+    max_retries: int = Field(default=3, ge=0, le=100, validation_alias="REMINDERS_MAX_RETRIES")
+    min_backoff_ms: int = Field(default=1000, ge=1, validation_alias="REMINDERS_MIN_BACKOFF_MS")
+    max_backoff_ms: int = Field(default=300_000, ge=1, validation_alias="REMINDERS_MAX_BACKOFF_MS")
+    dead_letter_ttl_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        validation_alias="REMINDERS_DEAD_LETTER_TTL",
+        description="How long the broker keeps a dead letter; the database keeps the "
+        "failure record regardless.",
+    )
+    heartbeat_timeout_ms: int = Field(
+        default=60_000,
+        ge=1000,
+        validation_alias="REMINDERS_HEARTBEAT_TIMEOUT_MS",
+        description="A worker silent this long is presumed dead and its unacked "
+        "messages are given back by the broker.",
+    )
+    webhook_url: str = Field(default="", validation_alias="REMINDERS_WEBHOOK_URL")
+    webhook_secret: str = Field(default="", repr=False, validation_alias="REMINDERS_WEBHOOK_SECRET")
+    webhook_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, validation_alias="REMINDERS_WEBHOOK_TIMEOUT"
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        validation_alias="REMINDERS_METRICS_PORT",
+        description="Port of the worker/scheduler Prometheus endpoint; 0 turns it off.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias="REMINDERS_LOG_LEVEL"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and not value.startswith(("postgres://", "postgresql", "sqlite")):
+            raise ValueError("must start with postgresql://, postgresql+psycopg:// or sqlite:///")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_webhook(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("scan_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from periodiq import cron
+
+        try:
+            cron(value)
+        except Exception as exc:  # periodiq raises plain ValueError/IndexError
+            raise ValueError(f"not a cron expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.min_backoff_ms > self.max_backoff_ms:
+            raise ValueError("REMINDERS_MIN_BACKOFF_MS must not exceed REMINDERS_MAX_BACKOFF_MS")
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "REMINDERS_WEBHOOK_SECRET is required when REMINDERS_WEBHOOK_URL is set"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL: PostgreSQL always through psycopg 3; SQLite by default."""
+        url = self.database_url
+        if not url:
+            return f"sqlite:///{(self.data_dir / 'reminders.db').resolve()}"
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the settings from ``environ`` (default: the process environment).
+
+    Raises:
+        ConfigError: one line per bad variable, each naming it.
+    """
+    source = dict(os.environ if environ is None else environ)
+    known = {str(field.validation_alias) for field in Settings.model_fields.values()}
+    values = {key: value for key, value in source.items() if key in known}
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            shown = f"={values[name]!r}" if name in values and "SECRET" not in name else ""
+            where = f"{name}{shown}: " if name else ""
+            lines.append(f"configuration error: {where}{error['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,63 @@
+"""Structured logs: one JSON object per line on stderr, from our code and from libraries.
+
+Events are named (``reminder.sent``, ``scan.finished``) and carry identifiers only
+(``task_id``, ``message_id``, ``attempt``, ``error_type``); task titles, notes, tokens and
+secrets are never passed to a logger. Library records (Dramatiq, gunicorn, Alembic) go
+through the same renderer so a log shipper sees one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SHARED_PROCESSORS: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+]
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Route structlog and the standard library through one JSON renderer on stderr."""
+    structlog.configure(
+        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.ExtraAdder()],
+        processors=[
+            _name_library_events,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _name_library_events(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # A library's free-text message becomes "message"; "event" stays a stable name.
+    record = event.get("_record")
+    if record is not None and record.name and not record.name.startswith("reminders"):
+        event["message"] = event.pop("event", "")
+        event["event"] = "log"
+        event["logger"] = record.name
+    return event
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger whose records carry ``logger=reminders.<name>``."""
+    return structlog.get_logger(f"reminders.{name}")

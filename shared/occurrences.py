@@ -1,0 +1,71 @@
+"""Keeping a task's reminder rows in step with the task, inside the caller's transaction.
+
+Every change of a task that affects its reminder goes through here: creating a task opens
+its first occurrence (``waiting``), rescheduling cancels the pending one and opens another,
+finishing or deleting cancels what is pending. Rows that already reached a final state
+(``sent``, ``failed``, ``missed``) are never touched: they are the audit trail, and the
+UNIQUE (task_id, due_at) constraint keeps a rescheduled-back task from being reminded twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.keys import message_id
+from shared.models import Reminder, Task
+from shared.rules import PENDING_STATES, remind_at
+
+
+def current_occurrence(session: Session, task: Task) -> Reminder | None:
+    """The reminder row of the task's current due date, if any."""
+    return session.scalars(
+        select(Reminder).where(Reminder.task_id == task.id, Reminder.due_at == task.due_at)
+    ).one_or_none()
+
+
+def open_occurrence(session: Session, task: Task, now: datetime) -> Reminder:
+    """Make sure the task's current due date has a reminder row, pending if it can be.
+
+    A cancelled row for the same due date (the task was finished or moved away and back)
+    is made pending again; a row in a final state is left as it is.
+    """
+    occurrence = current_occurrence(session, task)
+    when = remind_at(task.due_at, task.remind_before_seconds)
+    if occurrence is None:
+        occurrence = Reminder(
+            message_id=message_id(task.id, task.due_at),
+            task_id=task.id,
+            due_at=task.due_at,
+            remind_at=when,
+            state="waiting",
+            attempts=0,
+            late=False,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(occurrence)
+    elif occurrence.state == "cancelled":
+        occurrence.state = "waiting"
+        occurrence.remind_at = when
+        occurrence.updated_at = now
+    elif occurrence.state == "waiting" and occurrence.remind_at != when:
+        occurrence.remind_at = when
+        occurrence.updated_at = now
+    return occurrence
+
+
+def cancel_pending(session: Session, task: Task, now: datetime) -> int:
+    """Cancel every pending reminder of the task; returns how many were cancelled.
+
+    A message already in the queue for a cancelled row finds it cancelled and does nothing.
+    """
+    result = session.execute(
+        update(Reminder)
+        .where(Reminder.task_id == task.id, Reminder.state.in_(PENDING_STATES))
+        .values(state="cancelled", updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,145 @@
+"""What this service knows about how Dramatiq's Redis broker keeps its messages.
+
+Dramatiq has no public API for the questions operators and the producer ask: "is this
+occurrence's message still somewhere in Redis?", "what is dead-lettered?", "how deep is
+each queue?". The answers depend on its key layout (Dramatiq 2.x, namespace ``ns``)::
+
+    ns:<q>            list of broker ids, ready to fetch
+    ns:<q>.msgs       hash broker id -> encoded message (ready and fetched-but-unacked)
+    ns:<q>.DQ(.msgs)  the same for delayed messages (retries waiting out their backoff)
+    ns:<q>.XQ         sorted set of dead broker ids, scored by time of death
+    ns:<q>.XQ.msgs    hash broker id -> encoded dead message
+    ns:__acks__.<broker instance>.<q>   set of ids a worker fetched and has not acked
+    ns:__heartbeats__ sorted set of broker instances by last call
+
+All knowledge of those keys lives in this module; it is tested against a real Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name, xq_name
+
+SCAN_COUNT = 1000
+
+
+def _key(broker: RedisBroker, name: str) -> str:
+    return f"{broker.namespace}:{name}"
+
+
+def _decoded(broker: RedisBroker, hash_key: str) -> Iterator[tuple[str, Message[Any]]]:
+    for broker_id, data in broker.client.hscan_iter(hash_key, count=SCAN_COUNT):
+        yield broker_id.decode(), Message.decode(data)
+
+
+def pending_message_ids(broker: RedisBroker, queue_name: str) -> set[str]:
+    """Message IDs the broker still holds for ``queue_name``: ready, in flight or delayed.
+
+    A message fetched by a worker that then died stays here until `run_maintenance` gives
+    it back, so it counts as held, not lost.
+    """
+    ids: set[str] = set()
+    for name in (queue_name, dq_name(queue_name)):
+        ids.update(
+            message.message_id for _, message in _decoded(broker, _key(broker, f"{name}.msgs"))
+        )
+    return ids
+
+
+def run_maintenance(broker: RedisBroker, queue_name: str) -> None:
+    """Give back messages held by dead workers and expire old dead letters, now.
+
+    Dramatiq does this only on a random 0.1% of broker calls, which can leave a SIGKILLed
+    worker's messages stranded for many minutes; the producer calls this on every scan.
+    """
+    dispatch = broker.scripts["dispatch"]
+    for name in (queue_name, dq_name(queue_name)):
+        dispatch(
+            args=[
+                "qsize",
+                current_millis(),
+                name,
+                broker.broker_id,
+                broker.heartbeat_timeout,
+                broker.dead_message_ttl,
+                1,  # do maintenance
+                broker._max_unpack_size(),
+            ],
+            keys=[broker.namespace],
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered message as the broker keeps it."""
+
+    broker_id: str
+    message: Message[Any]
+    failed_at_ms: int
+
+    @property
+    def message_id(self) -> str:
+        return self.message.message_id
+
+    @property
+    def traceback(self) -> str | None:
+        value = self.message.options.get("traceback")
+        return str(value) if value else None
+
+
+def dead_letters(broker: RedisBroker, queue_name: str) -> list[DeadLetter]:
+    """Every dead letter of ``queue_name``, newest first."""
+    xq = xq_name(queue_name)
+    scored = cast(
+        list[tuple[bytes, float]],
+        broker.client.zrevrange(_key(broker, xq), 0, -1, withscores=True),
+    )
+    if not scored:
+        return []
+    ids = [member.decode() for member, _ in scored]
+    blobs = broker.client.hmget(_key(broker, f"{xq}.msgs"), ids)
+    return [
+        DeadLetter(broker_id=broker_id, message=Message.decode(blob), failed_at_ms=int(score))
+        for (broker_id, (_, score), blob) in zip(ids, scored, blobs, strict=True)
+        if blob is not None
+    ]
+
+
+def dead_message_ids(broker: RedisBroker, queue_name: str) -> set[str]:
+    return {letter.message_id for letter in dead_letters(broker, queue_name)}
+
+
+def remove_dead_letter(broker: RedisBroker, queue_name: str, broker_id: str) -> bool:
+    """Delete one dead letter; False if it was already gone."""
+    xq = xq_name(queue_name)
+    with broker.client.pipeline() as pipe:
+        pipe.zrem(_key(broker, xq), broker_id)
+        pipe.hdel(_key(broker, f"{xq}.msgs"), broker_id)
+        removed, _ = pipe.execute()
+    return bool(removed)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    queue: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+
+def queue_depth(broker: RedisBroker, queue_name: str) -> QueueDepth:
+    """How many messages of ``queue_name`` are ready, delayed, fetched-unacked and dead."""
+    client = broker.client
+    ready = int(client.llen(_key(broker, queue_name)))
+    held = int(client.hlen(_key(broker, f"{queue_name}.msgs")))
+    delayed = int(client.hlen(_key(broker, f"{dq_name(queue_name)}.msgs")))
+    dead = int(client.zcard(_key(broker, xq_name(queue_name))))
+    return QueueDepth(
+        queue=queue_name, ready=ready, delayed=delayed, in_flight=max(held - ready, 0), dead=dead
+    )

@@ -1,0 +1,73 @@
+"""The reminder rules: which occurrence is due, how its state moves, what is worth a retry.
+
+Plain functions over plain values, shared by the API, the producer, the actor and the
+CLI, and tested without a database.
+
+State machine of one occurrence (a task's reminder for one due date)::
+
+    waiting --scan--> queued --deliver--> sent
+       |                 |  \\--permanent error or retries exhausted--> failed
+       |                 |                                   (operator retry: back to queued)
+       |--scan, due date older than the catch-up window--> missed
+       \\--task done, deleted or rescheduled (from waiting or queued)--> cancelled
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+TASK_STATUSES = ("open", "done")
+REMINDER_STATES = ("waiting", "queued", "sent", "failed", "missed", "cancelled")
+PENDING_STATES = frozenset({"waiting", "queued"})
+DELIVERABLE_STATES = PENDING_STATES
+
+# Webhook answers that mean "try again later" (RFC 9110: timeout, rate limit) besides 5xx.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 429})
+
+
+def normalize_due_at(value: datetime) -> datetime:
+    """A due date as stored: UTC, whole seconds (the message ID is built from whole seconds).
+
+    Raises:
+        ValueError: for a naive datetime, whose instant is unknown.
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("due date must carry a UTC offset")
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def remind_at(due_at: datetime, remind_before_seconds: int) -> datetime:
+    """When the reminder of an occurrence becomes due."""
+    return due_at - timedelta(seconds=remind_before_seconds)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the producer does with a waiting occurrence whose remind time has passed."""
+
+    state: str  # "queued" or "missed"
+    late: bool
+
+
+def admit_due_occurrence(due_at: datetime, now: datetime, catchup_seconds: int) -> Admission:
+    """Decide whether a due occurrence is still worth sending.
+
+    An occurrence whose due date passed more than ``catchup_seconds`` ago (the system was
+    down) is recorded as missed rather than sent hours too late; one whose due date passed
+    less long ago is sent and marked late.
+    """
+    if due_at < now - timedelta(seconds=catchup_seconds):
+        return Admission(state="missed", late=True)
+    return Admission(state="queued", late=due_at <= now)
+
+
+def webhook_status_is_transient(status: int) -> bool:
+    """5xx, 408 and 429 are worth retrying; any other non-2xx answer will not change."""
+    return status >= 500 or status in TRANSIENT_HTTP_STATUSES
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error as recorded on a reminder: its type and message, never task content."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}"[:500] if message else type(exc).__name__

@@ -1,0 +1,172 @@
+"""The Dramatiq actors and the middleware that records failed attempts.
+
+`declare_actors` binds ``send_reminder`` and ``scan_due_tasks`` to a broker and a
+`Pipeline` (database sessions, channel, settings); ``workers.app`` calls it once for the
+``dramatiq`` and ``periodiq`` command lines, tests call it with their own broker.
+
+Retries are Dramatiq's Retries middleware, configured from settings (``shared.queue``):
+every exception retries with exponential backoff and jitter except
+`PermanentDeliveryError`, which is in the actor's ``throws`` and dead-letters at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq import Middleware
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Retries
+from periodiq import PeriodiqMiddleware, cron
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.db import utcnow
+from shared.logs import get_logger
+from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SEND_REMINDER
+from workers import metrics
+from workers.channels import Channel, PermanentDeliveryError
+from workers.delivery import Outcome, deliver_occurrence, parse_occurrence, record_failed_attempt
+from workers.producer import scan_due_tasks
+
+log = get_logger("worker")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What the actors need: the database, the delivery channel and the settings."""
+
+    sessions: sessionmaker[Session]
+    channel: Channel
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Actors:
+    send_reminder: dramatiq.Actor[Any, Any]
+    scan_due_tasks: dramatiq.Actor[Any, Any]
+
+
+class RecordFailedAttempts(Middleware):
+    """Keeps each failed attempt of ``send_reminder`` on its reminder row.
+
+    Runs after Retries has decided (it is added before Retries, and ``after_*`` hooks run
+    in reverse order), so ``message.failed`` tells a dead letter from a retry. The final
+    attempt's error is recorded here because Dramatiq's dead-letter entry holds only the
+    traceback of the attempt before it.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._delays = threading.local()
+
+    def after_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
+        # Retries re-enqueues with a delay from this same worker thread: remember it for the log.
+        if delay is not None and message.actor_name == SEND_REMINDER:
+            self._delays.value = (message.message_id, delay)
+
+    def after_process_message(
+        self,
+        broker: Any,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None or message.actor_name != SEND_REMINDER:
+            return
+        delay_ms = None
+        remembered = getattr(self._delays, "value", None)
+        if remembered and remembered[0] == message.message_id:
+            delay_ms = remembered[1]
+        self._delays.value = None
+        error_type = type(exception).__name__
+        fields = {
+            "message_id": message.message_id,
+            "task_id": message.args[0] if message.args else None,
+            "error_type": error_type,
+        }
+        try:
+            task_id, due_at = parse_occurrence(*message.args)
+        except (PermanentDeliveryError, TypeError):
+            log.error("reminder.dead_lettered", reason="malformed message", **fields)
+            metrics.DEAD_LETTERED.labels(error_type).inc()
+            return
+        recorded = record_failed_attempt(
+            self.pipeline.sessions, task_id, due_at, exception, final=message.failed
+        )
+        attempt = recorded.attempts if recorded else message.options.get("retries", 0)
+        if message.failed:
+            metrics.DEAD_LETTERED.labels(error_type).inc()
+            log.error("reminder.dead_lettered", attempt=attempt, **fields)
+        else:
+            metrics.RETRIED.labels(error_type).inc()
+            log.warning("reminder.retrying", attempt=attempt, delay_ms=delay_ms, **fields)
+
+
+def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
+    """Bind the actors and the failure middleware to ``broker``."""
+    broker.add_middleware(RecordFailedAttempts(pipeline), before=Retries)
+    # Skip a periodic message older than this: a scan that late is superseded by the next one.
+    broker.add_middleware(PeriodiqMiddleware(skip_delay=30))
+    settings = pipeline.settings
+
+    def send_reminder(task_id: str, due_at: str) -> None:
+        """Deliver one occurrence exactly once (see ``workers.delivery``)."""
+        occurrence_task, occurrence_due = parse_occurrence(task_id, due_at)
+        delivery = deliver_occurrence(
+            pipeline.sessions, pipeline.channel, occurrence_task, occurrence_due
+        )
+        message = dramatiq.middleware.CurrentMessage.get_current_message()
+        fields = {"task_id": task_id, "message_id": message.message_id if message else None}
+        if delivery.outcome is Outcome.SENT:
+            assert delivery.sent_at is not None and delivery.remind_at is not None
+            lateness = (delivery.sent_at - delivery.remind_at).total_seconds()
+            metrics.SENT.labels(pipeline.channel.name).inc()
+            metrics.LATENESS_SECONDS.observe(max(lateness, 0.0))
+            log.info(
+                "reminder.recorded",
+                channel=pipeline.channel.name,
+                attempt=delivery.attempts,
+                late=delivery.late,
+                lateness_ms=round(lateness * 1000),
+                **fields,
+            )
+        elif delivery.outcome is Outcome.DUPLICATE:
+            metrics.DUPLICATES.inc()
+            log.info("reminder.duplicate_suppressed", **fields)
+        else:
+            metrics.STALE.inc()
+            log.info("reminder.stale", state=delivery.state, **fields)
+
+    def scan() -> None:
+        """The producer, as run by the scheduler (periodiq) on REMINDERS_SCAN_CRON."""
+        result = scan_due_tasks(pipeline.sessions, broker, settings, clock=utcnow)
+        metrics.SCAN_SECONDS.observe(result.seconds)
+        metrics.ENQUEUED.labels("due").inc(result.enqueued)
+        metrics.ENQUEUED.labels("requeued").inc(result.requeued)
+        metrics.MISSED.inc(result.missed)
+
+    return Actors(
+        send_reminder=dramatiq.actor(
+            actor_name=SEND_REMINDER,
+            queue_name=QUEUE_NAME,
+            broker=broker,
+            throws=(PermanentDeliveryError,),
+            max_retries=settings.max_retries,
+            min_backoff=settings.min_backoff_ms,
+            max_backoff=settings.max_backoff_ms,
+            # A hung delivery is interrupted; the webhook's own timeout is the first line.
+            time_limit=int(max(60, settings.webhook_timeout_seconds * 4) * 1000),
+        )(send_reminder),
+        scan_due_tasks=dramatiq.actor(
+            actor_name=SCAN_DUE_TASKS,
+            queue_name=f"{QUEUE_NAME}.scan",
+            broker=broker,
+            periodic=cron(settings.scan_cron),
+            # periodiq drops a late periodic message anyway; the next tick rescans everything.
+            max_retries=0,
+        )(scan),
+    )

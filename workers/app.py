@@ -1,0 +1,40 @@
+"""The module ``dramatiq`` and ``periodiq`` load: builds the broker and actors from the environment.
+
+Dramatiq's command line imports a module and uses the broker it finds, so this module
+reads the environment at import; everything it calls takes its configuration as
+arguments. A bad configuration stops the process with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import dramatiq
+
+from shared.config import ConfigError, load_settings
+from shared.db import make_engine, make_session_factory
+from shared.logs import configure_logging
+from shared.queue import make_broker
+from workers.actors import Pipeline, declare_actors
+from workers.channels import make_channel
+
+try:
+    settings = load_settings()
+except ConfigError as error:
+    print(error, file=sys.stderr)
+    raise SystemExit(2) from None
+
+configure_logging(settings.log_level)
+broker = make_broker(settings)
+if settings.metrics_port:
+    from dramatiq.middleware.prometheus import Prometheus
+
+    broker.add_middleware(Prometheus())
+dramatiq.set_broker(broker)
+
+pipeline = Pipeline(
+    sessions=make_session_factory(make_engine(settings.resolved_database_url)),
+    channel=make_channel(settings),
+    settings=settings,
+)
+actors = declare_actors(broker, pipeline)

@@ -1,0 +1,37 @@
+"""Prometheus metrics of the pipeline (SPEC §9), recorded by the worker processes.
+
+Under ``reminders worker`` they are written to a multiprocess directory and served, with
+Dramatiq's own message metrics, on ``REMINDERS_METRICS_PORT``. Labels are low-cardinality
+names only; never a task, a title or an owner.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+SENT = Counter("reminders_sent_total", "Reminders delivered and recorded sent.", ["channel"])
+DUPLICATES = Counter(
+    "reminders_duplicate_suppressed_total",
+    "Messages for an occurrence already sent, acknowledged without delivering.",
+)
+STALE = Counter(
+    "reminders_stale_total", "Messages for an occurrence no longer wanted (task changed)."
+)
+RETRIED = Counter(
+    "reminders_retried_total", "Failed attempts that will be retried.", ["error_type"]
+)
+DEAD_LETTERED = Counter(
+    "reminders_dead_lettered_total", "Occurrences that failed for good.", ["error_type"]
+)
+MISSED = Counter("reminders_missed_total", "Occurrences older than the catch-up window.")
+ENQUEUED = Counter("reminders_enqueued_total", "Messages enqueued by the producer.", ["reason"])
+SCAN_SECONDS = Histogram(
+    "reminders_scan_duration_seconds",
+    "Duration of one producer run.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LATENESS_SECONDS = Histogram(
+    "reminders_lateness_seconds",
+    "sent_at - remind_at of each sent reminder.",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400),
+)

@@ -1,0 +1,170 @@
+"""The producer: find the occurrences whose reminder is due and enqueue one message each.
+
+It works from the database, not from which scheduler tick fired, so it may run any number
+of times, from any number of schedulers, in any time zone, with the same result:
+
+1. Claim due ``waiting`` rows in batches (``FOR UPDATE SKIP LOCKED``: two schedulers split
+   the work instead of doubling it), mark each ``queued`` (or ``missed`` when its due date
+   is older than the catch-up window), commit, then enqueue. A crash between commit and
+   enqueue leaves a ``queued`` row without a message; step 3 finds it.
+2. Run the broker's dead-worker maintenance, so messages held by a SIGKILLed worker go
+   back on the queue once its heartbeat is ``heartbeat_timeout`` old.
+3. Check rows ``queued`` for longer than ``requeue_after``: if the broker no longer holds
+   their message (Redis flushed or restarted), enqueue it again; if it sits in the
+   dead-letter queue (the failure could not be recorded), mark the row ``failed``.
+   ``failed`` rows are never re-enqueued here: only an operator retries them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.db import unit_of_work, utcnow
+from shared.logs import get_logger
+from shared.models import Reminder
+from shared.queue import QUEUE_NAME, reminder_message
+from shared.redis_broker import dead_message_ids, pending_message_ids, run_maintenance
+from shared.rules import admit_due_occurrence
+
+log = get_logger("producer")
+
+LOST_MESSAGE_ERROR = "DeadLettered: the final error was not recorded"
+
+
+@dataclass
+class ScanResult:
+    enqueued: int = 0
+    missed: int = 0
+    requeued: int = 0
+    repaired_failed: int = 0
+    seconds: float = 0.0
+    message_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    task_id: uuid.UUID
+    due_at: datetime
+    message_id: uuid.UUID
+
+
+def _enqueue(broker: RedisBroker, claimed: list[_Claimed], result: ScanResult) -> None:
+    for row in claimed:
+        broker.enqueue(reminder_message(row.task_id, row.due_at, row.message_id))
+        result.message_ids.append(str(row.message_id))
+
+
+def _claim_due(
+    sessions: sessionmaker[Session], settings: Settings, now: datetime, result: ScanResult
+) -> tuple[int, list[_Claimed]]:
+    """Claim one batch of due waiting rows: how many were claimed, and those to enqueue."""
+    with unit_of_work(sessions) as session:
+        rows = session.scalars(
+            select(Reminder)
+            .where(Reminder.state == "waiting", Reminder.remind_at <= now)
+            .order_by(Reminder.remind_at)
+            .limit(settings.scan_batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        claimed = []
+        for row in rows:
+            admission = admit_due_occurrence(row.due_at, now, settings.catchup_seconds)
+            row.state = admission.state
+            row.late = admission.late
+            row.updated_at = now
+            if admission.state == "queued":
+                claimed.append(_Claimed(row.task_id, row.due_at, row.message_id))
+            else:
+                result.missed += 1
+                log.warning(
+                    "reminder.missed",
+                    task_id=str(row.task_id),
+                    message_id=str(row.message_id),
+                    due_at=row.due_at.isoformat(),
+                )
+    return len(rows), claimed
+
+
+def _requeue_lost(
+    sessions: sessionmaker[Session],
+    broker: RedisBroker,
+    settings: Settings,
+    now: datetime,
+    result: ScanResult,
+) -> None:
+    cutoff = now - timedelta(seconds=settings.requeue_after_seconds)
+    held: set[str] | None = None
+    dead: set[str] | None = None
+    while True:
+        with unit_of_work(sessions) as session:
+            rows = session.scalars(
+                select(Reminder)
+                .where(Reminder.state == "queued", Reminder.updated_at < cutoff)
+                .order_by(Reminder.updated_at)
+                .limit(settings.scan_batch_size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return
+            if held is None or dead is None:  # read the broker once, only when needed
+                held = pending_message_ids(broker, QUEUE_NAME)
+                dead = dead_message_ids(broker, QUEUE_NAME)
+            lost = []
+            for row in rows:
+                key = str(row.message_id)
+                row.updated_at = now  # checked now; looked at again after requeue_after
+                if key in held:
+                    continue
+                if key in dead:
+                    row.state = "failed"
+                    row.last_error = row.last_error or LOST_MESSAGE_ERROR
+                    result.repaired_failed += 1
+                    continue
+                lost.append(_Claimed(row.task_id, row.due_at, row.message_id))
+        _enqueue(broker, lost, result)
+        result.requeued += len(lost)
+        for row_claim in lost:
+            log.warning(
+                "reminder.requeued",
+                task_id=str(row_claim.task_id),
+                message_id=str(row_claim.message_id),
+            )
+
+
+def scan_due_tasks(
+    sessions: sessionmaker[Session],
+    broker: RedisBroker,
+    settings: Settings,
+    clock: Callable[[], datetime] = utcnow,
+) -> ScanResult:
+    """One producer run; safe to run concurrently and repeatedly (see the module docstring)."""
+    started = time.perf_counter()
+    now = clock()
+    result = ScanResult()
+    while True:
+        count, claimed = _claim_due(sessions, settings, now, result)
+        if count == 0:
+            break
+        _enqueue(broker, claimed, result)
+        result.enqueued += len(claimed)
+    run_maintenance(broker, QUEUE_NAME)
+    _requeue_lost(sessions, broker, settings, now, result)
+    result.seconds = time.perf_counter() - started
+    log.info(
+        "scan.finished",
+        enqueued=result.enqueued,
+        requeued=result.requeued,
+        missed=result.missed,
+        repaired_failed=result.repaired_failed,
+        duration_ms=round(result.seconds * 1000, 1),
+    )
+    return result
