@@ -140,7 +140,8 @@ class Stack:
         settings = self.settings(**more)
         broker = make_broker(settings)
         actors = declare_actors(
-            broker, Pipeline(sessions=self.sessions, channel=make_channel(settings), settings=settings)
+            broker,
+            Pipeline(sessions=self.sessions, channel=make_channel(settings), settings=settings),
         )
         self._brokers.append(broker)
         return broker, actors
@@ -216,7 +217,9 @@ class Stack:
             counts[row.state] = counts.get(row.state, 0) + 1
         return counts
 
-    def wait_for(self, condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    def wait_for(
+        self, condition: Callable[[], bool], timeout: float, interval: float = 0.1
+    ) -> bool:
         """Poll ``condition`` until true or ``timeout`` seconds pass; returns its last value."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -228,7 +231,11 @@ class Stack:
     def env(self, **more: Any) -> dict[str, str]:
         """Environment for real service processes on this test's database and namespace."""
         settings = self.settings(**more)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("REMINDERS_", "DATABASE_URL", "REDIS_URL"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("REMINDERS_", "DATABASE_URL", "REDIS_URL"))
+        }
         for name, info in Settings.model_fields.items():
             value = getattr(settings, name)
             if value in (None, "") or info.validation_alias is None:
@@ -237,7 +244,9 @@ class Stack:
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         return env
 
-    def spawn(self, argv: list[str], env: dict[str, str], **options: Any) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: list[str], env: dict[str, str], **options: Any
+    ) -> subprocess.Popen[bytes]:
         """Start a process in its own process group; it is killed when the test ends."""
         process = subprocess.Popen(argv, env=env, start_new_session=True, **options)
         self._processes.append(process)
@@ -260,7 +269,12 @@ FAST_RETRIES = {"min_backoff_ms": 100, "max_backoff_ms": 2000, "max_retries": 3}
 
 @pytest.fixture
 def stack(pg_engine: Engine, pg_url: str, redis_namespace: str) -> Iterator[Stack]:
-    harness = Stack(engine=pg_engine, database_url=pg_url, namespace=redis_namespace, overrides=dict(FAST_RETRIES))
+    harness = Stack(
+        engine=pg_engine,
+        database_url=pg_url,
+        namespace=redis_namespace,
+        overrides=dict(FAST_RETRIES),
+    )
     yield harness
     harness.close()
 

@@ -17,11 +17,11 @@ from workers.producer import scan_due_tasks
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def at(moment: datetime):  # noqa: ANN201 - a clock for the producer
+def at(moment: datetime):
     return lambda: moment
 
 
-def scan(stack: Stack, broker, now: datetime = NOW, **settings):  # noqa: ANN001, ANN201
+def scan(stack: Stack, broker, now: datetime = NOW, **settings):
     return scan_due_tasks(stack.sessions, broker, stack.settings(**settings), clock=at(now))
 
 
@@ -64,7 +64,7 @@ def test_catch_up_window_sends_late_within_and_records_missed_beyond(stack: Stac
     assert queue_depth(broker, QUEUE_NAME).ready == 3
 
 
-def test_done_deleted_and_rescheduled_tasks_are_not_enqueued(stack: Stack, api_client_for) -> None:  # noqa: ANN001
+def test_done_deleted_and_rescheduled_tasks_are_not_enqueued(stack: Stack, api_client_for) -> None:
     alice = stack.account()
     broker, _ = stack.broker()
     client = api_client_for(stack)
@@ -187,11 +187,14 @@ def test_failed_occurrences_are_never_requeued_by_the_producer(stack: Stack) -> 
     assert {row.state for row in stack.reminders()} == {"failed"}
 
 
-@pytest.mark.parametrize("moment", [
-    datetime(2026, 10, 25, 0, 59, 30, tzinfo=UTC),  # Paris leaves summer time at 01:00 UTC
-    datetime(2026, 10, 25, 1, 30, 0, tzinfo=UTC),   # the repeated local hour 02:00-03:00
-    datetime(2027, 3, 28, 1, 0, 30, tzinfo=UTC),    # Paris skips 02:00-03:00 local
-])
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 10, 25, 0, 59, 30, tzinfo=UTC),  # Paris leaves summer time at 01:00 UTC
+        datetime(2026, 10, 25, 1, 30, 0, tzinfo=UTC),  # the repeated local hour 02:00-03:00
+        datetime(2027, 3, 28, 1, 0, 30, tzinfo=UTC),  # Paris skips 02:00-03:00 local
+    ],
+)
 def test_selection_is_the_same_under_any_process_time_zone(stack: Stack, moment: datetime) -> None:
     alice = stack.account()
     for offset in range(-150, 151, 15):
