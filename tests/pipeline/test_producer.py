@@ -1,4 +1,4 @@
-"""The producer selects exactly the due occurrences and enqueues each one once (SPEC §4.1, §4.2, §4.7)."""
+"""The producer enqueues exactly the due occurrences, each once (SPEC §4.1, §4.2, §4.7)."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_lost_messages_are_requeued_after_requeue_after(stack: Stack) -> None:
 
 
 def test_messages_still_held_by_the_broker_are_not_requeued(stack: Stack) -> None:
-    """A long backlog is not doubled: queued rows whose message is still in Redis stay as they are."""
+    """A long backlog is not doubled: rows whose message is still in Redis stay as they are."""
     alice = stack.account()
     broker, _ = stack.broker()
     stack.add_due_tasks(alice, 5)
