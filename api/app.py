@@ -11,10 +11,12 @@ from typing import Any
 
 from flask import Response, g, request
 from flask_openapi3 import Info, OpenAPI
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
 from api.auth import authenticate
+from api.metrics import metrics_registry, render
 from api.problems import http_problem, problem, validation_problem
 from api.schemas import Health, Problem, Readiness
 from api.service import TaskService
@@ -24,7 +26,7 @@ from shared.db import make_engine, make_session_factory
 from shared.queue import make_broker, ping
 
 MAX_BODY_BYTES = 64 * 1024
-PUBLIC_ENDPOINTS = frozenset({"healthz", "readyz", "openapi_document", "static"})
+PUBLIC_ENDPOINTS = frozenset({"healthz", "readyz", "metrics", "openapi_document", "static"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -106,6 +108,21 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         ready = all(value == "ok" for value in checks.values())
         body = Readiness(status="ready" if ready else "unavailable", checks=checks)
         return json_response(body, 200 if ready else 503)
+
+    registry = metrics_registry(broker)
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics: queue and dead-letter depth",
+        responses={
+            200: {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    def metrics() -> Response:
+        return Response(render(registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/openapi.json",
