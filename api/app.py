@@ -17,16 +17,31 @@ from werkzeug.exceptions import HTTPException
 
 from api.auth import authenticate
 from api.metrics import metrics_registry, render
+from api.ops import ops_api
+from api.ops_page import COOKIE as OPS_COOKIE
+from api.ops_page import forbidden_page, ops_page, to_sign_in
 from api.problems import http_problem, problem, validation_problem
 from api.schemas import Health, Problem, Readiness
 from api.service import TaskService
 from api.tasks import json_response, tasks_api
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
+from shared.dead_letters import DeadLetterDesk
 from shared.queue import make_broker, ping
 
 MAX_BODY_BYTES = 64 * 1024
-PUBLIC_ENDPOINTS = frozenset({"healthz", "readyz", "metrics", "openapi_document", "static"})
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "healthz",
+        "readyz",
+        "metrics",
+        "openapi_document",
+        "static",
+        "ops_page.sign_in",
+        "ops_page.sign_in_submit",
+    }
+)
+OPERATOR_BLUEPRINTS = frozenset({"ops", "ops_page"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -56,26 +71,32 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
 
     @app.before_request
     def _authenticate() -> Response | None:
-        if request.endpoint in PUBLIC_ENDPOINTS:
-            return None
-        if request.endpoint is None:  # no such route: let Flask answer 404/405
-            return None
-        owner = authenticate(sessions, request.headers.get("Authorization"))
+        if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS:
+            return None  # no such route (Flask answers 404/405), or public
+        on_page = request.blueprint == "ops_page"
+        header = request.headers.get("Authorization")
+        if header is None and on_page and request.cookies.get(OPS_COOKIE):
+            header = f"Bearer {request.cookies[OPS_COOKIE]}"
+        owner = authenticate(sessions, header)
         if owner is None:
+            if on_page:
+                return to_sign_in()
             return problem(
                 401,
                 "a valid bearer token is required",
                 headers={"WWW-Authenticate": 'Bearer realm="reminders"'},
             )
+        if request.blueprint in OPERATOR_BLUEPRINTS and not owner.is_operator:
+            return forbidden_page() if on_page else problem(403, "this needs an operator token")
         g.owner = owner
         return None
 
     @app.before_request
     def _require_json_body() -> Response | None:
-        if request.method not in BODY_METHODS or request.endpoint in PUBLIC_ENDPOINTS:
+        if request.method not in BODY_METHODS or request.endpoint is None:
             return None
-        if request.endpoint is None:
-            return None
+        if request.blueprint == "ops_page":
+            return None  # HTML forms, not JSON
         raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
         if request.mimetype != "application/json":
             return problem(415, "the body must be application/json")
@@ -137,5 +158,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     def openapi_document() -> Response:
         return Response(json.dumps(app.api_doc), mimetype="application/json")
 
+    desk = DeadLetterDesk(sessions, broker)
     app.register_api(tasks_api(TaskService(sessions, settings.remind_before_seconds)))
+    app.register_api(ops_api(desk))
+    app.register_api(ops_page(desk, lambda header: authenticate(sessions, header)))
     return app

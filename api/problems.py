@@ -84,6 +84,18 @@ def validation_problem(error: ValidationError) -> Response:
     )
 
 
+def bad_cursor_problem(error: Exception) -> Response:
+    """The 422 for a ``cursor`` query parameter this API did not hand out."""
+    entry = {"in": "query", "field": "cursor", "message": str(error), "code": "bad_cursor"}
+    return problem(
+        422,
+        "invalid fields: cursor",
+        title="Validation failed",
+        type_=VALIDATION_TYPE,
+        errors=[entry],
+    )
+
+
 def http_problem(exc: HTTPException) -> Response:
     """Turn any Werkzeug HTTP error (404, 405, 413, ...) into a problem document."""
     if exc.response is not None:  # already a full response (e.g. flask-openapi3's 422)

@@ -8,6 +8,7 @@ accept only RFC 3339 times that carry an offset.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -20,7 +21,7 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
-    model_validator,
+    field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
@@ -30,9 +31,15 @@ MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
 
 
+RFC3339_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
 def _rfc3339_text(value: Any) -> Any:
-    # pydantic would read a number as a Unix timestamp; the API speaks RFC 3339 only.
-    if not isinstance(value, str | datetime):
+    # pydantic would read a number, or a string of digits, as a Unix timestamp; the API
+    # speaks RFC 3339 only.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not RFC3339_SHAPE.match(value):
         raise ValueError("must be an RFC 3339 date-time string with an offset")
     return value
 
@@ -51,8 +58,16 @@ RemindBefore = Annotated[
 Status = Literal["open", "done"]
 
 
+def _no_null_defaults(schema: dict[str, Any]) -> None:
+    # An optional field that may not be null has no default in the document: "absent"
+    # is the default, and "default": null would contradict the field's own type.
+    for field_schema in schema.get("properties", {}).values():
+        if field_schema.get("default", ...) is None and "anyOf" not in field_schema:
+            del field_schema["default"]
+
+
 class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_null_defaults)
 
 
 class TaskCreate(RequestModel):
@@ -73,12 +88,13 @@ class TaskPatch(RequestModel):
     remind_before_seconds: RemindBefore | SkipJsonSchema[None] = None
     status: Status | SkipJsonSchema[None] = None
 
-    @model_validator(mode="after")
-    def _no_null_except_notes(self) -> TaskPatch:
-        nulls = [name for name in self.model_fields_set - {"notes"} if getattr(self, name) is None]
-        if nulls:
-            raise ValueError(f"may not be null: {', '.join(sorted(nulls))}")
-        return self
+    @field_validator("title", "due_at", "remind_before_seconds", "status", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Absent means "unchanged"; null would mean "clear", which only notes allow.
+        if value is None:
+            raise ValueError("may not be null")
+        return value
 
 
 class TaskQuery(RequestModel):
@@ -153,3 +169,85 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
+
+
+# -- operators ---------------------------------------------------------------------------
+
+ErrorType = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+]
+AgeSeconds = Annotated[int, Field(ge=0, le=10 * 365 * 86400)]
+
+
+class DeadLetterQuery(RequestModel):
+    error_type: ErrorType | None = Field(default=None, description="Only this final error type.")
+    older_than_seconds: AgeSeconds | None = Field(
+        default=None, description="Failed at least this long ago."
+    )
+    newer_than_seconds: AgeSeconds | None = Field(
+        default=None, description="Failed less than this long ago."
+    )
+    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class DeadLetterPath(RequestModel):
+    message_id: uuid.UUID
+
+
+class DeadLetterOut(BaseModel):
+    message_id: uuid.UUID
+    task_id: uuid.UUID
+    due_at: datetime
+    actor: str
+    queue: str
+    failed_at: datetime | None
+    attempts: int
+    error_type: str
+    error: str = Field(
+        description="The final attempt's error: type and message, never task content."
+    )
+    in_broker: bool = Field(
+        description="False once the broker's entry expired (REMINDERS_DEAD_LETTER_TTL)."
+    )
+
+
+class DeadLetterDetail(DeadLetterOut):
+    traceback: str | None = Field(
+        description="Dramatiq's traceback of the attempt before the last (`error`: the last)."
+    )
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetterOut]
+    next_cursor: str | None
+    error_types: dict[str, int] = Field(description="All live dead letters by final error type.")
+
+
+class RetryResult(BaseModel):
+    message_id: uuid.UUID
+    outcome: Literal["requeued", "already_sent"]
+
+
+class BulkRetryRequest(RequestModel):
+    error_type: ErrorType | SkipJsonSchema[None] = None
+    older_than_seconds: AgeSeconds | SkipJsonSchema[None] = None
+    dry_run: bool = False
+
+
+class BulkRetryResult(BaseModel):
+    dry_run: bool
+    count: int
+    message_ids: list[uuid.UUID]
+
+
+class QueueOut(BaseModel):
+    queue: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+
+class QueueList(BaseModel):
+    items: list[QueueOut]

@@ -6,16 +6,13 @@ and never confirms that it exists.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.pagination import decode_cursor, encode_cursor
 from api.schemas import ReminderOut, TaskCreate, TaskOut, TaskPage, TaskPatch, TaskQuery
 from shared.db import unit_of_work, utcnow
 from shared.models import Reminder, Task
@@ -30,10 +27,6 @@ class Owner:
     id: uuid.UUID
     name: str
     is_operator: bool
-
-
-class BadCursor(ValueError):
-    """The ``cursor`` query parameter was not one this API handed out."""
 
 
 def _reminder_out(reminder: Reminder) -> ReminderOut:
@@ -183,21 +176,3 @@ def _current_reminders(session: Session, tasks: list[Task]) -> dict[uuid.UUID, R
         select(Reminder).where(tuple_(Reminder.task_id, Reminder.due_at).in_(keys))
     )
     return {row.task_id: row for row in rows}
-
-
-def encode_cursor(due_at: datetime, task_id: uuid.UUID) -> str:
-    raw = json.dumps([due_at.isoformat(), str(task_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Raises: BadCursor."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        due_text, id_text = json.loads(raw)
-        due_at = datetime.fromisoformat(due_text)
-        if due_at.tzinfo is None:
-            raise ValueError("naive")
-        return due_at, uuid.UUID(id_text)
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
-        raise BadCursor("cursor is not one this API returned") from None

@@ -8,7 +8,8 @@ from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 
-from api.problems import problem
+from api.pagination import BadCursor
+from api.problems import bad_cursor_problem, problem
 from api.schemas import (
     ReminderHistory,
     TaskCreate,
@@ -18,7 +19,7 @@ from api.schemas import (
     TaskPath,
     TaskQuery,
 )
-from api.service import BadCursor, Owner, TaskService
+from api.service import Owner, TaskService
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -74,14 +75,7 @@ def tasks_api(service: TaskService) -> APIBlueprint:
         try:
             page = service.list(caller(), query)
         except BadCursor as exc:
-            errors = [{"in": "query", "field": "cursor", "message": str(exc), "code": "bad_cursor"}]
-            return problem(
-                422,
-                "invalid fields: cursor",
-                title="Validation failed",
-                type_="urn:reminders:problem:validation-error",
-                errors=errors,
-            )
+            return bad_cursor_problem(exc)
         return json_response(page)
 
     @api.get(

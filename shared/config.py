@@ -19,6 +19,10 @@ DEFAULT_DATA_DIR = ".reminders"
 THIRTY_DAYS = 30 * 24 * 3600
 
 
+# minute, hour, day of month, month, day of week (0 and 7 are Sunday)
+CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
 class ConfigError(Exception):
     """The environment holds a bad or missing value; the message names each variable."""
 
@@ -146,20 +150,25 @@ class Settings(BaseModel):
     def _valid_cron(cls, value: str) -> str:
         from periodiq import cron
 
+        if not value.strip().startswith("@") and len(value.split()) != 5:
+            raise ValueError("a cron expression has 5 fields: minute hour day month weekday")
         try:
-            cron(value)
-        except Exception as exc:  # periodiq raises plain ValueError/IndexError
-            raise ValueError(f"not a cron expression: {exc}") from None
+            spec = cron(value)
+        except Exception:  # periodiq raises bare ValueError/IndexError/KeyError
+            raise ValueError("not a cron expression") from None
+        # periodiq does not check ranges: "61 * * * *" would parse and never fire.
+        for values, (low, high) in zip(spec.astuple(), CRON_RANGES, strict=True):
+            if not values or min(values) < low or max(values) > high:
+                raise ValueError(f"a cron field is outside {low}-{high}")
         return value
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
-        if self.min_backoff_ms > self.max_backoff_ms:
-            raise ValueError("REMINDERS_MIN_BACKOFF_MS must not exceed REMINDERS_MAX_BACKOFF_MS")
-        if self.webhook_url and not self.webhook_secret:
-            raise ValueError(
-                "REMINDERS_WEBHOOK_SECRET is required when REMINDERS_WEBHOOK_URL is set"
-            )
+        problems = cross_field_problems(
+            self.webhook_url, self.webhook_secret, self.min_backoff_ms, self.max_backoff_ms
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -172,6 +181,28 @@ class Settings(BaseModel):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+
+def cross_field_problems(
+    webhook_url: str, webhook_secret: str, min_backoff_ms: object, max_backoff_ms: object
+) -> list[str]:
+    """Rules between variables, each problem naming the variables involved."""
+    problems = []
+    if webhook_url and not webhook_secret:
+        problems.append("REMINDERS_WEBHOOK_SECRET is required when REMINDERS_WEBHOOK_URL is set")
+    comparable = isinstance(min_backoff_ms, int) and isinstance(max_backoff_ms, int)
+    if comparable and min_backoff_ms > max_backoff_ms:  # type: ignore[operator]
+        problems.append("REMINDERS_MIN_BACKOFF_MS must not exceed REMINDERS_MAX_BACKOFF_MS")
+    return problems
+
+
+def _as_int(value: str | None, default: int) -> object:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        return None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -188,8 +219,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else ""
+            if not error["loc"]:
+                continue  # a cross-field rule: reported below, from the raw values
+            name = str(error["loc"][0])
             shown = f"={values[name]!r}" if name in values and "SECRET" not in name else ""
-            where = f"{name}{shown}: " if name else ""
-            lines.append(f"configuration error: {where}{error['msg']}")
+            lines.append(f"configuration error: {name}{shown}: {error['msg']}")
+        # pydantic skips the model-level rules once a field fails; check them anyway.
+        defaults = Settings.model_fields
+        problems = cross_field_problems(
+            values.get("REMINDERS_WEBHOOK_URL", ""),
+            values.get("REMINDERS_WEBHOOK_SECRET", ""),
+            _as_int(values.get("REMINDERS_MIN_BACKOFF_MS"), defaults["min_backoff_ms"].default),
+            _as_int(values.get("REMINDERS_MAX_BACKOFF_MS"), defaults["max_backoff_ms"].default),
+        )
+        lines.extend(f"configuration error: {problem}" for problem in problems)
         raise ConfigError("\n".join(lines)) from None

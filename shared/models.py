@@ -111,6 +111,13 @@ class Reminder(Base):
             sqlite_where=text("state = 'waiting'"),
         ),
         Index(
+            "ix_reminders_failed_at",
+            "failed_at",
+            "message_id",
+            postgresql_where=text("state = 'failed'"),
+            sqlite_where=text("state = 'failed'"),
+        ),
+        Index(
             "ix_reminders_queued_updated_at",
             "updated_at",
             postgresql_where=text("state = 'queued'"),
@@ -127,5 +134,24 @@ class Reminder(Base):
     late: Mapped[bool] = mapped_column(Boolean, default=False)
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Set when the occurrence becomes ``failed`` (dead-lettered); kept after the broker's
+    # dead-letter entry expires. An operator's discard is recorded beside it.
+    failed_at: Mapped[datetime | None]
+    discarded_at: Mapped[datetime | None]
+    discarded_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OperatorAction(Base):
+    """The audit trail of what operators did to dead letters: who, what, when."""
+
+    __tablename__ = "operator_actions"
+    __table_args__ = (Index("ix_operator_actions_at", "at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    operator: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    detail: Mapped[str | None] = mapped_column(Text)

@@ -20,6 +20,7 @@ from dramatiq.middleware import CurrentMessage, Retries
 from shared.config import Settings
 
 QUEUE_NAME = "reminders"
+SCAN_QUEUE_NAME = "reminders.scan"
 SEND_REMINDER = "send_reminder"
 SCAN_DUE_TASKS = "scan_due_tasks"
 

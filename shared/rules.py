@@ -71,3 +71,10 @@ def describe_error(exc: BaseException) -> str:
     """The error as recorded on a reminder: its type and message, never task content."""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {message}"[:500] if message else type(exc).__name__
+
+
+def error_type_of(recorded_error: str | None) -> str:
+    """The error type of a recorded error (see `describe_error`): the part before the colon."""
+    if not recorded_error:
+        return "unknown"
+    return recorded_error.split(":", 1)[0].strip() or "unknown"

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from shared.db import utcnow
 from shared.logs import get_logger
-from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SEND_REMINDER
+from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
 from workers import metrics
 from workers.channels import Channel, PermanentDeliveryError
 from workers.delivery import Outcome, deliver_occurrence, parse_occurrence, record_failed_attempt
@@ -163,7 +163,7 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         )(send_reminder),
         scan_due_tasks=dramatiq.actor(
             actor_name=SCAN_DUE_TASKS,
-            queue_name=f"{QUEUE_NAME}.scan",
+            queue_name=SCAN_QUEUE_NAME,
             broker=broker,
             periodic=cron(settings.scan_cron),
             # periodiq drops a late periodic message anyway; the next tick rescans everything.

@@ -147,9 +147,11 @@ def record_failed_attempt(
         ).one_or_none()
         if reminder is None or reminder.state not in DELIVERABLE_STATES:
             return None
+        now = clock()
         reminder.attempts += 1
         reminder.last_error = describe_error(error)
-        reminder.updated_at = clock()
+        reminder.updated_at = now
         if final:
             reminder.state = "failed"
+            reminder.failed_at = now
         return FailedAttempt(state=reminder.state, attempts=reminder.attempts)

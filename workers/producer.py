@@ -126,6 +126,7 @@ def _requeue_lost(
                     continue
                 if key in dead:
                     row.state = "failed"
+                    row.failed_at = now
                     row.last_error = row.last_error or LOST_MESSAGE_ERROR
                     result.repaired_failed += 1
                     continue

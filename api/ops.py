@@ -1,0 +1,130 @@
+"""The ``/ops`` JSON endpoints: dead letters and queue depths, for operator tokens only."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Response, g
+from flask_openapi3 import APIBlueprint, Tag
+
+from api.pagination import BadCursor, decode_cursor, encode_cursor
+from api.problems import bad_cursor_problem, problem
+from api.schemas import (
+    BulkRetryRequest,
+    BulkRetryResult,
+    DeadLetterDetail,
+    DeadLetterOut,
+    DeadLetterPage,
+    DeadLetterPath,
+    DeadLetterQuery,
+    QueueList,
+    QueueOut,
+    RetryResult,
+)
+from api.service import Owner
+from api.tasks import SECURITY, json_response, problem_responses
+from shared.db import utcnow
+from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
+
+
+def operator() -> Owner:
+    owner: Owner = g.owner
+    return owner
+
+
+def age_filter(
+    error_type: str | None, older_than: int | None, newer_than: int | None = None
+) -> DeadLetterFilter:
+    now = utcnow()
+    return DeadLetterFilter(
+        error_type=error_type,
+        failed_before=now - timedelta(seconds=older_than) if older_than is not None else None,
+        failed_after=now - timedelta(seconds=newer_than) if newer_than is not None else None,
+    )
+
+
+def not_a_dead_letter() -> Response:
+    return problem(404, "no such dead letter")
+
+
+def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
+    api = APIBlueprint(
+        "ops",
+        __name__,
+        url_prefix="/ops",
+        abp_tags=[Tag(name="operators", description="Dead letters and queues (operator tokens)")],
+        abp_security=SECURITY,
+    )
+    errors = problem_responses(401, 403, 422)
+
+    @api.get(
+        "/dead-letters",
+        summary="Dead letters, newest failure first",
+        responses={200: DeadLetterPage, **errors},
+    )
+    def list_dead_letters(query: DeadLetterQuery) -> Response:
+        try:
+            after = decode_cursor(query.cursor) if query.cursor else None
+        except BadCursor as exc:
+            return bad_cursor_problem(exc)
+        chosen = age_filter(query.error_type, query.older_than_seconds, query.newer_than_seconds)
+        items, next_key = desk.page(chosen, limit=query.limit, after=after)
+        page = DeadLetterPage(
+            items=[DeadLetterOut.model_validate(item, from_attributes=True) for item in items],
+            next_cursor=encode_cursor(*next_key) if next_key else None,
+            error_types=desk.error_types(),
+        )
+        return json_response(page)
+
+    @api.get(
+        "/dead-letters/<uuid:message_id>",
+        summary="One dead letter, with its traceback",
+        responses={200: DeadLetterDetail, **problem_responses(401, 403, 404, 422)},
+    )
+    def show_dead_letter(path: DeadLetterPath) -> Response:
+        letter = desk.show(path.message_id)
+        if letter is None:
+            return not_a_dead_letter()
+        return json_response(DeadLetterDetail.model_validate(letter, from_attributes=True))
+
+    @api.post(
+        "/dead-letters/<uuid:message_id>/retry",
+        summary="Enqueue a dead letter again with its retries reset (still exactly once)",
+        responses={200: RetryResult, **problem_responses(401, 403, 404, 422)},
+    )
+    def retry_dead_letter(path: DeadLetterPath) -> Response:
+        outcome = desk.retry(path.message_id, operator().name)
+        if outcome is RetryOutcome.NOT_FOUND:
+            return not_a_dead_letter()
+        return json_response(RetryResult(message_id=path.message_id, outcome=outcome.value))
+
+    @api.post(
+        "/dead-letters/retry",
+        summary="Retry every dead letter matching a filter",
+        responses={200: BulkRetryResult, **problem_responses(400, 401, 403, 413, 415, 422)},
+    )
+    def retry_dead_letters(body: BulkRetryRequest) -> Response:
+        chosen = age_filter(body.error_type, body.older_than_seconds)
+        ids = desk.retry_matching(chosen, operator().name, dry_run=body.dry_run)
+        return json_response(BulkRetryResult(dry_run=body.dry_run, count=len(ids), message_ids=ids))
+
+    @api.delete(
+        "/dead-letters/<uuid:message_id>",
+        summary="Discard a dead letter (the occurrence stays failed, marked discarded)",
+        responses={204: None, **problem_responses(401, 403, 404, 422)},
+    )
+    def discard_dead_letter(path: DeadLetterPath) -> Response:
+        if not desk.discard(path.message_id, operator().name):
+            return not_a_dead_letter()
+        return Response(status=204)
+
+    @api.get(
+        "/queues",
+        summary="Ready, delayed, in-flight and dead messages per queue",
+        responses={200: QueueList, **problem_responses(401, 403)},
+    )
+    def list_queues() -> Response:
+        items = [QueueOut.model_validate(depth, from_attributes=True) for depth in desk.queues()]
+        return json_response(QueueList(items=items))
+
+    return api

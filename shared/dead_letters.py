@@ -1,0 +1,283 @@
+"""The operators' desk: inspect, retry and discard dead letters, and see queue depths.
+
+The database is the record of every failed occurrence (its final error, when, how many
+attempts); the broker's dead-letter entry adds the message as Dramatiq kept it, with the
+traceback of the attempt before the last, until ``REMINDERS_DEAD_LETTER_TTL`` expires it.
+A listing therefore comes from the database and says whether the broker still holds the
+entry. Every action is recorded in ``operator_actions`` (who, what, when) and logged.
+
+Retrying stays exactly-once: the occurrence goes back to ``queued`` with a fresh message
+(same message ID, retries reset); if it was meanwhile sent, nothing is enqueued, and a
+message that races a delivery is suppressed by the delivery transaction's re-check.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import Select, or_, select, tuple_
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import unit_of_work, utcnow
+from shared.logs import get_logger
+from shared.models import OperatorAction, Reminder
+from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SEND_REMINDER, reminder_message
+from shared.redis_broker import (
+    DeadLetter,
+    QueueDepth,
+    dead_letters,
+    queue_depth,
+    remove_dead_letter,
+)
+from shared.rules import error_type_of
+
+log = get_logger("ops")
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters an operator means: by final error type and by age."""
+
+    error_type: str | None = None
+    failed_before: datetime | None = None
+    failed_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetterView:
+    message_id: uuid.UUID
+    task_id: uuid.UUID
+    due_at: datetime
+    actor: str
+    queue: str
+    failed_at: datetime | None
+    attempts: int
+    error_type: str
+    error: str
+    in_broker: bool
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class ActionView:
+    at: datetime
+    operator: str
+    action: str
+    message_id: uuid.UUID | None
+    detail: str | None
+
+
+class RetryOutcome(StrEnum):
+    REQUEUED = "requeued"
+    ALREADY_SENT = "already_sent"  # sent meanwhile: nothing enqueued, the entry is removed
+    NOT_FOUND = "not_found"  # not a (live) dead letter
+
+
+def _failed(query_filter: DeadLetterFilter) -> Select[Reminder]:
+    statement = select(Reminder).where(Reminder.state == "failed", Reminder.discarded_at.is_(None))
+    if query_filter.error_type:
+        statement = statement.where(
+            or_(
+                Reminder.last_error == query_filter.error_type,
+                Reminder.last_error.startswith(f"{query_filter.error_type}:", autoescape=True),
+            )
+        )
+    if query_filter.failed_before:
+        statement = statement.where(Reminder.failed_at < query_filter.failed_before)
+    if query_filter.failed_after:
+        statement = statement.where(Reminder.failed_at >= query_filter.failed_after)
+    return statement
+
+
+class DeadLetterDesk:
+    """The operator use cases over one database and one broker."""
+
+    def __init__(self, sessions: sessionmaker[Session], broker: RedisBroker) -> None:
+        self.sessions = sessions
+        self.broker = broker
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _entries(self) -> dict[str, DeadLetter]:
+        entries: dict[str, DeadLetter] = {}
+        for entry in dead_letters(self.broker, QUEUE_NAME):  # newest first: keep the newest
+            entries.setdefault(entry.message_id, entry)
+        return entries
+
+    def _view(self, row: Reminder, entry: DeadLetter | None, *, traceback: bool) -> DeadLetterView:
+        return DeadLetterView(
+            message_id=row.message_id,
+            task_id=row.task_id,
+            due_at=row.due_at,
+            actor=entry.message.actor_name if entry else SEND_REMINDER,
+            queue=QUEUE_NAME,
+            failed_at=row.failed_at,
+            attempts=row.attempts,
+            error_type=error_type_of(row.last_error),
+            error=row.last_error or "",
+            in_broker=entry is not None,
+            traceback=entry.traceback if (traceback and entry) else None,
+        )
+
+    def page(
+        self,
+        query_filter: DeadLetterFilter,
+        *,
+        limit: int = 50,
+        after: tuple[datetime, uuid.UUID] | None = None,
+    ) -> tuple[list[DeadLetterView], tuple[datetime, uuid.UUID] | None]:
+        """One page, newest failure first; returns the items and the key after the last."""
+        statement = _failed(query_filter)
+        if after is not None:
+            statement = statement.where(
+                tuple_(Reminder.failed_at, Reminder.message_id) < tuple_(after[0], after[1])
+            )
+        statement = statement.order_by(Reminder.failed_at.desc(), Reminder.message_id.desc())
+        with unit_of_work(self.sessions) as session:
+            rows = list(session.scalars(statement.limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        entries = self._entries() if rows else {}
+        items = [self._view(row, entries.get(str(row.message_id)), traceback=False) for row in rows]
+        last = rows[-1] if rows else None
+        next_key = (last.failed_at, last.message_id) if (more and last and last.failed_at) else None
+        return items, next_key
+
+    def error_types(self) -> dict[str, int]:
+        """Live dead letters grouped by final error type, with counts."""
+        with unit_of_work(self.sessions) as session:
+            errors = session.scalars(
+                _failed(DeadLetterFilter()).with_only_columns(Reminder.last_error)
+            )
+            counts: dict[str, int] = {}
+            for error in errors:
+                name = error_type_of(error)
+                counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+    def show(self, message_id: uuid.UUID) -> DeadLetterView | None:
+        with unit_of_work(self.sessions) as session:
+            row = session.scalars(
+                _failed(DeadLetterFilter()).where(Reminder.message_id == message_id)
+            ).one_or_none()
+        if row is None:
+            return None
+        return self._view(row, self._entries().get(str(message_id)), traceback=True)
+
+    def queues(self) -> list[QueueDepth]:
+        return [queue_depth(self.broker, name) for name in (QUEUE_NAME, SCAN_QUEUE_NAME)]
+
+    def recent_actions(self, limit: int = 20) -> list[ActionView]:
+        with unit_of_work(self.sessions) as session:
+            rows = session.scalars(
+                select(OperatorAction).order_by(OperatorAction.at.desc()).limit(limit)
+            )
+            return [
+                ActionView(row.at, row.operator, row.action, row.message_id, row.detail)
+                for row in rows
+            ]
+
+    # -- acting --------------------------------------------------------------------------
+
+    def _remove_entries(self, message_id: uuid.UUID) -> None:
+        for entry in dead_letters(self.broker, QUEUE_NAME):
+            if entry.message_id == str(message_id):
+                remove_dead_letter(self.broker, QUEUE_NAME, entry.broker_id)
+
+    def _record(
+        self,
+        session: Session,
+        operator: str,
+        action: str,
+        message_id: uuid.UUID | None,
+        detail: str,
+    ) -> None:
+        session.add(
+            OperatorAction(
+                id=uuid.uuid4(),
+                at=utcnow(),
+                operator=operator,
+                action=action,
+                message_id=message_id,
+                detail=detail,
+            )
+        )
+        log.info(
+            f"ops.{action}",
+            operator=operator,
+            message_id=str(message_id) if message_id else None,
+            detail=detail,
+        )
+
+    def retry(self, message_id: uuid.UUID, operator: str) -> RetryOutcome:
+        """Send a dead-lettered occurrence again, with its retries reset."""
+        now = utcnow()
+        with unit_of_work(self.sessions) as session:
+            row = session.scalars(
+                select(Reminder).where(Reminder.message_id == message_id).with_for_update()
+            ).one_or_none()
+            if row is None:
+                return RetryOutcome.NOT_FOUND
+            if row.state == "sent":
+                outcome = RetryOutcome.ALREADY_SENT
+            elif row.state == "failed" and row.discarded_at is None:
+                outcome = RetryOutcome.REQUEUED
+                row.state = "queued"
+                row.failed_at = None
+                row.updated_at = now
+            else:
+                return RetryOutcome.NOT_FOUND
+            self._record(session, operator, "retry", message_id, outcome.value)
+            task_id, due_at = row.task_id, row.due_at
+        if outcome is RetryOutcome.REQUEUED:
+            # After the commit: a crash here leaves a queued row the producer re-enqueues.
+            self.broker.enqueue(reminder_message(task_id, due_at, message_id))
+        self._remove_entries(message_id)
+        return outcome
+
+    def retry_matching(
+        self, query_filter: DeadLetterFilter, operator: str, *, dry_run: bool
+    ) -> list[uuid.UUID]:
+        """Retry every live dead letter matching the filter; ``dry_run`` only lists them."""
+        with unit_of_work(self.sessions) as session:
+            ids = list(
+                session.scalars(
+                    _failed(query_filter)
+                    .with_only_columns(Reminder.message_id)
+                    .order_by(Reminder.failed_at, Reminder.message_id)
+                )
+            )
+        if dry_run:
+            return ids
+        retried = [mid for mid in ids if self.retry(mid, operator) is RetryOutcome.REQUEUED]
+        with unit_of_work(self.sessions) as session:
+            self._record(session, operator, "bulk_retry", None, f"{len(retried)} requeued")
+        return retried
+
+    def discard(self, message_id: uuid.UUID, operator: str) -> bool:
+        """Drop a dead letter: the occurrence stays ``failed``, marked discarded (who, when)."""
+        with unit_of_work(self.sessions) as session:
+            row = session.scalars(
+                _failed(DeadLetterFilter())
+                .where(Reminder.message_id == message_id)
+                .with_for_update()
+            ).one_or_none()
+            if row is None:
+                return False
+            row.discarded_at = utcnow()
+            row.discarded_by = operator
+            row.updated_at = row.discarded_at
+            self._record(session, operator, "discard", message_id, row.last_error or "")
+        self._remove_entries(message_id)
+        return True
+
+    def discard_all(self, operator: str) -> int:
+        with unit_of_work(self.sessions) as session:
+            ids = list(
+                session.scalars(_failed(DeadLetterFilter()).with_only_columns(Reminder.message_id))
+            )
+        return sum(1 for message_id in ids if self.discard(message_id, operator))
