@@ -98,6 +98,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         if request.blueprint == "ops_page":
             return None  # HTML forms, not JSON
         raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+        if not raw:
+            return None  # an endpoint that needs a body says so with a 422
         if request.mimetype != "application/json":
             return problem(415, "the body must be application/json")
         try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
 
@@ -23,24 +21,12 @@ from api.schemas import (
 )
 from api.service import Owner
 from api.tasks import SECURITY, json_response, problem_responses
-from shared.db import utcnow
 from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
 
 
 def operator() -> Owner:
     owner: Owner = g.owner
     return owner
-
-
-def age_filter(
-    error_type: str | None, older_than: int | None, newer_than: int | None = None
-) -> DeadLetterFilter:
-    now = utcnow()
-    return DeadLetterFilter(
-        error_type=error_type,
-        failed_before=now - timedelta(seconds=older_than) if older_than is not None else None,
-        failed_after=now - timedelta(seconds=newer_than) if newer_than is not None else None,
-    )
 
 
 def not_a_dead_letter() -> Response:
@@ -67,7 +53,9 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
             after = decode_cursor(query.cursor) if query.cursor else None
         except BadCursor as exc:
             return bad_cursor_problem(exc)
-        chosen = age_filter(query.error_type, query.older_than_seconds, query.newer_than_seconds)
+        chosen = DeadLetterFilter.by_age(
+            query.error_type, query.older_than_seconds, query.newer_than_seconds
+        )
         items, next_key = desk.page(chosen, limit=query.limit, after=after)
         page = DeadLetterPage(
             items=[DeadLetterOut.model_validate(item, from_attributes=True) for item in items],
@@ -104,7 +92,7 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
         responses={200: BulkRetryResult, **problem_responses(400, 401, 403, 413, 415, 422)},
     )
     def retry_dead_letters(body: BulkRetryRequest) -> Response:
-        chosen = age_filter(body.error_type, body.older_than_seconds)
+        chosen = DeadLetterFilter.by_age(body.error_type, body.older_than_seconds)
         ids = desk.retry_matching(chosen, operator().name, dry_run=body.dry_run)
         return json_response(BulkRetryResult(dry_run=body.dry_run, count=len(ids), message_ids=ids))
 

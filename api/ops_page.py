@@ -15,9 +15,8 @@ from flask import Response, g, redirect, render_template, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
-from api.ops import age_filter
 from api.schemas import DeadLetterPath, ErrorType, RequestModel
-from shared.dead_letters import DeadLetterDesk, RetryOutcome
+from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
 
 COOKIE = "reminders_ops_token"
 PAGE_SIZE = 100
@@ -63,7 +62,7 @@ def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
 
     @page.get("", summary="The operations page", responses=PAGE_RESPONSES)
     def dashboard(query: PageQuery) -> Response | str:
-        letters, _ = desk.page(age_filter(query.error_type, None), limit=PAGE_SIZE)
+        letters, _ = desk.page(DeadLetterFilter.by_age(query.error_type, None), limit=PAGE_SIZE)
         return render_template(
             "ops.html",
             operator=g.owner.name,

@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import click
 
+from cli.dlq import dlq
 from cli.processes import (
     executable,
     scheduler_argv,
@@ -88,6 +89,9 @@ def users_revoke(name: str) -> None:
     if count is None:
         raise click.ClickException(f"no user named {name!r}")
     click.echo(f"revoked {count} token(s) of {name}")
+
+
+main.add_command(dlq)
 
 
 @main.command()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from dramatiq.brokers.redis import RedisBroker
@@ -45,6 +45,25 @@ class DeadLetterFilter:
     error_type: str | None = None
     failed_before: datetime | None = None
     failed_after: datetime | None = None
+
+    @classmethod
+    def by_age(
+        cls,
+        error_type: str | None = None,
+        older_than_seconds: int | None = None,
+        newer_than_seconds: int | None = None,
+    ) -> DeadLetterFilter:
+        """A filter by error type and by how long ago the occurrence failed."""
+        now = utcnow()
+        return cls(
+            error_type=error_type,
+            failed_before=None
+            if older_than_seconds is None
+            else now - timedelta(seconds=older_than_seconds),
+            failed_after=None
+            if newer_than_seconds is None
+            else now - timedelta(seconds=newer_than_seconds),
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,209 @@
+"""``reminders dlq``: the dead-letter commands (a table by default, ``--json`` for scripts).
+
+Actions are recorded as done by ``cli:<name>`` (``--as``, default: the login name).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import click
+
+from shared.db import make_engine, make_session_factory
+from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
+from shared.queue import make_broker
+
+PAGE = 200
+
+
+def _desk() -> DeadLetterDesk:
+    from cli.main import settings_or_exit
+
+    settings = settings_or_exit()
+    return DeadLetterDesk(
+        make_session_factory(make_engine(settings.resolved_database_url)), make_broker(settings)
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, default=_jsonable, indent=2))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(_jsonable(cell) if cell is not None else "") for cell in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([line, *body])
+
+
+def _operator(name: str | None) -> str:
+    return f"cli:{name or getpass.getuser()}"
+
+
+def _message_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a message ID (a UUID)") from None
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect, retry and discard dead letters."""
+
+
+@dlq.command("list")
+@click.option("--error", "error_type", help="Only this final error type.")
+@click.option("--older-than", type=click.IntRange(0), help="Failed at least this many seconds ago.")
+@click.option("--json", "as_json", is_flag=True)
+def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None:
+    """Dead letters, newest first, with their final error."""
+    desk = _desk()
+    letters: list[DeadLetterView] = []
+    after = None
+    while True:
+        page, after = desk.page(
+            DeadLetterFilter.by_age(error_type, older_than), limit=PAGE, after=after
+        )
+        letters.extend(page)
+        if after is None:
+            break
+    if as_json:
+        _emit_json(
+            {"items": [asdict(letter) for letter in letters], "error_types": desk.error_types()}
+        )
+        return
+    if not letters:
+        click.echo("no dead letters")
+        return
+    click.echo(
+        _table(
+            ["message_id", "task_id", "failed_at", "attempts", "in_broker", "error"],
+            [
+                [
+                    x.message_id,
+                    x.task_id,
+                    x.failed_at,
+                    x.attempts,
+                    "yes" if x.in_broker else "expired",
+                    x.error,
+                ]
+                for x in letters
+            ],
+        )
+    )
+    click.echo("\nby error type: " + ", ".join(f"{k} {v}" for k, v in desk.error_types().items()))
+
+
+@dlq.command()
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True)
+def show(message_id: str, as_json: bool) -> None:
+    """One dead letter, with Dramatiq's traceback."""
+    letter = _desk().show(_message_id(message_id))
+    if letter is None:
+        raise click.ClickException(f"{message_id} is not a dead letter")
+    if as_json:
+        _emit_json(asdict(letter))
+        return
+    for key, value in asdict(letter).items():
+        if key != "traceback":
+            click.echo(f"{key:>11}: {_jsonable(value)}")
+    click.echo(f"  traceback (the attempt before the last):\n{letter.traceback or '(expired)'}")
+
+
+@dlq.command()
+@click.argument("message_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Every dead letter matching the filters.")
+@click.option("--error", "error_type", help="With --all: only this final error type.")
+@click.option(
+    "--older-than", type=click.IntRange(0), help="With --all: failed at least N seconds ago."
+)
+@click.option(
+    "--dry-run", is_flag=True, help="With --all: list what would be retried, change nothing."
+)
+@click.option("--as", "name", help="Operator name to record (default: login name).")
+@click.option("--json", "as_json", is_flag=True)
+def retry(
+    message_id: str | None,
+    everything: bool,
+    error_type: str | None,
+    older_than: int | None,
+    dry_run: bool,
+    name: str | None,
+    as_json: bool,
+) -> None:
+    """Enqueue a dead letter again with retries reset (still delivered at most once)."""
+    desk = _desk()
+    if everything == bool(message_id):
+        raise click.UsageError("give a MESSAGE_ID or --all")
+    if message_id:
+        outcome = desk.retry(_message_id(message_id), _operator(name))
+        if outcome is RetryOutcome.NOT_FOUND:
+            raise click.ClickException(f"{message_id} is not a dead letter")
+        if as_json:
+            _emit_json({"message_id": message_id, "outcome": outcome.value})
+        else:
+            click.echo(f"{message_id}: {outcome.value.replace('_', ' ')}")
+        return
+    ids = desk.retry_matching(
+        DeadLetterFilter.by_age(error_type, older_than), _operator(name), dry_run=dry_run
+    )
+    if as_json:
+        _emit_json({"dry_run": dry_run, "count": len(ids), "message_ids": ids})
+        return
+    verb = "would retry" if dry_run else "retried"
+    click.echo(f"{verb} {len(ids)} dead letter(s)")
+    for item in ids:
+        click.echo(f"  {item}")
+
+
+@dlq.command()
+@click.argument("message_id", required=False)
+@click.option("--all", "everything", is_flag=True, help="Discard every dead letter.")
+@click.option("--yes", is_flag=True, help="Confirm --all without asking.")
+@click.option("--as", "name", help="Operator name to record (default: login name).")
+def purge(message_id: str | None, everything: bool, yes: bool, name: str | None) -> None:
+    """Discard dead letters: the occurrences stay failed, marked discarded."""
+    desk = _desk()
+    if everything == bool(message_id):
+        raise click.UsageError("give a MESSAGE_ID or --all")
+    if message_id:
+        if not desk.discard(_message_id(message_id), _operator(name)):
+            raise click.ClickException(f"{message_id} is not a dead letter")
+        click.echo(f"discarded {message_id}")
+        return
+    if not yes:
+        raise click.UsageError("purge --all discards every dead letter: add --yes to confirm")
+    click.echo(f"discarded {desk.discard_all(_operator(name))} dead letter(s)")
+
+
+@dlq.command()
+@click.option("--json", "as_json", is_flag=True)
+def queues(as_json: bool) -> None:
+    """Ready, delayed, in-flight and dead messages per queue."""
+    depths = _desk().queues()
+    if as_json:
+        _emit_json([asdict(depth) for depth in depths])
+        return
+    click.echo(
+        _table(
+            ["queue", "ready", "delayed", "in_flight", "dead"],
+            [[d.queue, d.ready, d.delayed, d.in_flight, d.dead] for d in depths],
+        )
+    )

@@ -1,0 +1,256 @@
+"""Operators inspect, retry and discard dead letters from the API and the CLI (SPEC §6, §7)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from shared.db import unit_of_work
+from shared.models import OperatorAction, Reminder
+from shared.queue import QUEUE_NAME
+from shared.redis_broker import dead_letters, queue_depth, remove_dead_letter
+from tests.conftest import create_account
+from tests.pipeline.conftest import BIN, Receiver, Stack
+from workers.producer import scan_due_tasks
+
+ROOT = Path(__file__).resolve().parents[2]
+POISON = {"webhook_secret": "s", "max_retries": 1, "min_backoff_ms": 50, "max_backoff_ms": 200}
+
+
+def poison(stack: Stack, receiver: Receiver, count: int = 1) -> tuple[Any, list[str]]:
+    """``count`` reminders dead-lettered for real: the webhook answers 500 to everything."""
+    receiver.script = lambda n: 500
+    owner = stack.account("owner")
+    for n in range(count):
+        stack.add_task(owner, datetime.now(UTC) + timedelta(minutes=10 + n), 3600)
+    broker, _ = stack.broker(webhook_url=receiver.url, **POISON)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    with stack.run_workers(broker):
+        assert stack.wait_for(lambda: stack.states().get("failed", 0) == count, 30)
+    return broker, [str(row.message_id) for row in stack.reminders()]
+
+
+def cli(
+    stack: Stack, *args: str, receiver: Receiver | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = stack.env(**({"webhook_url": receiver.url, **POISON} if receiver else {}))
+    return subprocess.run(
+        [str(BIN / "reminders"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def actions(stack: Stack) -> list[tuple[str, str, str | None]]:
+    with unit_of_work(stack.sessions) as session:
+        rows = session.scalars(select(OperatorAction).order_by(OperatorAction.at))
+        return [
+            (row.operator, row.action, str(row.message_id) if row.message_id else None)
+            for row in rows
+        ]
+
+
+def test_poisoned_reminder_is_listed_retried_once_after_the_fix(
+    stack: Stack, receiver: Receiver, api_client_for
+) -> None:
+    broker, [message_id] = poison(stack, receiver)
+    ops = create_account(stack.engine, "olivia", operator=True)
+    client = api_client_for(stack)
+
+    listed = client.get("/ops/dead-letters", headers=ops.headers)
+    assert listed.status_code == 200
+    [item] = listed.json["items"]
+    assert item["message_id"] == message_id
+    assert item["error"] == "TransientDeliveryError: webhook answered 500"
+    assert (item["attempts"], item["actor"], item["queue"], item["in_broker"]) == (
+        2,
+        "send_reminder",
+        "reminders",
+        True,
+    )
+    assert listed.json["error_types"] == {"TransientDeliveryError": 1}
+    shown = client.get(f"/ops/dead-letters/{message_id}", headers=ops.headers).json
+    assert "webhook answered 500" in shown["traceback"]
+
+    from_cli = cli(stack, "dlq", "list", "--json")
+    assert from_cli.returncode == 0, from_cli.stderr
+    assert [x["message_id"] for x in json.loads(from_cli.stdout)["items"]] == [message_id]
+    table = cli(stack, "dlq", "list")
+    assert message_id in table.stdout and "webhook answered 500" in table.stdout
+
+    receiver.script = lambda n: 200
+    before = len(receiver.receipts)
+    retried = client.post(f"/ops/dead-letters/{message_id}/retry", headers=ops.headers)
+    assert retried.json == {"message_id": message_id, "outcome": "requeued"}
+    assert dead_letters(broker, QUEUE_NAME) == []
+    with stack.run_workers(broker):
+        assert stack.wait_for(lambda: stack.states() == {"sent": 1}, 20)
+        again = client.post(f"/ops/dead-letters/{message_id}/retry", headers=ops.headers)
+        assert again.json == {"message_id": message_id, "outcome": "already_sent"}
+        stack.wait_for(lambda: queue_depth(broker, QUEUE_NAME).ready == 0, 5)
+
+    assert receiver.keys()[before:] == [message_id]
+    assert client.get("/ops/dead-letters", headers=ops.headers).json["items"] == []
+    assert ("olivia", "retry", message_id) in actions(stack)
+
+
+def test_retrying_an_occurrence_already_sent_sends_nothing_more(
+    stack: Stack, receiver: Receiver, api_client_for
+) -> None:
+    broker, _ = poison(stack, receiver)
+    ops = create_account(stack.engine, "olivia", operator=True)
+    with stack.sessions.begin() as session:  # delivered meanwhile, e.g. by a late redelivery
+        row = session.get(Reminder, stack.reminders()[0].message_id)
+        assert row is not None
+        row.state, row.sent_at = "sent", datetime.now(UTC)
+    client = api_client_for(stack)
+
+    assert client.get("/ops/dead-letters", headers=ops.headers).json["items"] == []
+    from shared.dead_letters import DeadLetterDesk, RetryOutcome
+
+    outcome = DeadLetterDesk(stack.sessions, broker).retry(
+        stack.reminders()[0].message_id, "olivia"
+    )
+
+    assert outcome is RetryOutcome.ALREADY_SENT
+    assert queue_depth(broker, QUEUE_NAME).ready == 0
+    assert dead_letters(broker, QUEUE_NAME) == []
+    before = len(receiver.receipts)
+    with stack.run_workers(broker):
+        stack.wait_for(lambda: False, 0.5)
+    assert len(receiver.receipts) == before
+    assert stack.states() == {"sent": 1}
+
+
+def test_discard_leaves_the_occurrence_failed_and_marked(stack: Stack, receiver: Receiver) -> None:
+    broker, [message_id] = poison(stack, receiver)
+
+    done = cli(stack, "dlq", "purge", message_id, "--as", "pat")
+
+    assert done.returncode == 0, done.stderr
+    [row] = stack.reminders()
+    assert (row.state, row.discarded_by) == ("failed", "cli:pat")
+    assert row.discarded_at is not None
+    assert dead_letters(broker, QUEUE_NAME) == []
+    assert json.loads(cli(stack, "dlq", "list", "--json").stdout)["items"] == []
+    assert ("cli:pat", "discard", message_id) in actions(stack)
+    assert cli(stack, "dlq", "retry", message_id).returncode != 0  # not a dead letter any more
+
+
+def test_purge_all_needs_confirmation(stack: Stack, receiver: Receiver) -> None:
+    poison(stack, receiver, count=2)
+
+    refused = cli(stack, "dlq", "purge", "--all")
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+    assert stack.states() == {"failed": 2}
+
+    done = cli(stack, "dlq", "purge", "--all", "--yes")
+    assert done.returncode == 0 and "discarded 2" in done.stdout
+    assert all(row.discarded_at for row in stack.reminders())
+
+
+def test_bulk_retry_dry_run_changes_nothing_and_lists_what_it_would_do(
+    stack: Stack, receiver: Receiver, api_client_for
+) -> None:
+    broker, ids = poison(stack, receiver, count=3)
+    ops = create_account(stack.engine, "olivia", operator=True)
+    client = api_client_for(stack)
+
+    dry = client.post("/ops/dead-letters/retry", json={"dry_run": True}, headers=ops.headers).json
+    from_cli = json.loads(cli(stack, "dlq", "retry", "--all", "--dry-run", "--json").stdout)
+    other_type = client.post(
+        "/ops/dead-letters/retry",
+        json={"dry_run": True, "error_type": "PermanentDeliveryError"},
+        headers=ops.headers,
+    ).json
+
+    assert (
+        dry["dry_run"] is True and dry["count"] == 3 and sorted(dry["message_ids"]) == sorted(ids)
+    )
+    assert from_cli["count"] == 3
+    assert other_type["count"] == 0
+    assert stack.states() == {"failed": 3}
+    assert len(dead_letters(broker, QUEUE_NAME)) == 3
+
+    real = client.post(
+        "/ops/dead-letters/retry",
+        json={"error_type": "TransientDeliveryError"},
+        headers=ops.headers,
+    ).json
+    assert real["count"] == 3
+    assert stack.states() == {"queued": 3}
+    assert queue_depth(broker, QUEUE_NAME).ready == 3
+    assert dead_letters(broker, QUEUE_NAME) == []
+
+
+def test_listing_says_when_the_broker_entry_expired(
+    stack: Stack, receiver: Receiver, api_client_for
+) -> None:
+    broker, [message_id] = poison(stack, receiver)
+    for letter in dead_letters(broker, QUEUE_NAME):
+        remove_dead_letter(broker, QUEUE_NAME, letter.broker_id)  # as the TTL would
+    ops = create_account(stack.engine, "olivia", operator=True)
+
+    [item] = api_client_for(stack).get("/ops/dead-letters", headers=ops.headers).json["items"]
+
+    assert item["message_id"] == message_id and item["in_broker"] is False
+    assert item["error"] == "TransientDeliveryError: webhook answered 500"
+
+
+def test_queue_depths_per_queue(stack: Stack, receiver: Receiver, api_client_for) -> None:
+    poison(stack, receiver)
+    ops = create_account(stack.engine, "olivia", operator=True)
+
+    queues = api_client_for(stack).get("/ops/queues", headers=ops.headers).json["items"]
+    from_cli = json.loads(cli(stack, "dlq", "queues", "--json").stdout)
+
+    by_name = {q["queue"]: q for q in queues}
+    assert by_name["reminders"] == {
+        "queue": "reminders",
+        "ready": 0,
+        "delayed": 0,
+        "in_flight": 0,
+        "dead": 1,
+    }
+    assert "reminders.scan" in by_name
+    assert from_cli == queues
+
+
+OPS_ROUTES = [
+    ("get", "/ops/dead-letters", None),
+    ("get", "/ops/dead-letters/{id}", None),
+    ("post", "/ops/dead-letters/{id}/retry", None),
+    ("post", "/ops/dead-letters/retry", {"dry_run": True}),
+    ("delete", "/ops/dead-letters/{id}", None),
+    ("get", "/ops/queues", None),
+    ("get", "/ops", None),
+    ("post", "/ops/sign-out", None),
+    ("post", "/ops/page/dead-letters/{id}/retry", None),
+    ("post", "/ops/page/dead-letters/{id}/discard", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), OPS_ROUTES)
+def test_a_non_operator_token_gets_403_on_every_ops_route(
+    stack: Stack, receiver: Receiver, api_client_for, method: str, path: str, body: Any
+) -> None:
+    broker, [message_id] = poison(stack, receiver)
+    user = create_account(stack.engine, "ursula")
+    client = api_client_for(stack)
+
+    response = getattr(client, method)(path.format(id=message_id), json=body, headers=user.headers)
+
+    assert response.status_code == 403
+    assert stack.states() == {"failed": 1}
+    assert len(dead_letters(broker, QUEUE_NAME)) == 1
+    anonymous = getattr(client, method)(path.format(id=message_id), json=body)
+    assert anonymous.status_code in {401, 303}
