@@ -18,7 +18,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 VALIDATION_TYPE = "urn:reminders:problem:validation-error"
 
 # Which part of the request a pydantic model validates, by the model's name.
-_LOCATION_BY_MODEL_SUFFIX = {"Query": "query", "Path": "path"}
+_LOCATION_BY_MODEL_SUFFIX = {"Query": "query", "Path": "path", "Headers": "header"}
 
 
 def problem(

@@ -79,6 +79,20 @@ class TaskCreate(RequestModel):
     )
 
 
+class CreateHeaders(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe creation: the same key and body return the first response "
+        "again; kept 24 hours, per user.",
+    )
+
+
 class TaskPatch(RequestModel):
     """Only the fields present change; ``notes: null`` clears the notes."""
 

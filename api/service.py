@@ -7,6 +7,7 @@ and never confirms that it exists.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Select, select, tuple_
@@ -65,7 +66,13 @@ class TaskService:
         self.sessions = sessions
         self.default_remind_before = default_remind_before
 
-    def create(self, owner: Owner, data: TaskCreate) -> TaskOut:
+    def create(
+        self,
+        owner: Owner,
+        data: TaskCreate,
+        within: Callable[[Session, TaskOut], None] | None = None,
+    ) -> TaskOut:
+        """Create the task and its first occurrence; ``within`` runs in the same transaction."""
         now = utcnow()
         task = Task(
             id=uuid.uuid4(),
@@ -81,8 +88,10 @@ class TaskService:
         with unit_of_work(self.sessions) as session:
             session.add(task)
             session.flush()
-            reminder = open_occurrence(session, task, now)
-            return _task_out(task, owner, reminder)
+            created = _task_out(task, owner, open_occurrence(session, task, now))
+            if within is not None:
+                within(session, created)
+            return created
 
     def get(self, owner: Owner, task_id: uuid.UUID) -> TaskOut | None:
         with unit_of_work(self.sessions) as session:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, g
+from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
+from api import idempotency
 from api.pagination import BadCursor
 from api.problems import bad_cursor_problem, problem
 from api.schemas import (
+    CreateHeaders,
     ReminderHistory,
     TaskCreate,
     TaskOut,
@@ -38,6 +41,14 @@ def json_response(
     )
 
 
+def location(task: TaskOut) -> str:
+    return f"/tasks/{task.id}"
+
+
+def created(task: TaskOut) -> Response:
+    return json_response(task, 201, {"Location": location(task)})
+
+
 def not_found() -> Response:
     return problem(404, "no such task")
 
@@ -60,11 +71,45 @@ def tasks_api(service: TaskService) -> APIBlueprint:
     @api.post(
         "",
         summary="Create a task",
-        responses={201: TaskOut, **problem_responses(400, 401, 413, 415, 422)},
+        responses={201: TaskOut, **problem_responses(400, 401, 409, 413, 415, 422)},
     )
-    def create_task(body: TaskCreate) -> Response:
-        task = service.create(caller(), body)
-        return json_response(task, 201, {"Location": f"/tasks/{task.id}"})
+    def create_task(header: CreateHeaders, body: TaskCreate) -> Response:
+        owner = caller()
+        if header.idempotency_key is None:
+            return created(service.create(owner, body))
+        request_hash = idempotency.fingerprint("POST", "/tasks", request.get_json())
+        outcome = idempotency.claim(
+            service.sessions, owner.id, header.idempotency_key, request_hash
+        )
+        if isinstance(outcome, idempotency.Replay):
+            headers = {"Location": outcome.location} if outcome.location else {}
+            return Response(
+                outcome.body, outcome.status, mimetype="application/json", headers=headers
+            )
+        if isinstance(outcome, idempotency.Mismatch):
+            return problem(
+                422,
+                "this Idempotency-Key was used with a different request body",
+                type_="urn:reminders:problem:idempotency-key-reused",
+            )
+        if isinstance(outcome, idempotency.InFlight):
+            return problem(
+                409,
+                "a request with this Idempotency-Key is still in progress",
+                headers={"Retry-After": "1"},
+            )
+        claimed = outcome
+
+        def keep_response(session: Session, task: TaskOut) -> None:
+            idempotency.store_response(
+                session, claimed, 201, task.model_dump_json(), location(task)
+            )
+
+        try:
+            return created(service.create(owner, body, within=keep_response))
+        except Exception:
+            idempotency.release(service.sessions, claimed)
+            raise
 
     @api.get(
         "",

@@ -23,7 +23,7 @@ from cli.processes import (
     worker_env,
 )
 from shared.config import ConfigError, Settings, load_settings
-from shared.db import make_engine, make_session_factory
+from shared.db import make_engine, make_session_factory, prepare_sqlite_directory
 from shared.logs import configure_logging
 from shared.schema import upgrade
 
@@ -50,7 +50,7 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply every pending migration (Alembic) to DATABASE_URL."""
     settings = settings_or_exit()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_sqlite_directory(settings)
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")

@@ -155,3 +155,26 @@ class OperatorAction(Base):
     action: Mapped[str] = mapped_column(String(32))
     message_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` for ``POST /tasks``, per user, with the stored response.
+
+    ``state`` is ``in_flight`` from the moment a request claims the key until its task and
+    response commit together (``done``). Rows live until ``expires_at`` (24 h or more).
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(10))
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    location: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import utcnow
+from shared.housekeeping import purge_expired_idempotency_keys
 from shared.logs import get_logger
 from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
 from workers import metrics
@@ -43,10 +44,15 @@ class Pipeline:
     settings: Settings
 
 
+HOUSEKEEPING = "housekeeping"
+HOUSEKEEPING_CRON = "17 * * * *"  # hourly, off the top of the hour
+
+
 @dataclass(frozen=True)
 class Actors:
     send_reminder: dramatiq.Actor[Any, Any]
     scan_due_tasks: dramatiq.Actor[Any, Any]
+    housekeeping: dramatiq.Actor[Any, Any]
 
 
 class RecordFailedAttempts(Middleware):
@@ -149,6 +155,11 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         metrics.ENQUEUED.labels("requeued").inc(result.requeued)
         metrics.MISSED.inc(result.missed)
 
+    def housekeeping() -> None:
+        """Purge expired Idempotency-Keys (kept at least 24 hours)."""
+        purged = purge_expired_idempotency_keys(pipeline.sessions, utcnow())
+        log.info("housekeeping.finished", idempotency_keys_purged=purged)
+
     return Actors(
         send_reminder=dramatiq.actor(
             actor_name=SEND_REMINDER,
@@ -169,4 +180,11 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
             # periodiq drops a late periodic message anyway; the next tick rescans everything.
             max_retries=0,
         )(scan),
+        housekeeping=dramatiq.actor(
+            actor_name=HOUSEKEEPING,
+            queue_name=SCAN_QUEUE_NAME,
+            broker=broker,
+            periodic=cron(HOUSEKEEPING_CRON),
+            max_retries=0,
+        )(housekeeping),
     )

@@ -738,12 +738,6 @@ def test_json_content_type_with_charset_is_accepted(api: ApiHarness) -> None:
 # --- Idempotency-Key -----------------------------------------------------------------------
 
 
-IDEMPOTENCY_XFAIL = pytest.mark.xfail(
-    strict=True, reason="BUG: POST /tasks ignores the Idempotency-Key header (SPEC §6)"
-)
-
-
-@IDEMPOTENCY_XFAIL
 def test_same_idempotency_key_and_body_returns_the_first_task_again(api: ApiHarness) -> None:
     alice = api.account("alice")
     body = {"title": "Once", "due_at": "2030-01-31T09:00:00Z"}
@@ -757,7 +751,6 @@ def test_same_idempotency_key_and_body_returns_the_first_task_again(api: ApiHarn
     assert len(api.client.get("/tasks", headers=alice.headers).json["items"]) == 1
 
 
-@IDEMPOTENCY_XFAIL
 def test_same_idempotency_key_with_another_body_is_422(api: ApiHarness) -> None:
     alice = api.account("alice")
     headers = {**alice.headers, "Idempotency-Key": "k-2"}

@@ -1,0 +1,127 @@
+"""Idempotency-Key on POST /tasks: replay, conflicting body, in flight, expiry (SPEC §6)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlparse
+
+import psycopg
+from sqlalchemy import func, select, update
+
+from shared.db import make_session_factory, unit_of_work
+from shared.housekeeping import purge_expired_idempotency_keys
+from shared.models import IdempotencyKey, Task
+from tests.conftest import ApiHarness
+
+BODY = {"title": "file taxes", "due_at": "2031-04-15T09:00:00+02:00"}
+
+
+def task_count(api: ApiHarness) -> int:
+    with unit_of_work(make_session_factory(api.engine)) as session:
+        return int(session.scalar(select(func.count()).select_from(Task)) or 0)
+
+
+def post(api: ApiHarness, headers: dict[str, str], key: str, body: dict[str, object] = BODY):
+    return api.client.post("/tasks", json=body, headers={**headers, "Idempotency-Key": key})
+
+
+def test_same_key_and_body_replay_the_first_response_without_a_second_task(api: ApiHarness) -> None:
+    alice = api.account("alice")
+    first = post(api, alice.headers, "k-1")
+    reordered = {"due_at": BODY["due_at"], "title": BODY["title"]}  # same JSON, other key order
+    second = post(api, alice.headers, "k-1", reordered)
+
+    assert first.status_code == second.status_code == 201
+    assert second.json == first.json
+    assert second.headers["Location"] == first.headers["Location"]
+    assert task_count(api) == 1
+
+
+def test_same_key_with_another_body_is_422(api: ApiHarness) -> None:
+    alice = api.account("alice")
+    post(api, alice.headers, "k-1")
+
+    other = post(api, alice.headers, "k-1", {**BODY, "title": "something else"})
+
+    assert other.status_code == 422
+    assert other.content_type == "application/problem+json"
+    assert "Idempotency-Key" in other.json["detail"]
+    assert task_count(api) == 1
+
+
+def test_keys_are_per_user(api: ApiHarness) -> None:
+    alice, bob = api.account("alice"), api.account("bob")
+    mine = post(api, alice.headers, "shared-key")
+    theirs = post(api, bob.headers, "shared-key")
+
+    assert theirs.status_code == 201
+    assert theirs.json["id"] != mine.json["id"] and theirs.json["owner"] == "bob"
+    assert task_count(api) == 2
+
+
+def test_same_key_while_the_first_is_in_flight_is_409(api: ApiHarness) -> None:
+    """Hold the first request inside its transaction with a table lock; send the second."""
+    alice = api.account("alice")
+    query = parse_qs(urlparse(api.settings.database_url).query)
+    schema = query["options"][0].split("=", 1)[1]
+    plain = api.settings.database_url.split("?")[0].replace("postgresql+psycopg", "postgresql")
+    results: dict[str, int] = {}
+    with psycopg.connect(plain) as blocker:
+        blocker.execute(f'LOCK TABLE "{schema}".tasks IN ACCESS EXCLUSIVE MODE')
+        first = threading.Thread(
+            target=lambda: results.update(first=post(api, alice.headers, "k-1").status_code)
+        )
+        first.start()
+        sessions = make_session_factory(api.engine)
+
+        def claimed() -> bool:
+            with unit_of_work(sessions) as session:
+                return session.get(IdempotencyKey, (alice.id, "k-1")) is not None
+
+        deadline = datetime.now(UTC) + timedelta(seconds=10)
+        while not claimed() and datetime.now(UTC) < deadline:
+            threading.Event().wait(0.05)
+        second = post(api, alice.headers, "k-1")
+        blocker.rollback()  # release the lock: the first request finishes
+    first.join(timeout=10)
+
+    assert second.status_code == 409
+    assert second.headers["Retry-After"] == "1"
+    assert results["first"] == 201
+    assert post(api, alice.headers, "k-1").status_code == 201  # now a replay
+    assert task_count(api) == 1
+
+
+def test_keys_expire_after_their_lifetime_and_are_purged(api: ApiHarness) -> None:
+    alice = api.account("alice")
+    first = post(api, alice.headers, "k-1")
+    sessions = make_session_factory(api.engine)
+    with unit_of_work(sessions) as session:
+        row = session.get(IdempotencyKey, (alice.id, "k-1"))
+        assert row is not None
+        assert row.expires_at - row.created_at >= timedelta(hours=24)
+        session.execute(
+            update(IdempotencyKey).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+
+    again = post(api, alice.headers, "k-1")
+
+    assert again.status_code == 201 and again.json["id"] != first.json["id"]
+    with unit_of_work(sessions) as session:
+        session.execute(
+            update(IdempotencyKey).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert purge_expired_idempotency_keys(sessions, datetime.now(UTC)) == 1
+    assert purge_expired_idempotency_keys(sessions, datetime.now(UTC)) == 0
+
+
+def test_a_malformed_key_is_422_naming_the_header(api: ApiHarness) -> None:
+    alice = api.account("alice")
+
+    response = post(api, alice.headers, "x" * 256)
+
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json["errors"]] == ["Idempotency-Key"]
+    assert response.json["errors"][0]["in"] == "header"
+    assert task_count(api) == 0
