@@ -16,6 +16,7 @@ from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
 from api.auth import authenticate
+from api.limits import install_rate_limit
 from api.metrics import metrics_registry, render
 from api.ops import ops_api
 from api.ops_page import COOKIE as OPS_COOKIE
@@ -42,6 +43,7 @@ PUBLIC_ENDPOINTS = frozenset(
     }
 )
 OPERATOR_BLUEPRINTS = frozenset({"ops", "ops_page"})
+UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics", "static"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -68,6 +70,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     app.extensions["reminders"] = {"settings": settings, "engine": engine, "broker": broker}
 
     app.register_error_handler(HTTPException, http_problem)
+    # Before authentication, so floods of bad tokens are limited too (by address).
+    install_rate_limit(app, settings, exempt=UNLIMITED_ENDPOINTS)
 
     @app.before_request
     def _authenticate() -> Response | None:

@@ -113,6 +113,12 @@ class Settings(BaseModel):
     webhook_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, validation_alias="REMINDERS_WEBHOOK_TIMEOUT"
     )
+    rate_limit: str = Field(
+        default="600/minute",
+        validation_alias="REMINDERS_RATE_LIMIT",
+        description="Requests per API token (or per address without one), e.g. "
+        "'600/minute;20/second'; empty turns the limit off.",
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,
@@ -136,6 +142,18 @@ class Settings(BaseModel):
     def _known_redis(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        if value:
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError("not a rate limit such as '600/minute' or '10/second'") from None
         return value
 
     @field_validator("webhook_url")

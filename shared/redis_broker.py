@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
@@ -28,12 +28,17 @@ from dramatiq.common import current_millis, dq_name, xq_name
 SCAN_COUNT = 1000
 
 
+def _client(broker: RedisBroker) -> Any:
+    # redis-py types its commands for sync and async clients alike; this one is sync.
+    return broker.client
+
+
 def _key(broker: RedisBroker, name: str) -> str:
     return f"{broker.namespace}:{name}"
 
 
 def _decoded(broker: RedisBroker, hash_key: str) -> Iterator[tuple[str, Message[Any]]]:
-    for broker_id, data in broker.client.hscan_iter(hash_key, count=SCAN_COUNT):
+    for broker_id, data in _client(broker).hscan_iter(hash_key, count=SCAN_COUNT):
         yield broker_id.decode(), Message.decode(data)
 
 
@@ -95,14 +100,13 @@ class DeadLetter:
 def dead_letters(broker: RedisBroker, queue_name: str) -> list[DeadLetter]:
     """Every dead letter of ``queue_name``, newest first."""
     xq = xq_name(queue_name)
-    scored = cast(
-        list[tuple[bytes, float]],
-        broker.client.zrevrange(_key(broker, xq), 0, -1, withscores=True),
+    scored: list[tuple[bytes, float]] = _client(broker).zrevrange(
+        _key(broker, xq), 0, -1, withscores=True
     )
     if not scored:
         return []
     ids = [member.decode() for member, _ in scored]
-    blobs = broker.client.hmget(_key(broker, f"{xq}.msgs"), ids)
+    blobs = _client(broker).hmget(_key(broker, f"{xq}.msgs"), ids)
     return [
         DeadLetter(broker_id=broker_id, message=Message.decode(blob), failed_at_ms=int(score))
         for (broker_id, (_, score), blob) in zip(ids, scored, blobs, strict=True)
@@ -117,7 +121,7 @@ def dead_message_ids(broker: RedisBroker, queue_name: str) -> set[str]:
 def remove_dead_letter(broker: RedisBroker, queue_name: str, broker_id: str) -> bool:
     """Delete one dead letter; False if it was already gone."""
     xq = xq_name(queue_name)
-    with broker.client.pipeline() as pipe:
+    with _client(broker).pipeline() as pipe:
         pipe.zrem(_key(broker, xq), broker_id)
         pipe.hdel(_key(broker, f"{xq}.msgs"), broker_id)
         removed, _ = pipe.execute()
@@ -135,7 +139,7 @@ class QueueDepth:
 
 def queue_depth(broker: RedisBroker, queue_name: str) -> QueueDepth:
     """How many messages of ``queue_name`` are ready, delayed, fetched-unacked and dead."""
-    client = broker.client
+    client = _client(broker)
     ready = int(client.llen(_key(broker, queue_name)))
     held = int(client.hlen(_key(broker, f"{queue_name}.msgs")))
     delayed = int(client.hlen(_key(broker, f"{dq_name(queue_name)}.msgs")))
