@@ -40,6 +40,7 @@ PUBLIC_ENDPOINTS = frozenset(
         "static",
         "ops_page.sign_in",
         "ops_page.sign_in_submit",
+        "ops_page.sign_out",
     }
 )
 OPERATOR_BLUEPRINTS = frozenset({"ops", "ops_page"})

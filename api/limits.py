@@ -7,12 +7,14 @@ limiter lets requests through: the limit protects the service, it must not take 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
-from flask import Flask, request
-from flask_limiter import Limiter
+from flask import Flask, Response, request
+from flask_limiter import HeaderNames, Limiter, RateLimitExceeded
 
 from api.auth import bearer_token
+from api.problems import problem
 from shared.config import Settings
 from shared.keys import hash_token
 
@@ -29,7 +31,7 @@ def install_rate_limit(app: Flask, settings: Settings, exempt: Iterable[str]) ->
     if not settings.rate_limit:
         return None
     exempt_endpoints = frozenset(exempt)
-    return Limiter(
+    limiter = Limiter(
         key_func=caller_key,
         app=app,
         storage_uri=settings.redis_url,
@@ -38,5 +40,17 @@ def install_rate_limit(app: Flask, settings: Settings, exempt: Iterable[str]) ->
         default_limits=[settings.rate_limit],
         default_limits_exempt_when=lambda: request.endpoint in exempt_endpoints,
         headers_enabled=True,
+        # Flask-Limiter would stamp Retry-After on every response; keep that for the 429.
+        header_name_mapping={HeaderNames.RETRY_AFTER: "X-RateLimit-Retry-After"},
         swallow_errors=True,
     )
+
+    def too_many_requests(exc: RateLimitExceeded) -> Response:
+        current = limiter.current_limit
+        wait = max(1, int(current.reset_at - time.time())) if current else 1
+        return problem(
+            429, f"rate limit exceeded: {exc.description}", headers={"Retry-After": str(wait)}
+        )
+
+    app.register_error_handler(RateLimitExceeded, too_many_requests)
+    return limiter

@@ -9,7 +9,7 @@ page with a notice (post/redirect/get).
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote
 
 from flask import Response, g, redirect, render_template, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
@@ -19,6 +19,7 @@ from api.schemas import DeadLetterPath, ErrorType, RequestModel
 from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
 
 COOKIE = "reminders_ops_token"
+NOTICE_COOKIE = "reminders_ops_notice"
 PAGE_SIZE = 100
 
 HTML = {"text/html": {"schema": {"type": "string"}}}
@@ -31,7 +32,6 @@ PAGE_RESPONSES: dict[str | int, Any] = {
 
 class PageQuery(RequestModel):
     error_type: ErrorType | None = None
-    notice: str | None = Field(default=None, max_length=200)
 
 
 class SignInForm(BaseModel):
@@ -39,8 +39,7 @@ class SignInForm(BaseModel):
 
 
 def forbidden_page() -> Response:
-    body = "<!doctype html><title>Forbidden</title><h1>403: operators only</h1>"
-    return Response(body, status=403, mimetype="text/html")
+    return Response(render_template("forbidden.html"), status=403, mimetype="text/html")
 
 
 def to_sign_in() -> Response:
@@ -48,7 +47,18 @@ def to_sign_in() -> Response:
 
 
 def back(notice: str) -> Response:
-    return redirect(url_for("ops_page.dashboard") + "?" + urlencode({"notice": notice}), code=303)  # type: ignore[return-value]
+    """Back to the page, with a notice shown once (a cookie only this server sets)."""
+    response = redirect(url_for("ops_page.dashboard"), code=303)
+    response.set_cookie(
+        NOTICE_COOKIE,
+        quote(notice),
+        httponly=True,
+        samesite="Strict",
+        secure=request.is_secure,
+        path="/ops",
+        max_age=60,
+    )
+    return response  # type: ignore[return-value]
 
 
 def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
@@ -61,18 +71,26 @@ def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
     )
 
     @page.get("", summary="The operations page", responses=PAGE_RESPONSES)
-    def dashboard(query: PageQuery) -> Response | str:
+    def dashboard(query: PageQuery) -> Response:
         letters, _ = desk.page(DeadLetterFilter.by_age(query.error_type, None), limit=PAGE_SIZE)
-        return render_template(
-            "ops.html",
-            operator=g.owner.name,
-            notice=query.notice,
-            queues=desk.queues(),
-            letters=letters,
-            error_types=desk.error_types(),
-            error_type=query.error_type or "",
-            actions=desk.recent_actions(),
+        notice = request.cookies.get(NOTICE_COOKIE)
+        response = Response(
+            render_template(
+                "ops.html",
+                operator=g.owner.name,
+                notice=unquote(notice)[:300] if notice else None,
+                queues=desk.queues(),
+                letters=letters,
+                error_types=desk.error_types(),
+                error_type=query.error_type or "",
+                retrying=desk.retrying(),
+                actions=desk.recent_actions(),
+            ),
+            mimetype="text/html",
         )
+        if notice:
+            response.delete_cookie(NOTICE_COOKIE, path="/ops")
+        return response
 
     @page.get("/sign-in", summary="Operator sign-in form", responses=PAGE_RESPONSES)
     def sign_in() -> str:

@@ -82,6 +82,15 @@ class DeadLetterView:
 
 
 @dataclass(frozen=True)
+class RetryingView:
+    message_id: uuid.UUID
+    task_id: uuid.UUID
+    last_attempt_at: datetime
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True)
 class ActionView:
     at: datetime
     operator: str
@@ -186,6 +195,22 @@ class DeadLetterDesk:
         if row is None:
             return None
         return self._view(row, self._entries().get(str(message_id)), traceback=True)
+
+    def retrying(self, limit: int = 20) -> list[RetryingView]:
+        """Recent failures still being retried: queued occurrences with a failed attempt."""
+        with unit_of_work(self.sessions) as session:
+            rows = session.scalars(
+                select(Reminder)
+                .where(Reminder.state == "queued", Reminder.attempts > 0)
+                .order_by(Reminder.updated_at.desc())
+                .limit(limit)
+            )
+            return [
+                RetryingView(
+                    row.message_id, row.task_id, row.updated_at, row.attempts, row.last_error or ""
+                )
+                for row in rows
+            ]
 
     def queues(self) -> list[QueueDepth]:
         return [queue_depth(self.broker, name) for name in (QUEUE_NAME, SCAN_QUEUE_NAME)]

@@ -57,9 +57,9 @@ def pg_url() -> Iterator[str]:
     except psycopg.OperationalError as exc:
         _unavailable("PostgreSQL", exc)
     separator = "&" if "?" in base else "?"
-    yield (
-        f"{base}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
-    ).replace("postgresql://", "postgresql+psycopg://", 1)
+    yield (f"{base}{separator}options=-csearch_path%3D{schema}&application_name={schema}").replace(
+        "postgresql://", "postgresql+psycopg://", 1
+    )
     with psycopg.connect(base, autocommit=True) as conn:
         # Sessions left behind (a killed worker, a leaked pool) would block the drop.
         conn.execute(

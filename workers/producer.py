@@ -31,7 +31,7 @@ from shared.config import Settings
 from shared.db import unit_of_work, utcnow
 from shared.logs import get_logger
 from shared.models import Reminder
-from shared.queue import QUEUE_NAME, reminder_message
+from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, reminder_message
 from shared.redis_broker import dead_message_ids, pending_message_ids, run_maintenance
 from shared.rules import admit_due_occurrence
 
@@ -157,7 +157,8 @@ def scan_due_tasks(
             break
         _enqueue(broker, claimed, result)
         result.enqueued += len(claimed)
-    run_maintenance(broker, QUEUE_NAME)
+    for queue_name in (QUEUE_NAME, SCAN_QUEUE_NAME):
+        run_maintenance(broker, queue_name)
     _requeue_lost(sessions, broker, settings, now, result)
     result.seconds = time.perf_counter() - started
     log.info(

@@ -233,7 +233,6 @@ OPS_ROUTES = [
     ("delete", "/ops/dead-letters/{id}", None),
     ("get", "/ops/queues", None),
     ("get", "/ops", None),
-    ("post", "/ops/sign-out", None),
     ("post", "/ops/page/dead-letters/{id}/retry", None),
     ("post", "/ops/page/dead-letters/{id}/discard", None),
 ]
@@ -254,3 +253,45 @@ def test_a_non_operator_token_gets_403_on_every_ops_route(
     assert len(dead_letters(broker, QUEUE_NAME)) == 1
     anonymous = getattr(client, method)(path.format(id=message_id), json=body)
     assert anonymous.status_code in {401, 303}
+
+
+def test_page_lists_recent_failures_still_retrying(
+    stack: Stack, receiver: Receiver, api_client_for
+) -> None:
+    receiver.script = lambda n: 503
+    owner = stack.account("owner")
+    stack.add_task(owner, datetime.now(UTC) + timedelta(minutes=10), 3600)
+    broker, _ = stack.broker(
+        webhook_url=receiver.url,
+        webhook_secret="s",
+        max_retries=5,
+        min_backoff_ms=60_000,
+        max_backoff_ms=120_000,
+    )
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    with stack.run_workers(broker):
+        assert stack.wait_for(lambda: stack.reminders()[0].attempts == 1, 20)
+    [row] = stack.reminders()
+    ops = create_account(stack.engine, "olivia", operator=True)
+    client = api_client_for(stack)
+    client.set_cookie("reminders_ops_token", ops.token, path="/ops")
+
+    page = client.get("/ops").get_data(as_text=True)
+
+    retrying = page.split('id="retrying"', 1)[1].split("</table>", 1)[0]
+    assert str(row.message_id) in retrying
+    assert "TransientDeliveryError: webhook answered 503" in retrying
+    assert row.state == "queued"
+
+
+def test_a_non_operator_can_sign_out_from_the_403_page(stack: Stack, api_client_for) -> None:
+    user = create_account(stack.engine, "ursula")
+    client = api_client_for(stack)
+    client.set_cookie("reminders_ops_token", user.token, path="/ops")
+
+    forbidden = client.get("/ops")
+    signed_out = client.post("/ops/sign-out")
+
+    assert forbidden.status_code == 403 and "Sign out" in forbidden.get_data(as_text=True)
+    assert signed_out.status_code == 303
+    assert client.get("/ops").headers["Location"].endswith("/ops/sign-in")
