@@ -20,6 +20,7 @@ from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Retries
 from periodiq import PeriodiqMiddleware, cron
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
@@ -42,6 +43,12 @@ class Pipeline:
     sessions: sessionmaker[Session]
     channel: Channel
     settings: Settings
+
+    @property
+    def engine(self) -> Engine:
+        engine = self.sessions.kw["bind"]
+        assert isinstance(engine, Engine)
+        return engine
 
 
 HOUSEKEEPING = "housekeeping"
@@ -123,7 +130,7 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         """Deliver one occurrence exactly once (see ``workers.delivery``)."""
         occurrence_task, occurrence_due = parse_occurrence(task_id, due_at)
         delivery = deliver_occurrence(
-            pipeline.sessions, pipeline.channel, occurrence_task, occurrence_due
+            pipeline.engine, pipeline.channel, occurrence_task, occurrence_due
         )
         message = dramatiq.middleware.CurrentMessage.get_current_message()
         fields = {"task_id": task_id, "message_id": message.message_id if message else None}

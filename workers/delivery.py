@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import unit_of_work, utcnow
@@ -56,8 +56,59 @@ def parse_occurrence(task_id: str, due_at: str) -> tuple[uuid.UUID, datetime]:
         raise PermanentDeliveryError(f"malformed message: {exc}") from None
 
 
+# Lock the task row (first, as the API does, so no deadlock), re-check it and the reminder,
+# and mark the reminder sent, in one statement; delivery then happens before the commit.
+_LOCKED_TASK = (
+    select(Task.id.label("locked_task_id"))
+    .where(
+        Task.id == bindparam("b_task"),
+        Task.status == "open",
+        Task.deleted_at.is_(None),
+        Task.due_at == bindparam("b_due"),
+    )
+    .with_for_update(of=Task)
+    .cte("locked_task")
+)
+_TITLE = select(Task.title).where(Task.id == Reminder.task_id).correlate(Reminder).scalar_subquery()
+_OWNER = (
+    select(User.name)
+    .where(
+        User.id
+        == select(Task.owner_id)
+        .where(Task.id == Reminder.task_id)
+        .correlate(Reminder)
+        .scalar_subquery()
+    )
+    .correlate(Reminder)
+    .scalar_subquery()
+)
+_MARK_SENT = (
+    update(Reminder)
+    .where(
+        Reminder.task_id == _LOCKED_TASK.c.locked_task_id,
+        Reminder.due_at == bindparam("b_due"),
+        Reminder.state.in_(sorted(DELIVERABLE_STATES)),
+    )
+    .values(
+        state="sent",
+        sent_at=bindparam("b_now"),
+        attempts=Reminder.attempts + 1,
+        updated_at=bindparam("b_now"),
+    )
+    # Scalar subqueries, not the CTE's columns: SQLite's RETURNING sees only the updated table.
+    .returning(
+        Reminder.message_id,
+        Reminder.remind_at,
+        Reminder.late,
+        Reminder.attempts,
+        _TITLE.label("title"),
+        _OWNER.label("owner"),
+    )
+)
+
+
 def deliver_occurrence(
-    sessions: sessionmaker[Session],
+    engine: Engine,
     channel: Channel,
     task_id: uuid.UUID,
     due_at: datetime,
@@ -65,57 +116,70 @@ def deliver_occurrence(
 ) -> Delivery:
     """Deliver the occurrence (task_id, due_at) at most once; see the module docstring.
 
+    The reminder is marked sent, the channel called, and the transaction committed only if
+    the channel accepted: a failed delivery rolls the mark back.
+
     Raises:
         TransientDeliveryError, PermanentDeliveryError: from the channel; nothing is recorded
-            (the caller records the attempt, see ``workers.failures``).
+            (the caller records the attempt, see ``RecordFailedAttempts``).
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was recorded.
     """
-    with unit_of_work(sessions) as session:
-        task = session.scalars(
-            select(Task).where(Task.id == task_id).with_for_update()
+    now = clock()
+    with engine.begin() as db:
+        marked = db.execute(
+            _MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now}
         ).one_or_none()
-        reminder = session.scalars(
-            select(Reminder)
-            .where(Reminder.task_id == task_id, Reminder.due_at == due_at)
-            .with_for_update()
-        ).one_or_none()
-        if reminder is None or task is None:
-            return Delivery(Outcome.STALE, state="unknown")
-        if reminder.state == "sent":
-            return Delivery(Outcome.DUPLICATE, state="sent", sent_at=reminder.sent_at)
-        if reminder.state not in DELIVERABLE_STATES:
-            return Delivery(Outcome.STALE, state=reminder.state)
-        now = clock()
-        if task.deleted_at is not None or task.status != "open" or task.due_at != due_at:
-            # The API cancels pending rows when a task changes; this repairs any row left behind.
-            reminder.state = "cancelled"
-            reminder.updated_at = now
-            return Delivery(Outcome.STALE, state="cancelled")
-
-        owner = session.scalars(select(User.name).where(User.id == task.owner_id)).one()
+        if marked is None:
+            return _not_deliverable(db, task_id, due_at, now)
         channel.deliver(
             ReminderPayload(
-                message_id=str(reminder.message_id),
-                task_id=str(task.id),
-                owner=owner,
-                title=task.title,
-                due_at=reminder.due_at,
-                remind_at=reminder.remind_at,
+                message_id=str(marked.message_id),
+                task_id=str(task_id),
+                owner=marked.owner,
+                title=marked.title,
+                due_at=due_at,
+                remind_at=marked.remind_at,
                 sent_at=now,
             )
         )
-        reminder.state = "sent"
-        reminder.sent_at = now
-        reminder.attempts += 1
-        reminder.updated_at = now
-        return Delivery(
-            Outcome.SENT,
-            state="sent",
-            sent_at=now,
-            remind_at=reminder.remind_at,
-            attempts=reminder.attempts,
-            late=reminder.late,
+    return Delivery(
+        Outcome.SENT,
+        state="sent",
+        sent_at=now,
+        remind_at=marked.remind_at,
+        attempts=marked.attempts,
+        late=marked.late,
+    )
+
+
+def _not_deliverable(
+    db: Connection, task_id: uuid.UUID, due_at: datetime, now: datetime
+) -> Delivery:
+    """Why an occurrence was not marked sent: already sent, no longer pending, or stale."""
+    task = db.execute(
+        select(Task.status, Task.due_at, Task.deleted_at)
+        .where(Task.id == task_id)
+        .with_for_update()
+    ).one_or_none()
+    reminder = db.execute(
+        select(Reminder.message_id, Reminder.state, Reminder.sent_at)
+        .where(Reminder.task_id == task_id, Reminder.due_at == due_at)
+        .with_for_update()
+    ).one_or_none()
+    if reminder is None or task is None:
+        return Delivery(Outcome.STALE, state="unknown")
+    if reminder.state == "sent":
+        return Delivery(Outcome.DUPLICATE, state="sent", sent_at=reminder.sent_at)
+    if reminder.state in DELIVERABLE_STATES:
+        # Pending, but the task was finished, deleted or moved: the API cancels such rows as it
+        # changes the task; this repairs any row left behind.
+        db.execute(
+            update(Reminder)
+            .where(Reminder.message_id == reminder.message_id)
+            .values(state="cancelled", updated_at=now)
         )
+        return Delivery(Outcome.STALE, state="cancelled")
+    return Delivery(Outcome.STALE, state=reminder.state)
 
 
 @dataclass(frozen=True)

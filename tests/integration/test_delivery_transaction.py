@@ -1,0 +1,108 @@
+"""The delivery transaction on both databases: sent once, duplicates and stale messages do nothing.
+
+The pipeline tests prove this on PostgreSQL under concurrency; this proves the same
+statement works on SQLite, which the embedded default runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, select
+
+from shared.db import make_session_factory, unit_of_work
+from shared.models import Reminder, Task
+from shared.occurrences import open_occurrence
+from tests.conftest import create_account
+from workers.channels import PermanentDeliveryError, ReminderPayload
+from workers.delivery import Outcome, deliver_occurrence
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.delivered: list[ReminderPayload] = []
+        self.fail = fail
+
+    def deliver(self, reminder: ReminderPayload) -> None:
+        self.delivered.append(reminder)
+        if self.fail:
+            raise PermanentDeliveryError("receiver said no")
+
+
+def add_task(engine: Engine, owner_name: str | None = None, **changes: object) -> Task:
+    owner = create_account(engine, owner_name or f"u{uuid.uuid4().hex[:6]}")
+    sessions = make_session_factory(engine)
+    task = Task(
+        id=uuid.uuid4(),
+        owner_id=owner.id,
+        title="water plants",
+        due_at=NOW + timedelta(minutes=30),
+        remind_before_seconds=3600,
+        status="open",
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    with unit_of_work(sessions) as session:
+        session.add(task)
+        session.flush()
+        open_occurrence(session, task, NOW)
+        for name, value in changes.items():
+            setattr(task, name, value)
+    return task
+
+
+def state(engine: Engine, task: Task) -> tuple[str, int]:
+    with unit_of_work(make_session_factory(engine)) as session:
+        row = session.scalars(select(Reminder).where(Reminder.task_id == task.id)).one()
+        return row.state, row.attempts
+
+
+def test_delivers_once_then_suppresses_duplicates(migrated: Engine) -> None:
+    others = [add_task(migrated) for _ in range(3)]  # other owners' occurrences beside it
+    task = add_task(migrated, owner_name="maria")
+    channel = Recorder()
+
+    first = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: NOW)
+    second = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: NOW)
+
+    assert (first.outcome, second.outcome) == (Outcome.SENT, Outcome.DUPLICATE)
+    assert [(r.title, r.task_id) for r in channel.delivered] == [("water plants", str(task.id))]
+    assert channel.delivered[0].owner == "maria"
+    assert all(state(migrated, other) == ("waiting", 0) for other in others)
+    assert state(migrated, task) == ("sent", 1)
+    assert first.sent_at == NOW and first.remind_at == NOW - timedelta(minutes=30)
+
+
+def test_a_failed_delivery_records_nothing(migrated: Engine) -> None:
+    task = add_task(migrated)
+
+    with pytest.raises(PermanentDeliveryError):
+        deliver_occurrence(migrated, Recorder(fail=True), task.id, task.due_at)
+
+    assert state(migrated, task) == ("waiting", 0)
+
+
+@pytest.mark.parametrize("change", [{"status": "done"}, {"deleted_at": NOW}])
+def test_a_stale_message_delivers_nothing_and_cancels_the_row(
+    migrated: Engine, change: dict
+) -> None:
+    task = add_task(migrated, **change)
+    channel = Recorder()
+
+    delivery = deliver_occurrence(migrated, channel, task.id, task.due_at)
+
+    assert (delivery.outcome, delivery.state) == (Outcome.STALE, "cancelled")
+    assert channel.delivered == []
+    assert state(migrated, task)[0] == "cancelled"
+
+
+def test_a_message_for_an_unknown_occurrence_is_stale(migrated: Engine) -> None:
+    delivery = deliver_occurrence(migrated, Recorder(), uuid.uuid4(), NOW)
+
+    assert delivery.outcome is Outcome.STALE
