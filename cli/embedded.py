@@ -86,7 +86,7 @@ def run_embedded(settings: Settings, *, port: int, processes: int) -> int:
         token = _dev_token(settings, settings.resolved_database_url)
         plan = {
             "web": (web_argv(f"127.0.0.1:{port}", workers=1), env),
-            "worker": (worker_argv(processes, threads=4), worker_env(settings, env)),
+            "worker": (worker_argv(processes, threads=4), worker_env(settings, env, threads=4)),
             "scheduler": (scheduler_argv(), scheduler_env(env)),
         }
         for name, (argv, child_env) in plan.items():

@@ -137,7 +137,7 @@ def _exec(argv: list[str], env: dict[str, str]) -> NoReturn:
 def worker(processes: int, threads: int) -> None:
     """Run a group of Dramatiq worker processes (delivery and the producer)."""
     settings = settings_or_exit()
-    _exec(worker_argv(processes, threads), worker_env(settings, dict(os.environ)))
+    _exec(worker_argv(processes, threads), worker_env(settings, dict(os.environ), threads))
 
 
 @main.command()

@@ -45,9 +45,16 @@ def scheduler_argv() -> list[str]:
     return ["periodiq", "workers.app"]
 
 
-def worker_env(settings: Settings, base: dict[str, str]) -> dict[str, str]:
-    """A worker group's environment: Prometheus multiprocess files when metrics are on."""
+# Messages each worker process fetches ahead, per thread. Dramatiq's default (2) leaves its
+# consumer sleeping in back-off whenever that small window is full of unacknowledged
+# messages, which caps throughput well below what the threads can do.
+PREFETCH_PER_THREAD = 16
+
+
+def worker_env(settings: Settings, base: dict[str, str], threads: int) -> dict[str, str]:
+    """A worker group's environment: prefetch, and Prometheus files when metrics are on."""
     env = dict(base)
+    env.setdefault("dramatiq_queue_prefetch", str(threads * PREFETCH_PER_THREAD))
     if settings.metrics_port:
         metrics_dir = Path(tempfile.gettempdir()) / f"reminders-metrics-{settings.metrics_port}"
         shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files would add old counts

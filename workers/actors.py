@@ -139,14 +139,15 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
             lateness = (delivery.sent_at - delivery.remind_at).total_seconds()
             metrics.SENT.labels(pipeline.channel.name).inc()
             metrics.LATENESS_SECONDS.observe(max(lateness, 0.0))
-            log.info(
-                "reminder.recorded",
-                channel=pipeline.channel.name,
-                attempt=delivery.attempts,
-                late=delivery.late,
-                lateness_ms=round(lateness * 1000),
-                **fields,
-            )
+            if not pipeline.channel.announces_delivery:
+                log.info(
+                    "reminder.sent",
+                    channel=pipeline.channel.name,
+                    attempt=delivery.attempts,
+                    late=delivery.late,
+                    lateness_ms=round(lateness * 1000),
+                    **fields,
+                )
         elif delivery.outcome is Outcome.DUPLICATE:
             metrics.DUPLICATES.inc()
             log.info("reminder.duplicate_suppressed", **fields)

@@ -69,6 +69,9 @@ def _rfc3339(value: datetime) -> str:
 
 class Channel(Protocol):
     name: str
+    # True when delivering *is* writing the ``reminder.sent`` log event (the log channel),
+    # so the actor does not write a second one after the commit.
+    announces_delivery: bool
 
     def deliver(self, reminder: ReminderPayload) -> None:
         """Hand the reminder over. Raises: TransientDeliveryError, PermanentDeliveryError."""
@@ -78,6 +81,7 @@ class LogChannel:
     """Writes the reminder as a ``reminder.sent`` log event (identifiers only, never the title)."""
 
     name = "log"
+    announces_delivery = True
 
     def deliver(self, reminder: ReminderPayload) -> None:
         log.info(
@@ -86,6 +90,7 @@ class LogChannel:
             message_id=reminder.message_id,
             task_id=reminder.task_id,
             due_at=_rfc3339(reminder.due_at),
+            lateness_ms=round((reminder.sent_at - reminder.remind_at).total_seconds() * 1000),
         )
 
 
@@ -99,6 +104,7 @@ class WebhookChannel:
     """POSTs each reminder to one URL, signed, with a bounded timeout."""
 
     name = "webhook"
+    announces_delivery = False
 
     def __init__(self, url: str, secret: str, timeout_seconds: float) -> None:
         self.url = url

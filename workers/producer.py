@@ -32,7 +32,12 @@ from shared.db import unit_of_work, utcnow
 from shared.logs import get_logger
 from shared.models import Reminder
 from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, reminder_message
-from shared.redis_broker import dead_message_ids, pending_message_ids, run_maintenance
+from shared.redis_broker import (
+    dead_message_ids,
+    enqueue_batch,
+    pending_message_ids,
+    run_maintenance,
+)
 from shared.rules import admit_due_occurrence
 
 log = get_logger("producer")
@@ -58,9 +63,10 @@ class _Claimed:
 
 
 def _enqueue(broker: RedisBroker, claimed: list[_Claimed], result: ScanResult) -> None:
-    for row in claimed:
-        broker.enqueue(reminder_message(row.task_id, row.due_at, row.message_id))
-        result.message_ids.append(str(row.message_id))
+    enqueue_batch(
+        broker, [reminder_message(row.task_id, row.due_at, row.message_id) for row in claimed]
+    )
+    result.message_ids.extend(str(row.message_id) for row in claimed)
 
 
 def _claim_due(
