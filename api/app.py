@@ -7,6 +7,7 @@ environment; ``api.wsgi`` is the one place that loads the environment for gunico
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
 from flask import Response, g, request
@@ -24,13 +25,14 @@ from api.ops_page import forbidden_page, ops_page, to_sign_in
 from api.problems import http_problem, problem, validation_problem
 from api.schemas import Health, Problem, Readiness
 from api.service import TaskService
-from api.tasks import json_response, tasks_api
+from api.tasks import json_response, problem_responses, tasks_api
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.dead_letters import DeadLetterDesk
 from shared.queue import make_broker, ping
 
 MAX_BODY_BYTES = 64 * 1024
+DRAIN_LIMIT_BYTES = 1024 * 1024
 PUBLIC_ENDPOINTS = frozenset(
     {
         "healthz",
@@ -71,6 +73,14 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     app.extensions["reminders"] = {"settings": settings, "engine": engine, "broker": broker}
 
     app.register_error_handler(HTTPException, http_problem)
+
+    @app.before_request
+    def _read_body() -> None:
+        # First of all hooks: a body is read whole (and cached for JSON and form parsing), or,
+        # past MAX_CONTENT_LENGTH, refused with 413 before a byte is read. See _drain_unread_body.
+        if request.content_length:
+            request.get_data(cache=True)
+
     # Before authentication, so floods of bad tokens are limited too (by address).
     install_rate_limit(app, settings, exempt=UNLIMITED_ENDPOINTS)
 
@@ -102,7 +112,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
             return None
         if request.blueprint == "ops_page":
             return None  # HTML forms, not JSON
-        raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+        raw = request.get_data(cache=True)
         if not raw:
             return None  # an endpoint that needs a body says so with a 422
         if request.mimetype != "application/json":
@@ -112,6 +122,20 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         except (ValueError, UnicodeDecodeError):
             return problem(400, "the body is not valid JSON")
         return None
+
+    @app.after_request
+    def _drain_unread_body(response: Response) -> Response:
+        # A body refused unread (413) stays on the connection, and gunicorn would read it as
+        # the next request. Read and drop it, up to a bound: past that, the client loses only
+        # its own connection.
+        length = request.content_length or 0
+        if (
+            length
+            and getattr(request, "_cached_data", None) is None
+            and length <= DRAIN_LIMIT_BYTES
+        ):
+            request.environ["wsgi.input"].read(length)
+        return response
 
     @app.get("/healthz", summary="Liveness: the process answers", responses={200: Health})
     def healthz() -> Response:
@@ -163,7 +187,18 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         },
     )
     def openapi_document() -> Response:
-        return Response(json.dumps(app.api_doc), mimetype="application/json")
+        return Response(document_json(), mimetype="application/json")
+
+    @cache
+    def document_json() -> str:
+        # flask-openapi3 documents its 422 as a JSON array on every operation; ours is a
+        # problem document, as every other error.
+        document = app.api_doc
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                if isinstance(operation, dict) and "422" in operation.get("responses", {}):
+                    operation["responses"]["422"] = problem_responses(422)[422]
+        return json.dumps(document)
 
     desk = DeadLetterDesk(sessions, broker)
     app.register_api(tasks_api(TaskService(sessions, settings.remind_before_seconds)))

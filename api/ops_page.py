@@ -16,6 +16,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
 from api.schemas import DeadLetterPath, ErrorType, RequestModel
+from api.tasks import problem_responses
 from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
 
 COOKIE = "reminders_ops_token"
@@ -26,7 +27,10 @@ HTML = {"text/html": {"schema": {"type": "string"}}}
 PAGE_RESPONSES: dict[str | int, Any] = {
     200: {"description": "HTML page", "content": HTML},
     303: {"description": "Redirect to the page or to sign-in"},
+    401: {"description": "Sign-in refused: not a valid token", "content": HTML},
     403: {"description": "Not an operator", "content": HTML},
+    404: {"description": "No such page (e.g. a malformed message ID)"},
+    **problem_responses(422),
 }
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -44,13 +45,35 @@ def _rfc3339_text(value: Any) -> Any:
     return value
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 12, 31, tzinfo=UTC)
+
+
+def _in_range(value: datetime) -> datetime:
+    # Far dates would overflow once converted to UTC or moved by the reminder lead time.
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise ValueError("must be between 1970-01-01 and 9998-12-31")
+    return value
+
+
 Timestamp = Annotated[
     AwareDatetime,
     BeforeValidator(_rfc3339_text),
-    Field(description="RFC 3339 date-time with an offset, e.g. 2030-01-31T09:00:00+01:00"),
+    AfterValidator(_in_range),
+    Field(
+        description="RFC 3339 date-time with an offset, e.g. 2030-01-31T09:00:00+01:00, "
+        "between 1970 and 9998"
+    ),
 ]
-Title = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=r"\S")]
-Notes = Annotated[StrictStr, Field(max_length=10_000)]
+# PostgreSQL text cannot hold NUL characters: refuse them with a 422, not a 500.
+Title = Annotated[
+    StrictStr, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
+Notes = Annotated[StrictStr, Field(max_length=10_000, pattern=r"^[^\x00]*$")]
 RemindBefore = Annotated[
     StrictInt,
     Field(ge=60, le=THIRTY_DAYS, description="Seconds before due_at at which to remind."),
@@ -247,6 +270,13 @@ class BulkRetryRequest(RequestModel):
     error_type: ErrorType | SkipJsonSchema[None] = None
     older_than_seconds: AgeSeconds | SkipJsonSchema[None] = None
     dry_run: bool = False
+
+    @field_validator("error_type", "older_than_seconds", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may not be null; leave the field out instead")
+        return value
 
 
 class BulkRetryResult(BaseModel):

@@ -16,7 +16,9 @@ from shared.config import Settings
 
 
 def executable(name: str, env: dict[str, str]) -> str:
-    """The path of a console script, preferring this interpreter's environment."""
+    """The path of a console script (or ``python``), preferring this interpreter's environment."""
+    if name == "python":
+        return sys.executable
     search = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     found = shutil.which(name, path=search)
     if found is None:
@@ -27,6 +29,8 @@ def executable(name: str, env: dict[str, str]) -> str:
 def web_argv(bind: str, workers: int, threads: int = 4) -> list[str]:
     return [
         "gunicorn",
+        "--config",
+        "python:api.gunicorn_conf",
         "--bind",
         bind,
         "--workers",
@@ -38,11 +42,22 @@ def web_argv(bind: str, workers: int, threads: int = 4) -> list[str]:
 
 
 def worker_argv(processes: int, threads: int) -> list[str]:
-    return ["dramatiq", "workers.app", "--processes", str(processes), "--threads", str(threads)]
+    """Dramatiq through ``cli.launch``, so its own logs are JSON too."""
+    return [
+        "python",
+        "-m",
+        "cli.launch",
+        "dramatiq",
+        "workers.app",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
 
 
 def scheduler_argv() -> list[str]:
-    return ["periodiq", "workers.app"]
+    return ["python", "-m", "cli.launch", "periodiq", "workers.app"]
 
 
 # Messages each worker process fetches ahead, per thread. Dramatiq's default (2) leaves its

@@ -1,0 +1,42 @@
+"""Start Dramatiq's or periodiq's command line with this service's JSON logging.
+
+    python -m cli.launch dramatiq workers.app --processes 2 --threads 8
+    python -m cli.launch periodiq workers.app
+
+Both command lines would otherwise install their own plain-text log format first; with
+the root logger already configured, Dramatiq is told ``--skip-logging`` and periodiq's
+``basicConfig`` does nothing. ``reminders worker`` and ``reminders scheduler`` run this.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from shared.config import ConfigError, load_settings
+from shared.logs import configure_logging
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level)
+    program, *arguments = sys.argv[1:]
+    if program == "dramatiq":
+        from dramatiq.cli import main as dramatiq_main
+
+        sys.argv = ["dramatiq", *arguments, "--skip-logging"]
+        raise SystemExit(dramatiq_main())
+    if program == "periodiq":
+        from periodiq import entrypoint
+
+        sys.argv = ["periodiq", *arguments]
+        entrypoint()
+        return
+    raise SystemExit(f"cli.launch: unknown program {program!r}")
+
+
+if __name__ == "__main__":
+    main()
