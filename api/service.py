@@ -9,15 +9,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Row, and_, insert, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.pagination import decode_cursor, encode_cursor
 from api.schemas import ReminderOut, TaskCreate, TaskOut, TaskPage, TaskPatch, TaskQuery
 from shared.db import unit_of_work, utcnow
 from shared.models import Reminder, Task
-from shared.occurrences import cancel_pending, current_occurrence, open_occurrence
+from shared.occurrences import (
+    cancel_pending,
+    current_occurrence,
+    first_occurrence,
+    open_occurrence,
+)
 from shared.rules import normalize_due_at, remind_at
 
 
@@ -74,31 +80,50 @@ class TaskService:
     ) -> TaskOut:
         """Create the task and its first occurrence; ``within`` runs in the same transaction."""
         now = utcnow()
-        task = Task(
-            id=uuid.uuid4(),
-            owner_id=owner.id,
+        task_id = uuid.uuid4()
+        due_at = normalize_due_at(data.due_at)
+        remind_before = data.remind_before_seconds or self.default_remind_before
+        task = {
+            "id": task_id,
+            "owner_id": owner.id,
+            "title": data.title,
+            "notes": data.notes,
+            "due_at": due_at,
+            "remind_before_seconds": remind_before,
+            "status": "open",
+            "created_at": now,
+            "updated_at": now,
+        }
+        reminder = first_occurrence(task_id, due_at, remind_before, now)
+        created = TaskOut(
+            id=task_id,
+            owner=owner.name,
             title=data.title,
             notes=data.notes,
-            due_at=normalize_due_at(data.due_at),
-            remind_before_seconds=data.remind_before_seconds or self.default_remind_before,
+            due_at=due_at,
+            remind_before_seconds=remind_before,
+            remind_at=reminder["remind_at"],
             status="open",
             created_at=now,
             updated_at=now,
+            reminder=ReminderOut(**reminder, sent_at=None, last_error=None),
         )
         with unit_of_work(self.sessions) as session:
-            session.add(task)
-            session.flush()
-            created = _task_out(task, owner, open_occurrence(session, task, now))
+            # Two plain INSERTs: creating tasks is the API's busiest path.
+            session.execute(insert(Task), [task])
+            session.execute(insert(Reminder), [reminder])
             if within is not None:
                 within(session, created)
-            return created
+        return created
 
     def get(self, owner: Owner, task_id: uuid.UUID) -> TaskOut | None:
-        with unit_of_work(self.sessions) as session:
-            task = _owned(session, owner, task_id)
-            if task is None:
-                return None
-            return _task_out(task, owner, current_occurrence(session, task))
+        statement = _TASK_WITH_REMINDER.where(
+            Task.id == task_id, Task.owner_id == owner.id, Task.deleted_at.is_(None)
+        )
+        with self.sessions() as session:
+            row = session.connection().execute(statement).one_or_none()
+            session.rollback()
+        return _row_out(row, owner) if row else None
 
     def update(self, owner: Owner, task_id: uuid.UUID, patch: TaskPatch) -> TaskOut | None:
         """Apply ``patch``; a new due date or lead time re-plans the reminder."""
@@ -154,9 +179,7 @@ class TaskService:
         Raises:
             BadCursor: the cursor does not decode.
         """
-        statement: Select[Task] = select(Task).where(
-            Task.owner_id == owner.id, Task.deleted_at.is_(None)
-        )
+        statement = _TASK_WITH_REMINDER.where(Task.owner_id == owner.id, Task.deleted_at.is_(None))
         if query.status:
             statement = statement.where(Task.status == query.status)
         if query.due_after:
@@ -167,21 +190,60 @@ class TaskService:
             after_due, after_id = decode_cursor(query.cursor)
             statement = statement.where(tuple_(Task.due_at, Task.id) > tuple_(after_due, after_id))
         statement = statement.order_by(Task.due_at, Task.id).limit(query.limit + 1)
-        with unit_of_work(self.sessions) as session:
-            tasks = list(session.scalars(statement))
-            more = len(tasks) > query.limit
-            tasks = tasks[: query.limit]
-            current = _current_reminders(session, tasks)
-            items = [_task_out(task, owner, current.get(task.id)) for task in tasks]
-        next_cursor = encode_cursor(tasks[-1].due_at, tasks[-1].id) if more else None
-        return TaskPage(items=items, next_cursor=next_cursor)
+        with self.sessions() as session:
+            rows = session.connection().execute(statement).all()
+            session.rollback()
+        more = len(rows) > query.limit
+        items = [_row_out(row, owner) for row in rows[: query.limit]]
+        last = items[-1] if more else None
+        return TaskPage(
+            items=items, next_cursor=encode_cursor(last.due_at, last.id) if last else None
+        )
 
 
-def _current_reminders(session: Session, tasks: list[Task]) -> dict[uuid.UUID, Reminder]:
-    if not tasks:
-        return {}
-    keys = [(task.id, task.due_at) for task in tasks]
-    rows = session.scalars(
-        select(Reminder).where(tuple_(Reminder.task_id, Reminder.due_at).in_(keys))
+# A task with the reminder of its current due date, in one query (the listing's shape).
+_TASK_WITH_REMINDER = select(
+    Task.id,
+    Task.title,
+    Task.notes,
+    Task.due_at,
+    Task.remind_before_seconds,
+    Task.status,
+    Task.created_at,
+    Task.updated_at,
+    Reminder.state.label("r_state"),
+    Reminder.remind_at.label("r_remind_at"),
+    Reminder.message_id.label("r_message_id"),
+    Reminder.sent_at.label("r_sent_at"),
+    Reminder.attempts.label("r_attempts"),
+    Reminder.late.label("r_late"),
+    Reminder.last_error.label("r_last_error"),
+).outerjoin(Reminder, and_(Reminder.task_id == Task.id, Reminder.due_at == Task.due_at))
+
+
+def _row_out(row: Row[*tuple[Any, ...]], owner: Owner) -> TaskOut:
+    reminder = None
+    if row.r_state is not None:
+        reminder = ReminderOut(
+            state=row.r_state,
+            due_at=row.due_at,
+            remind_at=row.r_remind_at,
+            message_id=row.r_message_id,
+            sent_at=row.r_sent_at,
+            attempts=row.r_attempts,
+            late=row.r_late,
+            last_error=row.r_last_error,
+        )
+    return TaskOut(
+        id=row.id,
+        owner=owner.name,
+        title=row.title,
+        notes=row.notes,
+        due_at=row.due_at,
+        remind_before_seconds=row.remind_before_seconds,
+        remind_at=remind_at(row.due_at, row.remind_before_seconds),
+        status=row.status,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        reminder=reminder,
     )
-    return {row.task_id: row for row in rows}

@@ -369,7 +369,7 @@ counter = 0
 request = function()
   counter = counter + 1
   local body = string.format('{"title": "bench %d", "due_at": "2031-01-01T00:%02d:%02dZ"}',
-                             counter, (counter // 60) % 60, counter % 60)
+                             counter, math.floor(counter / 60) % 60, counter % 60)
   return wrk.format("POST", "/tasks", {["Content-Type"] = "application/json",
                     ["Authorization"] = "Bearer TOKEN"}, body)
 end

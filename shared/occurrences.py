@@ -9,7 +9,9 @@ UNIQUE (task_id, due_at) constraint keeps a rescheduled-back task from being rem
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -26,7 +28,26 @@ def current_occurrence(session: Session, task: Task) -> Reminder | None:
     ).one_or_none()
 
 
-def open_occurrence(session: Session, task: Task, now: datetime) -> Reminder:
+def first_occurrence(
+    task_id: uuid.UUID, due_at: datetime, remind_before_seconds: int, now: datetime
+) -> dict[str, Any]:
+    """The column values of a task's first reminder row (state ``waiting``)."""
+    return {
+        "message_id": message_id(task_id, due_at),
+        "task_id": task_id,
+        "due_at": due_at,
+        "remind_at": remind_at(due_at, remind_before_seconds),
+        "state": "waiting",
+        "attempts": 0,
+        "late": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def open_occurrence(
+    session: Session, task: Task, now: datetime, *, new_task: bool = False
+) -> Reminder:
     """Make sure the task's current due date has a reminder row, pending if it can be.
 
     A cancelled row for the same due date (the task was finished or moved away and back)
@@ -36,15 +57,7 @@ def open_occurrence(session: Session, task: Task, now: datetime) -> Reminder:
     when = remind_at(task.due_at, task.remind_before_seconds)
     if occurrence is None:
         occurrence = Reminder(
-            message_id=message_id(task.id, task.due_at),
-            task_id=task.id,
-            due_at=task.due_at,
-            remind_at=when,
-            state="waiting",
-            attempts=0,
-            late=False,
-            created_at=now,
-            updated_at=now,
+            **first_occurrence(task.id, task.due_at, task.remind_before_seconds, now)
         )
         session.add(occurrence)
     elif occurrence.state == "cancelled":
