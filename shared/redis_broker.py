@@ -44,38 +44,32 @@ def _decoded(broker: RedisBroker, hash_key: str) -> Iterator[tuple[str, Message[
 
 
 def enqueue_batch(broker: RedisBroker, messages: Sequence[Message[Any]]) -> None:
-    """Enqueue ``messages`` in one Redis round trip, as ``broker.enqueue`` would one by one.
+    """Enqueue ``messages`` (all for one queue) in one atomic round trip.
 
-    Same Lua script, same fresh broker id per message, same enqueue hooks for middleware;
-    the producer enqueues thousands per scan, and one round trip each would dominate it.
+    Exactly what Dramatiq's enqueue script does per message (store the encoded message
+    under a fresh broker id in ``<q>.msgs``, push the id on ``<q>``), done for the whole
+    batch as one HSET and one RPUSH inside MULTI/EXEC, so a worker never pops an id whose
+    message is not stored yet. The broker's enqueue hooks run for each message as usual.
+    The producer enqueues thousands per scan; a script call each would dominate it.
     """
     if not messages:
         return
-    dispatch = broker.scripts["dispatch"]
-    sent = []
-    with _client(broker).pipeline(transaction=False) as pipe:
-        for original in messages:
-            message = original.copy(options={"redis_message_id": str(uuid.uuid4())})
-            broker.emit_before("enqueue", message, None)
-            dispatch(
-                keys=[broker.namespace],
-                args=[
-                    "enqueue",
-                    current_millis(),
-                    message.queue_name,
-                    broker.broker_id,
-                    broker.heartbeat_timeout,
-                    broker.dead_message_ttl,
-                    0,  # no maintenance from here
-                    broker._max_unpack_size(),
-                    message.options["redis_message_id"],
-                    message.encode(),
-                ],
-                client=pipe,
-            )
-            sent.append(message)
+    queue_name = messages[0].queue_name
+    if any(message.queue_name != queue_name for message in messages):
+        raise ValueError("enqueue_batch takes messages of one queue")
+    prepared = []
+    for original in messages:
+        message = original.copy(options={"redis_message_id": str(uuid.uuid4())})
+        broker.emit_before("enqueue", message, None)
+        prepared.append(message)
+    with _client(broker).pipeline(transaction=True) as pipe:
+        pipe.hset(
+            _key(broker, f"{queue_name}.msgs"),
+            mapping={message.options["redis_message_id"]: message.encode() for message in prepared},
+        )
+        pipe.rpush(_key(broker, queue_name), *(m.options["redis_message_id"] for m in prepared))
         pipe.execute()
-    for message in sent:
+    for message in prepared:
         broker.emit_after("enqueue", message, None)
 
 

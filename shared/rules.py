@@ -57,9 +57,17 @@ def admit_due_occurrence(due_at: datetime, now: datetime, catchup_seconds: int) 
     down) is recorded as missed rather than sent hours too late; one whose due date passed
     less long ago is sent and marked late.
     """
-    if due_at < now - timedelta(seconds=catchup_seconds):
+    if due_at < missed_before(now, catchup_seconds):
         return Admission(state="missed", late=True)
     return Admission(state="queued", late=due_at <= now)
+
+
+def missed_before(now: datetime, catchup_seconds: int) -> datetime:
+    """Due dates before this are past the catch-up window (see `admit_due_occurrence`).
+
+    The producer applies the rule to a whole batch in one SQL statement with this cut-off.
+    """
+    return now - timedelta(seconds=catchup_seconds)
 
 
 def webhook_status_is_transient(status: int) -> bool:

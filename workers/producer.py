@@ -22,9 +22,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
@@ -38,7 +39,7 @@ from shared.redis_broker import (
     pending_message_ids,
     run_maintenance,
 )
-from shared.rules import admit_due_occurrence
+from shared.rules import missed_before
 
 log = get_logger("producer")
 
@@ -69,34 +70,47 @@ def _enqueue(broker: RedisBroker, claimed: list[_Claimed], result: ScanResult) -
     result.message_ids.extend(str(row.message_id) for row in claimed)
 
 
+def _claim_statement(now: datetime, settings: Settings) -> Any:
+    """Claim a batch of due waiting rows and admit them (``admit_due_occurrence``) in SQL."""
+    due = (
+        select(Reminder.message_id)
+        .where(Reminder.state == "waiting", Reminder.remind_at <= now)
+        .order_by(Reminder.remind_at)
+        .limit(settings.scan_batch_size)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    cutoff = missed_before(now, settings.catchup_seconds)
+    return (
+        update(Reminder)
+        .where(Reminder.message_id == due.c.message_id)
+        .values(
+            state=case((Reminder.due_at < cutoff, "missed"), else_="queued"),
+            late=Reminder.due_at <= now,
+            updated_at=now,
+        )
+        .returning(Reminder.task_id, Reminder.due_at, Reminder.message_id, Reminder.state)
+    )
+
+
 def _claim_due(
     sessions: sessionmaker[Session], settings: Settings, now: datetime, result: ScanResult
 ) -> tuple[int, list[_Claimed]]:
     """Claim one batch of due waiting rows: how many were claimed, and those to enqueue."""
     with unit_of_work(sessions) as session:
-        rows = session.scalars(
-            select(Reminder)
-            .where(Reminder.state == "waiting", Reminder.remind_at <= now)
-            .order_by(Reminder.remind_at)
-            .limit(settings.scan_batch_size)
-            .with_for_update(skip_locked=True)
-        ).all()
-        claimed = []
-        for row in rows:
-            admission = admit_due_occurrence(row.due_at, now, settings.catchup_seconds)
-            row.state = admission.state
-            row.late = admission.late
-            row.updated_at = now
-            if admission.state == "queued":
-                claimed.append(_Claimed(row.task_id, row.due_at, row.message_id))
-            else:
-                result.missed += 1
-                log.warning(
-                    "reminder.missed",
-                    task_id=str(row.task_id),
-                    message_id=str(row.message_id),
-                    due_at=row.due_at.isoformat(),
-                )
+        rows = session.connection().execute(_claim_statement(now, settings)).all()
+    claimed = []
+    for row in rows:
+        if row.state == "queued":
+            claimed.append(_Claimed(row.task_id, row.due_at, row.message_id))
+        else:
+            result.missed += 1
+            log.warning(
+                "reminder.missed",
+                task_id=str(row.task_id),
+                message_id=str(row.message_id),
+                due_at=row.due_at.isoformat(),
+            )
     return len(rows), claimed
 
 

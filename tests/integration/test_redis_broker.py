@@ -25,6 +25,7 @@ from shared.redis_broker import (
     QueueDepth,
     dead_letters,
     dead_message_ids,
+    enqueue_batch,
     pending_message_ids,
     queue_depth,
     remove_dead_letter,
@@ -349,3 +350,29 @@ def test_maintenance_expires_dead_letters_older_than_the_ttl_and_keeps_younger_o
 
     assert dead_message_ids(broker, QUEUE_NAME) == {young.message_id}
     assert queue_depth(broker, QUEUE_NAME).dead == 1
+
+
+def test_a_batch_is_enqueued_in_order_and_consumed_like_single_enqueues(
+    brokers: BrokerFactory,
+) -> None:
+    broker = brokers()
+    batch = [message() for _ in range(3)]
+    single = message()
+
+    enqueue_batch(broker, batch)
+    broker.enqueue(single)
+
+    fetched = [fetch(broker) for _ in range(4)]
+    assert [proxy.message_id for proxy in fetched] == [m.message_id for m in [*batch, single]]
+    assert [proxy.args for proxy in fetched[:3]] == [m.args for m in batch]
+    assert len({proxy.options["redis_message_id"] for proxy in fetched}) == 4
+    for proxy in fetched:
+        ack(broker, proxy)
+    assert queue_depth(broker, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
+
+
+def test_a_batch_takes_one_queue(brokers: BrokerFactory) -> None:
+    other = Message(queue_name="elsewhere", actor_name="x", args=(), kwargs={}, options={})
+
+    with pytest.raises(ValueError, match="one queue"):
+        enqueue_batch(brokers(), [message(), other])
