@@ -33,7 +33,9 @@ if settings.metrics_port:
 dramatiq.set_broker(broker)
 
 pipeline = Pipeline(
-    sessions=make_session_factory(make_engine(settings.resolved_database_url)),
+    # No pre-ping round trip on every checkout: a connection that died since its last use
+    # fails that one attempt, which the Retries middleware retries on a fresh connection.
+    sessions=make_session_factory(make_engine(settings.resolved_database_url, pool_pre_ping=False)),
     channel=make_channel(settings),
     settings=settings,
 )
