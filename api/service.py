@@ -20,7 +20,6 @@ from shared.db import unit_of_work, utcnow
 from shared.models import Reminder, Task
 from shared.occurrences import (
     cancel_pending,
-    current_occurrence,
     first_occurrence,
     open_occurrence,
 )
@@ -38,22 +37,6 @@ class Owner:
 
 def _reminder_out(reminder: Reminder) -> ReminderOut:
     return ReminderOut.model_validate(reminder, from_attributes=True)
-
-
-def _task_out(task: Task, owner: Owner, reminder: Reminder | None) -> TaskOut:
-    return TaskOut(
-        id=task.id,
-        owner=owner.name,
-        title=task.title,
-        notes=task.notes,
-        due_at=task.due_at,
-        remind_before_seconds=task.remind_before_seconds,
-        remind_at=remind_at(task.due_at, task.remind_before_seconds),
-        status=task.status,
-        created_at=task.created_at,
-        updated_at=task.updated_at,
-        reminder=_reminder_out(reminder) if reminder else None,
-    )
 
 
 def _owned(
@@ -144,13 +127,10 @@ class TaskService:
             for name, value in changes.items():
                 setattr(task, name, value)
             task.updated_at = now
-            session.flush()
-            reminder = (
+            if task.status == "open":
+                session.flush()
                 open_occurrence(session, task, now)
-                if task.status == "open"
-                else current_occurrence(session, task)
-            )
-            return _task_out(task, owner, reminder)
+        return self.get(owner, task_id)
 
     def delete(self, owner: Owner, task_id: uuid.UUID) -> bool:
         now = utcnow()

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 from api.app import create_app
-from shared.config import ConfigError, load_settings
+from shared.config import settings_or_exit
 from shared.logs import configure_logging
 
-try:
-    settings = load_settings()
-except ConfigError as error:
-    print(error, file=sys.stderr)
-    raise SystemExit(2) from None
+settings = settings_or_exit()
 
 configure_logging(settings.log_level)
 app = create_app(settings)

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from shared.config import settings_or_exit
 from shared.db import make_engine, make_session_factory
 from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
 from shared.queue import make_broker
@@ -23,8 +24,6 @@ PAGE = 200
 
 
 def _desk() -> DeadLetterDesk:
-    from cli.main import settings_or_exit
-
     settings = settings_or_exit()
     return DeadLetterDesk(
         make_session_factory(make_engine(settings.resolved_database_url)), make_broker(settings)

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import sys
 
-from shared.config import ConfigError, load_settings
+from shared.config import settings_or_exit
 from shared.logs import configure_logging
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        raise SystemExit(2) from None
-    configure_logging(settings.log_level)
+    configure_logging(settings_or_exit().log_level)
     program, *arguments = sys.argv[1:]
     if program == "dramatiq":
         from dramatiq.cli import main as dramatiq_main

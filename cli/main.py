@@ -22,18 +22,10 @@ from cli.processes import (
     worker_argv,
     worker_env,
 )
-from shared.config import ConfigError, Settings, load_settings
+from shared.config import settings_or_exit
 from shared.db import make_engine, make_session_factory, prepare_sqlite_directory
 from shared.logs import configure_logging
 from shared.schema import upgrade
-
-
-def settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as error:
-        click.echo(str(error), err=True)
-        raise SystemExit(2) from None
 
 
 @click.group()

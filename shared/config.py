@@ -9,6 +9,7 @@ the code reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -252,3 +253,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
         lines.extend(f"configuration error: {problem}" for problem in problems)
         raise ConfigError("\n".join(lines)) from None
+
+
+def settings_or_exit() -> Settings:
+    """`load_settings`, or the configuration error's lines on stderr and exit status 2.
+
+    What every process does at start.
+    """
+    try:
+        return load_settings()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None

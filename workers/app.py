@@ -7,22 +7,16 @@ arguments. A bad configuration stops the process with one line naming the variab
 
 from __future__ import annotations
 
-import sys
-
 import dramatiq
 
-from shared.config import ConfigError, load_settings
+from shared.config import settings_or_exit
 from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.queue import make_broker
 from workers.actors import Pipeline, declare_actors
 from workers.channels import make_channel
 
-try:
-    settings = load_settings()
-except ConfigError as error:
-    print(error, file=sys.stderr)
-    raise SystemExit(2) from None
+settings = settings_or_exit()
 
 configure_logging(settings.log_level)
 broker = make_broker(settings)
