@@ -36,7 +36,8 @@ DEV_USER = "dev"
 STOP_GRACE_SECONDS = 15
 
 
-def _dev_token(settings: Settings, database_url: str) -> str:
+def _dev_token(database_url: str) -> str:
+    """A fresh token for the ``dev`` operator, created on first run."""
     sessions = make_session_factory(make_engine(database_url))
     with unit_of_work(sessions) as session:
         user_id = session.scalars(select(User.id).where(User.name == DEV_USER)).first()
@@ -83,7 +84,7 @@ def run_embedded(settings: Settings, *, port: int, processes: int) -> int:
 
     try:
         upgrade(make_engine(settings.resolved_database_url))
-        token = _dev_token(settings, settings.resolved_database_url)
+        token = _dev_token(settings.resolved_database_url)
         plan = {
             "web": (web_argv(f"127.0.0.1:{port}", workers=1), env),
             "worker": (worker_argv(processes, threads=4), worker_env(settings, env, threads=4)),
