@@ -33,7 +33,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -52,10 +51,10 @@ from shared.db import make_engine
 from shared.keys import message_id as occurrence_id
 from tests.conftest import PG_URL, REDIS_URL, _plain_pg_url, _unavailable, create_account
 from tests.pipeline.conftest import FAST_RETRIES, Receipt, Receiver, Stack
+from tests.processes import REPO, free_port, json_lines, procfile, tail
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 TITLE_MARKER = "TITLE-MARKER-7f3a"
 NOTES_MARKER = "NOTES-MARKER-91bc"
 FIELD_MARKER = "FIELD-MARKER-c4d8"  # the name of an unknown field
@@ -79,35 +78,6 @@ PIPELINE_TIMEOUT = 90
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def procfile() -> dict[str, str]:
-    lines = {}
-    for raw in (REPO / "Procfile").read_text().splitlines():
-        if raw.strip() and not raw.lstrip().startswith("#"):
-            name, _, command = raw.partition(":")
-            lines[name.strip()] = command.strip()
-    return lines
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def json_lines(path: Path) -> list[dict[str, Any]]:
-    found = []
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            value = json.loads(line)
-            if isinstance(value, dict):
-                found.append(value)
-    return found
 
 
 def kind_of(receipt: Receipt) -> str:

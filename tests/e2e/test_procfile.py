@@ -10,11 +10,9 @@ against the Procfile so the two cannot drift apart.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -29,44 +27,10 @@ import yaml
 
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import BIN, Stack
+from tests.processes import REPO, free_port, json_lines, procfile, tail
 
-REPO = Path(__file__).resolve().parents[2]
 stack = pipeline_harness.stack  # the pipeline tests' fixture: own schema, namespace, processes
 APP_SERVICES = ("web", "scheduler", "worker")
-
-
-def procfile() -> dict[str, str]:
-    """The Procfile's ``name: command`` lines."""
-    lines: dict[str, str] = {}
-    for raw in (REPO / "Procfile").read_text().splitlines():
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        name, _, command = raw.partition(":")
-        assert command.strip(), f"not a Procfile line: {raw!r}"
-        lines[name.strip()] = command.strip()
-    return lines
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    found = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-    return found
 
 
 def run_line(
@@ -163,10 +127,10 @@ def test_procfile_processes_deliver_a_task_created_over_http(stack: Stack, tmp_p
         history = http.get(f"/tasks/{task_id}/reminders", headers=headers).json()
         assert len(history if isinstance(history, list) else history["items"]) == 1
 
-    sent = [e for e in events(tmp_path / "worker.log") if e.get("event") == "reminder.sent"]
+    sent = [e for e in json_lines(tmp_path / "worker.log") if e.get("event") == "reminder.sent"]
     assert [(e["message_id"], e["task_id"]) for e in sent] == [(expected_id, task_id)]
     assert "renew passport" not in (tmp_path / "worker.log").read_text(errors="replace")
-    scans = [e for e in events(tmp_path / "worker.log") if e.get("event") == "scan.finished"]
+    scans = [e for e in json_lines(tmp_path / "worker.log") if e.get("event") == "scan.finished"]
     assert scans and sum(e["enqueued"] for e in scans) == 1
 
 

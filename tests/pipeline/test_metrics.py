@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import httpx
@@ -11,15 +10,10 @@ import httpx
 from shared.queue import QUEUE_NAME
 from shared.redis_broker import queue_depth
 from tests.pipeline.conftest import BIN, Stack
+from tests.processes import free_port
 from workers.producer import scan_due_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sample(text: str, name: str) -> float:
