@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,9 @@ def _plain_pg_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A SQLAlchemy URL whose connections live in a fresh, empty schema."""
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A SQLAlchemy URL whose connections live in a fresh, empty schema, dropped after."""
     schema = f"t_{uuid.uuid4().hex[:16]}"
     base = _plain_pg_url(PG_URL)
     try:
@@ -67,6 +68,12 @@ def pg_url() -> Iterator[str]:
             (schema,),
         )
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with pg_schema() as url:
+        yield url
 
 
 @pytest.fixture

@@ -43,13 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 
 from shared.db import make_engine
 from shared.keys import message_id as occurrence_id
-from tests.conftest import PG_URL, REDIS_URL, _plain_pg_url, _unavailable, create_account
+from tests.conftest import REDIS_URL, _unavailable, create_account, pg_schema
 from tests.pipeline.conftest import FAST_RETRIES, Receipt, Receiver, Stack
 from tests.processes import REPO, free_port, json_lines, procfile, tail
 
@@ -144,28 +143,14 @@ def log_level(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def infrastructure(log_level: str) -> Iterator[tuple[str, str]]:
     """A fresh PostgreSQL schema and Redis namespace per scenario (like ``pg_url``)."""
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    base = _plain_pg_url(PG_URL)
-    try:
-        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-    except psycopg.OperationalError as exc:
-        _unavailable("PostgreSQL", exc)
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
     try:
         client.ping()
     except redis.RedisError as exc:
         _unavailable("Redis", exc)
-    separator = "&" if "?" in base else "?"
-    url = f"{base}{separator}options=-csearch_path%3D{schema}&application_name={schema}"
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    yield url.replace("postgresql://", "postgresql+psycopg://", 1), namespace
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            (schema,),
-        )
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with pg_schema() as url:
+        yield url, namespace
     keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
     if keys:
         client.delete(*keys)
@@ -173,8 +158,8 @@ def infrastructure(log_level: str) -> Iterator[tuple[str, str]]:
 
 
 def _send(http: httpx.Client, method: str, path: str, **options: Any) -> httpx.Response:
-    """One request; resent if the connection drops (after a 413 the server drops the
-    keep-alive connection: see test_a_413_does_not_lose_the_next_request_on_its_connection)."""
+    """One request, resent if the connection drops, so the scenario does not depend on
+    connection reuse (test_a_413_does_not_lose_the_next_request_on_its_connection checks that)."""
     for attempt in range(5):
         try:
             return http.request(method, path, **options)

@@ -41,6 +41,7 @@ from workers.actors import Actors, Pipeline, declare_actors
 from workers.channels import make_channel
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -251,6 +252,13 @@ class Stack:
         process = subprocess.Popen(argv, env=env, start_new_session=True, **options)
         self._processes.append(process)
         return process
+
+    def spawn_logged(
+        self, argv: list[str], env: dict[str, str], log: Path
+    ) -> subprocess.Popen[bytes]:
+        """`spawn` from the repository root, stdout and stderr into ``log``."""
+        with log.open("wb") as out:
+            return self.spawn(argv, env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
     def close(self) -> None:
         for process in self._processes:

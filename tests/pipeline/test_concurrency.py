@@ -27,21 +27,8 @@ PROCESSES, THREADS = 4, 4
 
 def start_workers(stack: Stack, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """A Dramatiq worker group of PROCESSES x THREADS, its output in ``log``."""
-    with log.open("wb") as out:
-        return stack.spawn(
-            [
-                str(BIN / "dramatiq"),
-                "workers.app",
-                "--processes",
-                str(PROCESSES),
-                "--threads",
-                str(THREADS),
-            ],
-            env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    argv = [str(BIN / "dramatiq"), "workers.app", "--processes", str(PROCESSES)]
+    return stack.spawn_logged([*argv, "--threads", str(THREADS)], env, log)
 
 
 def scan_twice_at_once(

@@ -30,14 +30,8 @@ PROCESSES, THREADS = 4, 4
 
 def start_workers(stack: Stack, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``reminders worker``: a Dramatiq group of PROCESSES x THREADS, its output in ``log``."""
-    with log.open("wb") as out:
-        return stack.spawn(
-            [str(BIN / "reminders"), "worker", "-p", str(PROCESSES), "-t", str(THREADS)],
-            env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    argv = [str(BIN / "reminders"), "worker", "-p", str(PROCESSES), "-t", str(THREADS)]
+    return stack.spawn_logged(argv, env, log)
 
 
 def scan(stack: Stack, env: dict[str, str]) -> str:
