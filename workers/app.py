@@ -29,7 +29,11 @@ dramatiq.set_broker(broker)
 pipeline = Pipeline(
     # No pre-ping round trip on every checkout: a connection that died since its last use
     # fails that one attempt, which the Retries middleware retries on a fresh connection.
-    sessions=make_session_factory(make_engine(settings.resolved_database_url, pool_pre_ping=False)),
+    # No size limit (pool_size=0): each worker thread keeps its own connection. A fixed size
+    # below the thread count would close and reopen connections on every message.
+    sessions=make_session_factory(
+        make_engine(settings.resolved_database_url, pool_pre_ping=False, pool_size=0)
+    ),
     channel=make_channel(settings),
     settings=settings,
 )

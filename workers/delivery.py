@@ -13,10 +13,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, or_, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import unit_of_work, utcnow
@@ -87,7 +90,7 @@ _MARK_SENT = (
     .where(
         Reminder.task_id == _LOCKED_TASK.c.locked_task_id,
         Reminder.due_at == bindparam("b_due"),
-        Reminder.state.in_(sorted(DELIVERABLE_STATES)),
+        or_(*(Reminder.state == state for state in sorted(DELIVERABLE_STATES))),
     )
     .values(
         state="sent",
@@ -105,6 +108,27 @@ _MARK_SENT = (
         _OWNER.label("owner"),
     )
 )
+
+
+@cache
+def _driver_statement(dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """``_MARK_SENT`` compiled once for ``dialect``: its SQL and its constant parameters."""
+    compiled = _MARK_SENT.compile(dialect=dialect)
+    return compiled.string, dict(compiled.params)
+
+
+def _mark_sent(db: Connection, params: dict[str, Any]) -> Row[Any] | None:
+    """Run ``_MARK_SENT``: the marked reminder's row, or None when nothing was deliverable.
+
+    On PostgreSQL the statement goes to the driver precompiled (``exec_driver_sql``): building
+    the execution of this Core statement cost more Python than anything else a worker does
+    per reminder. The result needs no type processing there (psycopg returns aware datetimes
+    and UUIDs); SQLite's stored text does, so it keeps the Core path.
+    """
+    if db.dialect.name != "postgresql":
+        return db.execute(_MARK_SENT, params).one_or_none()
+    sql, constants = _driver_statement(db.dialect)
+    return db.exec_driver_sql(sql, {**constants, **params}).one_or_none()
 
 
 def deliver_occurrence(
@@ -126,11 +150,10 @@ def deliver_occurrence(
     """
     now = clock()
     with engine.begin() as db:
-        marked = db.execute(
-            _MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now}
-        ).one_or_none()
+        marked = _mark_sent(db, {"b_task": task_id, "b_due": due_at, "b_now": now})
         if marked is None:
             return _not_deliverable(db, task_id, due_at, now)
+        remind_at = marked.remind_at.astimezone(UTC)  # the driver's rows are in the session zone
         channel.deliver(
             ReminderPayload(
                 message_id=str(marked.message_id),
@@ -138,7 +161,7 @@ def deliver_occurrence(
                 owner=marked.owner,
                 title=marked.title,
                 due_at=due_at,
-                remind_at=marked.remind_at,
+                remind_at=remind_at,
                 sent_at=now,
             )
         )
@@ -146,7 +169,7 @@ def deliver_occurrence(
         Outcome.SENT,
         state="sent",
         sent_at=now,
-        remind_at=marked.remind_at,
+        remind_at=remind_at,
         attempts=marked.attempts,
         late=marked.late,
     )
