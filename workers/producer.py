@@ -5,8 +5,9 @@ of times, from any number of schedulers, in any time zone, with the same result:
 
 1. Claim due ``waiting`` rows in batches (``FOR UPDATE SKIP LOCKED``: two schedulers split
    the work instead of doubling it), mark each ``queued`` (or ``missed`` when its due date
-   is older than the catch-up window), commit, then enqueue. A crash between commit and
-   enqueue leaves a ``queued`` row without a message; step 3 finds it.
+   is older than the catch-up window), commit, then enqueue. The next batch is claimed
+   while the current one is enqueued, so the database and Redis work side by side. A crash
+   between commit and enqueue leaves ``queued`` rows without a message; step 3 finds them.
 2. Run the broker's dead-worker maintenance, so messages held by a SIGKILLed worker go
    back on the queue once its heartbeat is ``heartbeat_timeout`` old.
 3. Check rows ``queued`` for longer than ``requeue_after``: if the broker no longer holds
@@ -20,6 +21,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -93,25 +95,48 @@ def _claim_statement(now: datetime, settings: Settings) -> Any:
     )
 
 
-def _claim_due(
-    sessions: sessionmaker[Session], settings: Settings, now: datetime, result: ScanResult
-) -> tuple[int, list[_Claimed]]:
-    """Claim one batch of due waiting rows: how many were claimed, and those to enqueue."""
+@dataclass(frozen=True)
+class _Batch:
+    queued: list[_Claimed]  # to enqueue
+    missed: list[_Claimed]  # past the catch-up window: marked missed, not sent
+
+    def __len__(self) -> int:
+        return len(self.queued) + len(self.missed)
+
+
+def _claim_due(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> _Batch:
+    """Claim and commit one batch of due waiting rows."""
     with unit_of_work(sessions) as session:
         rows = session.connection().execute(_claim_statement(now, settings)).all()
-    claimed = []
+    batch = _Batch(queued=[], missed=[])
     for row in rows:
-        if row.state == "queued":
-            claimed.append(_Claimed(row.task_id, row.due_at, row.message_id))
-        else:
-            result.missed += 1
-            log.warning(
-                "reminder.missed",
-                task_id=str(row.task_id),
-                message_id=str(row.message_id),
-                due_at=row.due_at.isoformat(),
-            )
-    return len(rows), claimed
+        claimed = _Claimed(row.task_id, row.due_at, row.message_id)
+        (batch.queued if row.state == "queued" else batch.missed).append(claimed)
+    return batch
+
+
+def _enqueue_due(
+    sessions: sessionmaker[Session],
+    broker: RedisBroker,
+    settings: Settings,
+    now: datetime,
+    result: ScanResult,
+) -> None:
+    """Claim and enqueue batches until none is due, claiming the next while enqueueing."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="claim") as claimer:
+        next_batch = claimer.submit(_claim_due, sessions, settings, now)
+        while batch := next_batch.result():
+            next_batch = claimer.submit(_claim_due, sessions, settings, now)
+            _enqueue(broker, batch.queued, result)
+            result.enqueued += len(batch.queued)
+            result.missed += len(batch.missed)
+            for row in batch.missed:
+                log.warning(
+                    "reminder.missed",
+                    task_id=str(row.task_id),
+                    message_id=str(row.message_id),
+                    due_at=row.due_at.isoformat(),
+                )
 
 
 def _requeue_lost(
@@ -171,12 +196,7 @@ def scan_due_tasks(
     started = time.perf_counter()
     now = clock()
     result = ScanResult()
-    while True:
-        count, claimed = _claim_due(sessions, settings, now, result)
-        if count == 0:
-            break
-        _enqueue(broker, claimed, result)
-        result.enqueued += len(claimed)
+    _enqueue_due(sessions, broker, settings, now, result)
     for queue_name in (QUEUE_NAME, SCAN_QUEUE_NAME):
         run_maintenance(broker, queue_name)
     _requeue_lost(sessions, broker, settings, now, result)
