@@ -14,6 +14,7 @@ from flask import Response, g, request
 from flask_openapi3 import Info, OpenAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from api.auth import authenticate
@@ -22,7 +23,7 @@ from api.metrics import metrics_registry, render
 from api.ops import ops_api
 from api.ops_page import COOKIE as OPS_COOKIE
 from api.ops_page import forbidden_page, ops_page, to_sign_in
-from api.problems import http_problem, problem, validation_problem
+from api.problems import http_problem, lost_database_problem, problem, validation_problem
 from api.schemas import Health, Problem, Readiness
 from api.service import TaskService
 from api.tasks import json_response, problem_responses, tasks_api
@@ -52,7 +53,10 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     """Build the API. ``runtime`` may supply ``engine`` and ``broker`` (tests share theirs)."""
-    engine = runtime.get("engine") or make_engine(settings.resolved_database_url)
+    # No pre-ping: authentication is every request's first query and retries a dead connection.
+    engine = runtime.get("engine") or make_engine(
+        settings.resolved_database_url, pool_pre_ping=False
+    )
     broker = runtime.get("broker") or make_broker(settings)
     sessions = make_session_factory(engine)
 
@@ -73,6 +77,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     app.extensions["reminders"] = {"settings": settings, "engine": engine, "broker": broker}
 
     app.register_error_handler(HTTPException, http_problem)
+    app.register_error_handler(DBAPIError, lost_database_problem)
 
     @app.before_request
     def _read_body() -> None:
@@ -149,8 +154,12 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     def readyz() -> Response:
         checks = {"database": "ok", "broker": "ok"}
         try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+            try:
+                _select_one()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                _select_one()  # the pool dropped a dead connection: ask a fresh one
         except Exception as exc:  # any failure means "not ready", and says which
             checks["database"] = type(exc).__name__
         try:
@@ -160,6 +169,10 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         ready = all(value == "ok" for value in checks.values())
         body = Readiness(status="ready" if ready else "unavailable", checks=checks)
         return json_response(body, 200 if ready else 503)
+
+    def _select_one() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     registry = metrics_registry(broker)
 

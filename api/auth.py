@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
+from typing import Any
+
+from sqlalchemy import Row, bindparam, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.service import Owner
+from shared.db import execute_hot
 from shared.keys import hash_token
 from shared.models import ApiToken, User
 
@@ -35,13 +39,28 @@ def authenticate(sessions: sessionmaker[Session], authorization: str | None) -> 
 
     Every request pays for this, so it is one autocommit read: no transaction to open and
     close around it. Revocation takes effect on the next request.
+
+    It is also the request's first use of the database, and the API's pool does not ping
+    connections before handing them out (a round trip per checkout): a connection that died
+    while pooled (the database restarted) fails here, SQLAlchemy invalidates it and every
+    connection as old, and the lookup is tried once more on a fresh one.
     """
     token = bearer_token(authorization)
     if token is None:
         return None
-    engine = sessions.kw["bind"]
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        row = connection.execute(_OWNER_OF_TOKEN, {"token_hash": hash_token(token)}).one_or_none()
+    params = {"token_hash": hash_token(token)}
+    try:
+        row = _owner_row(sessions, params)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        row = _owner_row(sessions, params)
     if row is None:
         return None
     return Owner(id=row.id, name=row.name, is_operator=row.is_operator)
+
+
+def _owner_row(sessions: sessionmaker[Session], params: dict[str, Any]) -> Row[Any] | None:
+    engine = sessions.kw["bind"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        return execute_hot(connection, _OWNER_OF_TOKEN, params).one_or_none()

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Response
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -104,3 +105,16 @@ def http_problem(exc: HTTPException) -> Response:
     headers = dict(exc.get_headers())
     headers.pop("Content-Type", None)
     return problem(status, exc.description or HTTPStatus(status).phrase, headers=headers)
+
+
+def lost_database_problem(exc: DBAPIError) -> Response:
+    """503 with Retry-After when the database connection was lost under a request.
+
+    The pool has invalidated that connection and every one as old, so a retry gets a fresh
+    one. Any other database error stays a 500.
+    """
+    if not exc.connection_invalidated:
+        raise exc
+    return problem(
+        503, "the database connection was lost; retry the request", headers={"Retry-After": "1"}
+    )

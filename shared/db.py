@@ -9,15 +9,17 @@ failing half-way, which is what row locks give on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, CursorResult, DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.types import TypeDecorator
 
 if TYPE_CHECKING:
@@ -101,6 +103,30 @@ def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """One transaction: committed when the block ends, rolled back if it raises."""
     with sessions() as session, session.begin():
         yield session
+
+
+@cache
+def _driver_sql(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    assert isinstance(statement, ClauseElement)
+    compiled = statement.compile(dialect=dialect)
+    return compiled.string, dict(compiled.params)
+
+
+def execute_hot(
+    connection: Connection, statement: Executable, params: Mapping[str, Any]
+) -> CursorResult[Any]:
+    """Execute a module-level Core ``statement`` on a hot path.
+
+    On PostgreSQL the statement is compiled once and handed to the driver as SQL
+    (``exec_driver_sql``): setting up the execution of a Core statement costs more Python
+    than the round trip itself for the few statements run per reminder or per request.
+    Only for statements whose parameters psycopg adapts as they are (UUIDs, aware
+    datetimes) and whose rows need no type processing. Elsewhere (SQLite), plain Core.
+    """
+    if connection.dialect.name != "postgresql":
+        return connection.execute(statement, params)
+    sql, constants = _driver_sql(statement, connection.dialect)
+    return connection.exec_driver_sql(sql, {**constants, **params})
 
 
 def utcnow() -> datetime:

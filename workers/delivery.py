@@ -15,14 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cache
-from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, bindparam, or_, select, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import unit_of_work, utcnow
+from shared.db import execute_hot, unit_of_work, utcnow
 from shared.models import Reminder, Task, User
 from shared.rules import DELIVERABLE_STATES, describe_error
 from workers.channels import Channel, PermanentDeliveryError, ReminderPayload
@@ -110,27 +107,6 @@ _MARK_SENT = (
 )
 
 
-@cache
-def _driver_statement(dialect: Dialect) -> tuple[str, dict[str, Any]]:
-    """``_MARK_SENT`` compiled once for ``dialect``: its SQL and its constant parameters."""
-    compiled = _MARK_SENT.compile(dialect=dialect)
-    return compiled.string, dict(compiled.params)
-
-
-def _mark_sent(db: Connection, params: dict[str, Any]) -> Row[Any] | None:
-    """Run ``_MARK_SENT``: the marked reminder's row, or None when nothing was deliverable.
-
-    On PostgreSQL the statement goes to the driver precompiled (``exec_driver_sql``): building
-    the execution of this Core statement cost more Python than anything else a worker does
-    per reminder. The result needs no type processing there (psycopg returns aware datetimes
-    and UUIDs); SQLite's stored text does, so it keeps the Core path.
-    """
-    if db.dialect.name != "postgresql":
-        return db.execute(_MARK_SENT, params).one_or_none()
-    sql, constants = _driver_statement(db.dialect)
-    return db.exec_driver_sql(sql, {**constants, **params}).one_or_none()
-
-
 def deliver_occurrence(
     engine: Engine,
     channel: Channel,
@@ -150,7 +126,9 @@ def deliver_occurrence(
     """
     now = clock()
     with engine.begin() as db:
-        marked = _mark_sent(db, {"b_task": task_id, "b_due": due_at, "b_now": now})
+        marked = execute_hot(
+            db, _MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now}
+        ).one_or_none()
         if marked is None:
             return _not_deliverable(db, task_id, due_at, now)
         remind_at = marked.remind_at.astimezone(UTC)  # the driver's rows are in the session zone
