@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.noop_app import NOOP_QUEUE  # noqa: E402
-from cli.processes import worker_env  # noqa: E402
+from cli.processes import web_argv, worker_env  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.db import make_engine, make_session_factory  # noqa: E402
 from shared.keys import hash_token, message_id, new_token  # noqa: E402
@@ -91,8 +91,8 @@ class Env:
             REMINDERS_REDIS_NAMESPACE=self.namespace,
             REMINDERS_RATE_LIMIT="",
             REMINDERS_LOG_LEVEL="WARNING",
-            **more,
         )
+        env.update(more)
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         return env
 
@@ -184,7 +184,8 @@ def worker_group(env: Env, module: str, processes: int, threads: int) -> Iterato
     """A worker group as ``reminders worker`` runs it (same prefetch), loading ``module``."""
     argv = [str(BIN / "dramatiq"), module, "--processes", str(processes), "--threads", str(threads)]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the group
-    group_env = worker_env(env.settings, env.process_env(), threads)
+    # INFO, as in production: the log channel's delivery *is* its ``reminder.sent`` line.
+    group_env = worker_env(env.settings, env.process_env(REMINDERS_LOG_LEVEL="INFO"), threads)
     proc = subprocess.Popen(
         argv, env=group_env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
     )
@@ -395,20 +396,8 @@ def bench_api(env: Env, seconds: int, web_workers: int) -> dict[str, Any]:
     env.reset()
     _, token = make_user(env)
     port = free_port()
-    argv = [
-        str(BIN / "gunicorn"),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(web_workers),
-        "--threads",
-        "4",
-        "--access-logfile",
-        "-",
-        "--log-level",
-        "warning",
-        "api.wsgi:app",
-    ]
+    # The Procfile's web process (``reminders web``), on a port of its own.
+    argv = [str(BIN / "gunicorn"), *web_argv(f"127.0.0.1:{port}", web_workers)[1:]]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
         argv,
