@@ -28,7 +28,7 @@ from api.schemas import Health, Problem, Readiness
 from api.service import TaskService
 from api.tasks import json_response, problem_responses, tasks_api
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory
+from shared.db import make_engine, make_session_factory, once_more_if_connection_lost
 from shared.dead_letters import DeadLetterDesk
 from shared.queue import make_broker, ping
 
@@ -154,12 +154,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     def readyz() -> Response:
         checks = {"database": "ok", "broker": "ok"}
         try:
-            try:
-                _select_one()
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-                _select_one()  # the pool dropped a dead connection: ask a fresh one
+            once_more_if_connection_lost(_select_one)
         except Exception as exc:  # any failure means "not ready", and says which
             checks["database"] = type(exc).__name__
         try:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Row, bindparam, select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.service import Owner
-from shared.db import execute_hot
+from shared.db import execute_hot, once_more_if_connection_lost
 from shared.keys import hash_token
 from shared.models import ApiToken, User
 
@@ -49,12 +48,7 @@ def authenticate(sessions: sessionmaker[Session], authorization: str | None) -> 
     if token is None:
         return None
     params = {"token_hash": hash_token(token)}
-    try:
-        row = _owner_row(sessions, params)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        row = _owner_row(sessions, params)
+    row = once_more_if_connection_lost(lambda: _owner_row(sessions, params))
     if row is None:
         return None
     return Owner(id=row.id, name=row.name, is_operator=row.is_operator)

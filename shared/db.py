@@ -9,15 +9,16 @@ failing half-way, which is what row locks give on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, CursorResult, DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.types import TypeDecorator
@@ -127,6 +128,24 @@ def execute_hot(
         return connection.execute(statement, params)
     sql, constants = _driver_sql(statement, connection.dialect)
     return connection.exec_driver_sql(sql, {**constants, **params})
+
+
+T = TypeVar("T")
+
+
+def once_more_if_connection_lost(action: Callable[[], T]) -> T:
+    """Run ``action``, and once more if its pooled connection turned out to be dead.
+
+    For reads on an engine without pre-ping: SQLAlchemy has then invalidated that connection
+    and every one as old, so the second try runs on a fresh one. Never for writes, whose
+    first try may have committed.
+    """
+    try:
+        return action()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return action()
 
 
 def utcnow() -> datetime:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
 
 from api.app import create_app
 from shared.db import make_engine
@@ -24,20 +24,31 @@ from tests.conftest import REDIS_URL, create_account, make_settings
 BASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+BODY = {"title": "Water the plants", "due_at": "2030-01-31T09:00:00Z"}
+
+
+@dataclass(frozen=True)
+class OwnPoolApi:
+    client: Any
+    headers: dict[str, str]
+    schema: str  # also the application_name of every connection of the test
+
+
 @pytest.fixture
-def own_pool_app(pg_url: str, redis_namespace: str) -> Iterator[tuple[Any, Engine, str]]:
-    """The API as production builds it: its own engine, from the settings."""
+def own_pool_api(pg_url: str, redis_namespace: str) -> Iterator[OwnPoolApi]:
+    """The API as production builds it: its own engine, from the settings; one account."""
     setup = make_engine(pg_url)
     upgrade(setup)
+    account = create_account(setup, "ada")
+    setup.dispose()
     settings = make_settings(
         database_url=pg_url, redis_url=REDIS_URL, redis_namespace=redis_namespace
     )
     app = create_app(settings)
     app.testing = True
     schema = pg_url.rsplit("application_name=", 1)[1]
-    yield app, setup, schema
+    yield OwnPoolApi(app.test_client(), account.headers, schema)
     app.extensions["reminders"]["engine"].dispose()
-    setup.dispose()
 
 
 def terminate_backends(schema: str, where: str = "TRUE") -> int:
@@ -51,39 +62,32 @@ def terminate_backends(schema: str, where: str = "TRUE") -> int:
 
 
 def test_requests_succeed_after_every_pooled_connection_was_killed(
-    own_pool_app: tuple[Any, Engine, str],
+    own_pool_api: OwnPoolApi,
 ) -> None:
-    app, setup, schema = own_pool_app
-    account = create_account(setup, "ada")
-    client = app.test_client()
-    body = {"title": "Water the plants", "due_at": "2030-01-31T09:00:00Z"}
-    assert client.post("/tasks", json=body, headers=account.headers).status_code == 201
-    setup.dispose()
+    client, headers, schema = own_pool_api.client, own_pool_api.headers, own_pool_api.schema
+    assert client.post("/tasks", json=BODY, headers=headers).status_code == 201
 
     assert terminate_backends(schema) >= 1  # what a database restart does to the pool
 
-    listed = client.get("/tasks", headers=account.headers)
+    listed = client.get("/tasks", headers=headers)
     assert listed.status_code == 200, listed.get_data(as_text=True)
     assert len(listed.json["items"]) == 1
-    assert client.post("/tasks", json=body, headers=account.headers).status_code == 201
+    assert client.post("/tasks", json=BODY, headers=headers).status_code == 201
     terminate_backends(schema)
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json["checks"]["database"] == "ok"
 
 
 def test_connection_lost_during_a_request_answers_503_with_retry_after(
-    own_pool_app: tuple[Any, Engine, str],
+    own_pool_api: OwnPoolApi,
 ) -> None:
-    app, setup, schema = own_pool_app
-    account = create_account(setup, "ada")
-    client = app.test_client()
-    body = {"title": "Water the plants", "due_at": "2030-01-31T09:00:00Z"}
+    client, headers, schema = own_pool_api.client, own_pool_api.headers, own_pool_api.schema
     answers: list[Any] = []
     with psycopg.connect(BASE_URL, options=f"-csearch_path={schema}") as blocker:
         # Hold the tasks table so the request's INSERT waits, then cut that request's connection.
         blocker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
         request = threading.Thread(
-            target=lambda: answers.append(client.post("/tasks", json=body, headers=account.headers))
+            target=lambda: answers.append(client.post("/tasks", json=BODY, headers=headers))
         )
         request.start()
         deadline = time.monotonic() + 10
@@ -99,5 +103,5 @@ def test_connection_lost_during_a_request_answers_503_with_retry_after(
     assert answer.headers["Retry-After"] == "1"
     assert answer.mimetype == "application/problem+json"
     # The retry the answer asks for works, and the lost attempt wrote nothing.
-    assert client.post("/tasks", json=body, headers=account.headers).status_code == 201
-    assert len(client.get("/tasks", headers=account.headers).json["items"]) == 1
+    assert client.post("/tasks", json=BODY, headers=headers).status_code == 201
+    assert len(client.get("/tasks", headers=headers).json["items"]) == 1
