@@ -18,6 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Retries
 
 from shared.config import Settings
+from shared.redis_broker import GroupAckRedisBroker
 
 QUEUE_NAME = "reminders"
 SCAN_QUEUE_NAME = "reminders.scan"
@@ -30,7 +31,7 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisB
 
     Passing ``client`` (e.g. a fakeredis client) replaces the connection to ``REDIS_URL``.
     """
-    broker = RedisBroker(
+    broker = GroupAckRedisBroker(
         url=None if client else settings.redis_url,
         client=client,
         namespace=settings.redis_namespace,

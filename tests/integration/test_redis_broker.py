@@ -9,16 +9,21 @@ fixture), so broker instances and heartbeats of other tests never interfere.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 from dramatiq import Message
-from dramatiq.broker import MessageProxy
+from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
+from dramatiq.errors import ConnectionClosed
 
 from shared.queue import QUEUE_NAME, make_broker
 from shared.redis_broker import (
@@ -32,6 +37,7 @@ from shared.redis_broker import (
     run_maintenance,
 )
 from tests.conftest import REDIS_URL, make_settings
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.redis
 
@@ -44,9 +50,8 @@ def brokers(redis_namespace: str) -> Iterator[BrokerFactory]:
     made: list[RedisBroker] = []
 
     def build(**settings: Any) -> RedisBroker:
-        broker = make_broker(
-            make_settings(redis_url=REDIS_URL, redis_namespace=redis_namespace, **settings)
-        )
+        settings = {"redis_url": REDIS_URL, "redis_namespace": redis_namespace, **settings}
+        broker = make_broker(make_settings(**settings))
         made.append(broker)
         return broker
 
@@ -376,3 +381,85 @@ def test_a_batch_takes_one_queue(brokers: BrokerFactory) -> None:
 
     with pytest.raises(ValueError, match="one queue"):
         enqueue_batch(brokers(), [message(), other])
+
+
+# -- acknowledgements, sent in groups ----------------------------------------------------------
+
+
+def fetch_all(broker: RedisBroker, count: int) -> tuple[Consumer, list[MessageProxy]]:
+    """One consumer and ``count`` messages it fetched, none acked yet."""
+    consumer = broker.consume(QUEUE_NAME, prefetch=count, timeout=100)
+    fetched: list[MessageProxy] = []
+    deadline = time.monotonic() + 5
+    while len(fetched) < count and time.monotonic() < deadline:
+        proxy = next(consumer)
+        if proxy is not None:
+            fetched.append(proxy)
+    assert len(fetched) == count
+    return consumer, fetched
+
+
+def test_acks_from_many_threads_all_reach_redis(brokers: BrokerFactory) -> None:
+    broker = brokers()
+    enqueue_batch(broker, [message() for _ in range(400)])
+    consumer, fetched = fetch_all(broker, 400)
+    assert queue_depth(broker, QUEUE_NAME).in_flight == 400
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(consumer.ack, fetched))
+
+    assert queue_depth(broker, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
+    assert stored_keys(broker) == set()  # the worker's set of unacked ids is gone too
+
+
+def test_acks_made_while_one_waits_on_redis_go_with_it(brokers: BrokerFactory) -> None:
+    broker = brokers()
+    enqueue_batch(broker, [message() for _ in range(5)])
+    consumer, fetched = fetch_all(broker, 5)
+    admin = redis.Redis.from_url(REDIS_URL)
+    admin.client_pause(10_000, all=False)  # writes (every script call) wait; reads go on
+    try:
+        sender = threading.Thread(target=consumer.ack, args=(fetched[0],))
+        sender.start()
+        deadline = time.monotonic() + 5
+        while not getattr(consumer, "_sending", False) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        others = threading.Thread(target=lambda: [consumer.ack(p) for p in fetched[1:]])
+        others.start()
+        others.join(timeout=5)
+
+        assert not others.is_alive(), "the other threads waited on Redis"
+        assert sender.is_alive(), "the first acknowledgement did not wait on the paused Redis"
+        assert queue_depth(broker, QUEUE_NAME).in_flight == 5  # nothing acked yet
+    finally:
+        admin.client_unpause()
+        admin.close()
+    sender.join(timeout=10)
+
+    assert not sender.is_alive()
+    assert queue_depth(broker, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
+
+
+def test_acks_that_could_not_reach_redis_are_sent_with_the_next(
+    brokers: BrokerFactory,
+) -> None:
+    server = urlsplit(REDIS_URL)
+    proxy = TcpProxy((server.hostname or "127.0.0.1", server.port or 6379))
+    try:
+        through_proxy = brokers(
+            redis_url=server._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+        )
+        enqueue_batch(through_proxy, [message() for _ in range(3)])
+        consumer, fetched = fetch_all(through_proxy, 3)
+
+        proxy.cut()
+        with pytest.raises(ConnectionClosed):  # Dramatiq retries the acknowledgement on this
+            consumer.ack(fetched[0])
+        proxy.restore()
+        consumer.ack(fetched[1])
+    finally:
+        proxy.close()
+
+    direct = brokers()
+    assert queue_depth(direct, QUEUE_NAME).in_flight == 1  # only fetched[2], never acked
+    assert pending_message_ids(direct, QUEUE_NAME) == {fetched[2].message_id}
