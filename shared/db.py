@@ -9,13 +9,14 @@ failing half-way, which is what row locks give on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, CursorResult, DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -128,6 +129,53 @@ def execute_hot(
         return connection.execute(statement, params)
     sql, constants = _driver_sql(statement, connection.dialect)
     return connection.exec_driver_sql(sql, {**constants, **params})
+
+
+FirstRow = Callable[[Executable, Mapping[str, Any]], Sequence[Any] | None]
+
+
+@contextmanager
+def hot_transaction(engine: Engine) -> Iterator[FirstRow]:
+    """One transaction for a hot path, yielding ``first_row(statement, params)``.
+
+    Committed when the block ends, rolled back if it raises. ``first_row`` runs a
+    module-level Core statement and returns its first row as a tuple, or None.
+
+    On PostgreSQL this bypasses SQLAlchemy's ``Connection``: a pooled psycopg connection
+    runs the statement compiled once and server-side prepared. Per reminder, SQLAlchemy's
+    connection, transaction and result objects cost more CPU than the transaction's three
+    round trips. What SQLAlchemy would do on failure is kept: a psycopg error is raised as
+    SQLAlchemy's ``DBAPIError`` subclass, and a connection found lost is invalidated so
+    the pool replaces it. Rows come as the driver gives them (see `execute_hot`).
+    Elsewhere (SQLite), a Core transaction.
+    """
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as connection:
+            yield lambda statement, params: connection.execute(statement, params).first()
+        return
+    pooled = engine.raw_connection()
+    try:
+        driver = pooled.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        try:
+            with driver.cursor() as cursor:
+
+                def first_row(statement: Executable, params: Mapping[str, Any]) -> Any:
+                    sql, constants = _driver_sql(statement, engine.dialect)
+                    cursor.execute(sql, {**constants, **params}, prepare=True)
+                    return cursor.fetchone()
+
+                yield first_row
+            driver.commit()
+        except psycopg.Error as exc:
+            lost = driver.closed or driver.broken  # as SQLAlchemy's psycopg dialect tells
+            if lost:
+                pooled.invalidate(exc)
+            raise DBAPIError.instance(
+                None, None, exc, psycopg.Error, hide_parameters=True, connection_invalidated=lost
+            ) from exc
+    finally:
+        pooled.close()  # back to the pool, which rolls back what was not committed
 
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from enum import StrEnum
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import execute_hot, unit_of_work, utcnow
+from shared.db import hot_transaction, unit_of_work, utcnow
 from shared.models import Reminder, Task, User
 from shared.rules import DELIVERABLE_STATES, describe_error
 from workers.channels import Channel, PermanentDeliveryError, ReminderPayload
@@ -125,31 +125,27 @@ def deliver_occurrence(
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was recorded.
     """
     now = clock()
-    with engine.begin() as db:
-        marked = execute_hot(
-            db, _MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now}
-        ).one_or_none()
-        if marked is None:
-            return _not_deliverable(db, task_id, due_at, now)
-        remind_at = marked.remind_at.astimezone(UTC)  # the driver's rows are in the session zone
-        channel.deliver(
-            ReminderPayload(
-                message_id=str(marked.message_id),
-                task_id=str(task_id),
-                owner=marked.owner,
-                title=marked.title,
-                due_at=due_at,
-                remind_at=remind_at,
-                sent_at=now,
+    with hot_transaction(engine) as first_row:
+        marked = first_row(_MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now})
+        if marked is not None:
+            message_id, remind_at, late, attempts, title, owner = marked
+            remind_at = remind_at.astimezone(UTC)  # the driver's rows are in the session zone
+            channel.deliver(
+                ReminderPayload(
+                    message_id=str(message_id),
+                    task_id=str(task_id),
+                    owner=owner,
+                    title=title,
+                    due_at=due_at,
+                    remind_at=remind_at,
+                    sent_at=now,
+                )
             )
-        )
+    if marked is None:
+        with engine.begin() as db:
+            return _not_deliverable(db, task_id, due_at, now)
     return Delivery(
-        Outcome.SENT,
-        state="sent",
-        sent_at=now,
-        remind_at=remind_at,
-        attempts=marked.attempts,
-        late=marked.late,
+        Outcome.SENT, state="sent", sent_at=now, remind_at=remind_at, attempts=attempts, late=late
     )
 
 

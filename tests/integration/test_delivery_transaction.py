@@ -11,10 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
-from shared.db import make_session_factory, unit_of_work
+from shared.db import make_engine, make_session_factory, unit_of_work
 from shared.models import Reminder, Task
 from shared.occurrences import open_occurrence
+from shared.schema import upgrade
 from tests.conftest import create_account
 from workers.channels import PermanentDeliveryError, ReminderPayload
 from workers.delivery import Outcome, deliver_occurrence
@@ -106,3 +108,33 @@ def test_a_message_for_an_unknown_occurrence_is_stale(migrated: Engine) -> None:
     delivery = deliver_occurrence(migrated, Recorder(), uuid.uuid4(), NOW)
 
     assert delivery.outcome is Outcome.STALE
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_between_deliveries_fails_one_attempt_and_is_replaced(
+    pg_url: str,
+) -> None:
+    # As the workers' engine: no pre-ping, so the dead connection is found by the delivery.
+    engine = make_engine(pg_url, pool_pre_ping=False, pool_size=0)
+    killer = make_engine(pg_url)
+    try:
+        upgrade(engine)
+        first, second = add_task(engine), add_task(engine)
+        channel = Recorder()
+        deliver_occurrence(engine, channel, first.id, first.due_at)
+        with engine.connect() as pooled:  # the pool's one connection, which delivered
+            backend = pooled.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with killer.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")
+
+        with pytest.raises(OperationalError) as lost:
+            deliver_occurrence(engine, channel, second.id, second.due_at)
+        assert lost.value.connection_invalidated
+        assert state(engine, second) == ("waiting", 0)
+
+        retried = deliver_occurrence(engine, channel, second.id, second.due_at)
+        assert retried.outcome is Outcome.SENT
+        assert [r.task_id for r in channel.delivered] == [str(first.id), str(second.id)]
+    finally:
+        engine.dispose()
+        killer.dispose()
