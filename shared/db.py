@@ -131,15 +131,15 @@ def execute_hot(
     return connection.exec_driver_sql(sql, {**constants, **params})
 
 
-FirstRow = Callable[[Executable, Mapping[str, Any]], Sequence[Any] | None]
+Rows = Callable[[Executable, Mapping[str, Any]], Sequence[Sequence[Any]]]
 
 
 @contextmanager
-def hot_transaction(engine: Engine) -> Iterator[FirstRow]:
-    """One transaction for a hot path, yielding ``first_row(statement, params)``.
+def hot_transaction(engine: Engine) -> Iterator[Rows]:
+    """One transaction for a hot path, yielding ``rows(statement, params)``.
 
-    Committed when the block ends, rolled back if it raises. ``first_row`` runs a
-    module-level Core statement and returns its first row as a tuple, or None.
+    Committed when the block ends, rolled back if it raises. ``rows`` runs a module-level
+    Core statement and returns its rows as tuples.
 
     On PostgreSQL this bypasses SQLAlchemy's ``Connection``: a pooled psycopg connection
     runs the statement compiled once and server-side prepared. Per reminder, SQLAlchemy's
@@ -151,7 +151,7 @@ def hot_transaction(engine: Engine) -> Iterator[FirstRow]:
     """
     if engine.dialect.name != "postgresql":
         with engine.begin() as connection:
-            yield lambda statement, params: connection.execute(statement, params).first()
+            yield lambda statement, params: connection.execute(statement, params).all()
         return
     pooled = engine.raw_connection()
     try:
@@ -160,12 +160,12 @@ def hot_transaction(engine: Engine) -> Iterator[FirstRow]:
         try:
             with driver.cursor() as cursor:
 
-                def first_row(statement: Executable, params: Mapping[str, Any]) -> Any:
+                def rows(statement: Executable, params: Mapping[str, Any]) -> Any:
                     sql, constants = _driver_sql(statement, engine.dialect)
                     cursor.execute(sql, {**constants, **params}, prepare=True)
-                    return cursor.fetchone()
+                    return cursor.fetchall()
 
-                yield first_row
+                yield rows
             driver.commit()
         except psycopg.Error as exc:
             lost = driver.closed or driver.broken  # as SQLAlchemy's psycopg dialect tells

@@ -17,15 +17,15 @@ All knowledge of those keys lives in this module; it is tested against a real Re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from dramatiq import Message, Middleware
+from dramatiq import Message, Middleware, get_encoder
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name, xq_name
@@ -62,29 +62,27 @@ def enqueue_batch(broker: RedisBroker, messages: Sequence[Message[Any]]) -> None
     queue_name = messages[0].queue_name
     if any(message.queue_name != queue_name for message in messages):
         raise ValueError("enqueue_batch takes messages of one queue")
-    # Emitting a signal no middleware listens to still costs a call on each: skip those.
+    # Emitting a signal no middleware listens to still costs a call on each: skip those, and
+    # build no Message copy when no hook would see it.
     emit_before = any(_overrides(m, "before_enqueue") for m in broker.middleware)
     emit_after = any(_overrides(m, "after_enqueue") for m in broker.middleware)
+    encoder = get_encoder()
     encoded: dict[str, bytes] = {}
     prepared = []
-    # Fresh random broker ids as Dramatiq makes them (uuid4), from one getrandom call.
-    randomness = os.urandom(16 * len(messages))
+    # Random 128-bit broker ids, from one getrandom call (Dramatiq makes uuid4 strings; its
+    # scripts and this module use them as opaque keys).
+    randomness = os.urandom(16 * len(messages)).hex()
     for index, original in enumerate(messages):
-        broker_id = str(uuid.UUID(bytes=randomness[16 * index : 16 * index + 16], version=4))
-        # As Message.copy, without its per-call dataclass introspection.
-        message: Message[Any] = Message(
-            queue_name=original.queue_name,
-            actor_name=original.actor_name,
-            args=original.args,
-            kwargs=original.kwargs,
-            options={**original.options, "redis_message_id": broker_id},
-            message_id=original.message_id,
-            message_timestamp=original.message_timestamp,
-        )
-        if emit_before:
-            broker.emit_before("enqueue", message, None)
-        encoded[broker_id] = message.encode()
-        prepared.append(message)
+        broker_id = randomness[32 * index : 32 * index + 32]
+        # As Message.copy + Message.encode, without their per-call dataclass introspection.
+        fields = {name: getattr(original, name) for name in _MESSAGE_FIELDS}
+        fields["options"] = {**original.options, "redis_message_id": broker_id}
+        if emit_before or emit_after:
+            message: Message[Any] = Message(**fields)
+            if emit_before:  # a hook may add options: encoded below, as the same dict
+                broker.emit_before("enqueue", message, None)
+            prepared.append(message)
+        encoded[broker_id] = encoder.encode(fields)
     with _client(broker).pipeline(transaction=True) as pipe:
         pipe.hset(_key(broker, f"{queue_name}.msgs"), mapping=encoded)
         pipe.rpush(_key(broker, queue_name), *encoded)
@@ -92,6 +90,9 @@ def enqueue_batch(broker: RedisBroker, messages: Sequence[Message[Any]]) -> None
     if emit_after:
         for message in prepared:
             broker.emit_after("enqueue", message, None)
+
+
+_MESSAGE_FIELDS = tuple(field.name for field in dataclasses.fields(Message))
 
 
 def _overrides(middleware: Middleware, hook: str) -> bool:

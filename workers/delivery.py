@@ -125,8 +125,9 @@ def deliver_occurrence(
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was recorded.
     """
     now = clock()
-    with hot_transaction(engine) as first_row:
-        marked = first_row(_MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now})
+    with hot_transaction(engine) as rows:
+        marked_rows = rows(_MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now})
+        marked = marked_rows[0] if marked_rows else None
         if marked is not None:
             message_id, remind_at, late, attempts, title, owner = marked
             remind_at = remind_at.astimezone(UTC)  # the driver's rows are in the session zone

@@ -23,15 +23,14 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import case, select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.db import unit_of_work, utcnow
+from shared.db import hot_transaction, unit_of_work, utcnow
 from shared.logs import get_logger
 from shared.models import Reminder
 from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, reminder_message
@@ -72,27 +71,25 @@ def _enqueue(broker: RedisBroker, claimed: list[_Claimed], result: ScanResult) -
     result.message_ids.extend(str(row.message_id) for row in claimed)
 
 
-def _claim_statement(now: datetime, settings: Settings) -> Any:
-    """Claim a batch of due waiting rows and admit them (``admit_due_occurrence``) in SQL."""
-    due = (
-        select(Reminder.message_id)
-        .where(Reminder.state == "waiting", Reminder.remind_at <= now)
-        .order_by(Reminder.remind_at)
-        .limit(settings.scan_batch_size)
-        .with_for_update(skip_locked=True)
-        .cte("due")
+# Claim a batch of due waiting rows and admit them (``admit_due_occurrence``) in SQL.
+_DUE = (
+    select(Reminder.message_id)
+    .where(Reminder.state == "waiting", Reminder.remind_at <= bindparam("b_now"))
+    .order_by(Reminder.remind_at)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+    .cte("due")
+)
+_CLAIM_DUE = (
+    update(Reminder)
+    .where(Reminder.message_id == _DUE.c.message_id)
+    .values(
+        state=case((Reminder.due_at < bindparam("b_cutoff"), "missed"), else_="queued"),
+        late=Reminder.due_at <= bindparam("b_now"),
+        updated_at=bindparam("b_now"),
     )
-    cutoff = missed_before(now, settings.catchup_seconds)
-    return (
-        update(Reminder)
-        .where(Reminder.message_id == due.c.message_id)
-        .values(
-            state=case((Reminder.due_at < cutoff, "missed"), else_="queued"),
-            late=Reminder.due_at <= now,
-            updated_at=now,
-        )
-        .returning(Reminder.task_id, Reminder.due_at, Reminder.message_id, Reminder.state)
-    )
+    .returning(Reminder.task_id, Reminder.due_at, Reminder.message_id, Reminder.state)
+)
 
 
 @dataclass(frozen=True)
@@ -106,12 +103,18 @@ class _Batch:
 
 def _claim_due(sessions: sessionmaker[Session], settings: Settings, now: datetime) -> _Batch:
     """Claim and commit one batch of due waiting rows."""
-    with unit_of_work(sessions) as session:
-        rows = session.connection().execute(_claim_statement(now, settings)).all()
+    params = {
+        "b_now": now,
+        "b_cutoff": missed_before(now, settings.catchup_seconds),
+        "b_limit": settings.scan_batch_size,
+    }
+    with hot_transaction(sessions.kw["bind"]) as rows:
+        claimed_rows = rows(_CLAIM_DUE, params)
     batch = _Batch(queued=[], missed=[])
-    for row in rows:
-        claimed = _Claimed(row.task_id, row.due_at, row.message_id)
-        (batch.queued if row.state == "queued" else batch.missed).append(claimed)
+    for task_id, due_at, message_id, state in claimed_rows:
+        # astimezone: the driver's rows are in the session's zone; messages carry UTC.
+        claimed = _Claimed(task_id, due_at.astimezone(UTC), message_id)
+        (batch.queued if state == "queued" else batch.missed).append(claimed)
     return batch
 
 
