@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.service import Owner
-from shared.db import execute_hot, once_more_if_connection_lost
+from shared.db import hot_statement, once_more_if_connection_lost
 from shared.keys import hash_token
 from shared.models import ApiToken, User
 
@@ -41,20 +39,16 @@ def authenticate(sessions: sessionmaker[Session], authorization: str | None) -> 
 
     It is also the request's first use of the database, and the API's pool does not ping
     connections before handing them out (a round trip per checkout): a connection that died
-    while pooled (the database restarted) fails here, SQLAlchemy invalidates it and every
+    while pooled (the database restarted) fails here, which marks it and every pooled
     connection as old, and the lookup is tried once more on a fresh one.
     """
     token = bearer_token(authorization)
     if token is None:
         return None
     params = {"token_hash": hash_token(token)}
-    row = once_more_if_connection_lost(lambda: _owner_row(sessions, params))
-    if row is None:
-        return None
-    return Owner(id=row.id, name=row.name, is_operator=row.is_operator)
-
-
-def _owner_row(sessions: sessionmaker[Session], params: dict[str, Any]) -> Row[Any] | None:
     engine = sessions.kw["bind"]
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        return execute_hot(connection, _OWNER_OF_TOKEN, params).one_or_none()
+    rows = once_more_if_connection_lost(lambda: hot_statement(engine, _OWNER_OF_TOKEN, params))
+    if not rows:
+        return None
+    user_id, name, is_operator = rows[0]  # token hashes are unique
+    return Owner(id=user_id, name=name, is_operator=is_operator)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.pagination import decode_cursor, encode_cursor
 from api.schemas import ReminderOut, TaskCreate, TaskOut, TaskPage, TaskPatch, TaskQuery
-from shared.db import execute_hot, unit_of_work, utcnow
+from shared.db import hot_statement, unit_of_work, utcnow
 from shared.models import Reminder, Task
 from shared.occurrences import (
     cancel_pending,
@@ -128,8 +128,7 @@ class TaskService:
         if within is None and engine.dialect.name == "postgresql":
             params = {f"task_{name}": value for name, value in task.items()}
             params.update({f"reminder_{name}": value for name, value in reminder.items()})
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-                execute_hot(connection, _CREATE_TASK, params)
+            hot_statement(engine, _CREATE_TASK, params)
             return created
         with unit_of_work(self.sessions) as session:
             connection = session.connection()

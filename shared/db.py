@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from sqlalchemy import Connection, CursorResult, DateTime, Engine, create_engine, event, make_url
+from sqlalchemy import DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -107,6 +107,18 @@ def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+# -- hot paths: statements run on the driver connection ------------------------------------
+#
+# Per reminder or per request, SQLAlchemy's connection, transaction and result objects cost
+# more CPU than the round trips themselves. On PostgreSQL the hot statements (module-level
+# Core statements) are compiled once, prepared on the server and run on a pooled psycopg
+# connection directly, with rows as the driver gives them: only for statements whose
+# parameters psycopg adapts as they are (UUIDs, aware datetimes, ints) and whose rows need
+# no type processing (timestamps come in the session's zone). SQLite keeps plain Core.
+
+Rows = Callable[[Executable, Mapping[str, Any]], Sequence[Sequence[Any]]]
+
+
 @cache
 def _driver_sql(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any]]:
     assert isinstance(statement, ClauseElement)
@@ -114,68 +126,70 @@ def _driver_sql(statement: Executable, dialect: Dialect) -> tuple[str, dict[str,
     return compiled.string, dict(compiled.params)
 
 
-def execute_hot(
-    connection: Connection, statement: Executable, params: Mapping[str, Any]
-) -> CursorResult[Any]:
-    """Execute a module-level Core ``statement`` on a hot path.
-
-    On PostgreSQL the statement is compiled once and handed to the driver as SQL
-    (``exec_driver_sql``): setting up the execution of a Core statement costs more Python
-    than the round trip itself for the few statements run per reminder or per request.
-    Only for statements whose parameters psycopg adapts as they are (UUIDs, aware
-    datetimes) and whose rows need no type processing. Elsewhere (SQLite), plain Core.
-    """
-    if connection.dialect.name != "postgresql":
-        return connection.execute(statement, params)
-    sql, constants = _driver_sql(statement, connection.dialect)
-    return connection.exec_driver_sql(sql, {**constants, **params})
-
-
-Rows = Callable[[Executable, Mapping[str, Any]], Sequence[Sequence[Any]]]
-
-
 @contextmanager
-def hot_transaction(engine: Engine) -> Iterator[Rows]:
-    """One transaction for a hot path, yielding ``rows(statement, params)``.
+def _driver_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled psycopg connection, failing as a SQLAlchemy connection would.
 
-    Committed when the block ends, rolled back if it raises. ``rows`` runs a module-level
-    Core statement and returns its rows as tuples.
-
-    On PostgreSQL this bypasses SQLAlchemy's ``Connection``: a pooled psycopg connection
-    runs the statement compiled once and server-side prepared. Per reminder, SQLAlchemy's
-    connection, transaction and result objects cost more CPU than the transaction's three
-    round trips. What SQLAlchemy would do on failure is kept: a psycopg error is raised as
-    SQLAlchemy's ``DBAPIError`` subclass, and a connection found lost is invalidated so
-    the pool replaces it. Rows come as the driver gives them (see `execute_hot`).
-    Elsewhere (SQLite), a Core transaction.
+    A psycopg error is raised as SQLAlchemy's ``DBAPIError`` subclass. A lost connection
+    marks every pooled connection as old, as SQLAlchemy does (they were all opened to the
+    same server), so the next checkout opens a fresh one instead of finding the next dead
+    one. Back in the pool, what was not committed is rolled back.
     """
-    if engine.dialect.name != "postgresql":
-        with engine.begin() as connection:
-            yield lambda statement, params: connection.execute(statement, params).all()
-        return
     pooled = engine.raw_connection()
     try:
         driver = pooled.driver_connection
         assert isinstance(driver, psycopg.Connection)
         try:
-            with driver.cursor() as cursor:
-
-                def rows(statement: Executable, params: Mapping[str, Any]) -> Any:
-                    sql, constants = _driver_sql(statement, engine.dialect)
-                    cursor.execute(sql, {**constants, **params}, prepare=True)
-                    return cursor.fetchall()
-
-                yield rows
-            driver.commit()
+            yield driver
         except psycopg.Error as exc:
             lost = driver.closed or driver.broken  # as SQLAlchemy's psycopg dialect tells
             if lost:
-                pooled.invalidate(exc)
+                engine.pool._invalidate(pooled, exc)  # what a SQLAlchemy Connection calls
             raise DBAPIError.instance(
                 None, None, exc, psycopg.Error, hide_parameters=True, connection_invalidated=lost
             ) from exc
     finally:
-        pooled.close()  # back to the pool, which rolls back what was not committed
+        pooled.close()
+
+
+def _driver_rows(
+    cursor: psycopg.Cursor[Any], dialect: Dialect, statement: Executable, params: Mapping[str, Any]
+) -> list[Any]:
+    sql, constants = _driver_sql(statement, dialect)
+    cursor.execute(sql, {**constants, **params}, prepare=True)
+    return cursor.fetchall() if cursor.description is not None else []  # [] without RETURNING
+
+
+@contextmanager
+def hot_transaction(engine: Engine) -> Iterator[Rows]:
+    """One transaction, yielding ``rows(statement, params)``, which returns the rows as tuples.
+
+    Committed when the block ends, rolled back if it raises.
+    """
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as connection:
+            yield lambda statement, params: connection.execute(statement, params).all()
+        return
+    with _driver_connection(engine) as driver, driver.cursor() as cursor:
+        yield lambda statement, params: _driver_rows(cursor, engine.dialect, statement, params)
+        driver.commit()
+
+
+def hot_statement(
+    engine: Engine, statement: Executable, params: Mapping[str, Any]
+) -> Sequence[Sequence[Any]]:
+    """Run one statement on its own, in autocommit mode (no ``BEGIN``/``COMMIT`` round trips)."""
+    if engine.dialect.name != "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            return connection.execute(statement, params).all()
+    with _driver_connection(engine) as driver:
+        driver.autocommit = True
+        try:
+            with driver.cursor() as cursor:
+                return _driver_rows(cursor, engine.dialect, statement, params)
+        finally:
+            if not (driver.closed or driver.broken):
+                driver.autocommit = False  # as the pool's other users expect it
 
 
 T = TypeVar("T")
