@@ -198,9 +198,9 @@ T = TypeVar("T")
 def once_more_if_connection_lost(action: Callable[[], T]) -> T:
     """Run ``action``, and once more if its pooled connection turned out to be dead.
 
-    For reads on an engine without pre-ping: SQLAlchemy has then invalidated that connection
-    and every one as old, so the second try runs on a fresh one. Never for writes, whose
-    first try may have committed.
+    For reads on an engine without pre-ping: the pool has then marked that connection and
+    every one as old (a SQLAlchemy connection and `_driver_connection` both do), so the
+    second try runs on a fresh one. Never for writes, whose first try may have committed.
     """
     try:
         return action()
