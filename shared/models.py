@@ -134,6 +134,8 @@ class Reminder(Base):
     late: Mapped[bool] = mapped_column(Boolean, default=False)
     sent_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The webhook body a failed attempt sent: later attempts send these bytes again (SPEC §4.8).
+    body: Mapped[str | None] = mapped_column(Text)
     # Set when the occurrence becomes ``failed`` (dead-lettered); kept after the broker's
     # dead-letter entry expires. An operator's discard is recorded beside it.
     failed_at: Mapped[datetime | None]

@@ -7,10 +7,16 @@
 Retries are Dramatiq's Retries middleware, configured from settings (``shared.queue``):
 every exception retries with exponential backoff and jitter except
 `PermanentDeliveryError`, which is in the actor's ``throws`` and dead-letters at once.
+
+An expected delivery failure is logged once, as ``reminder.retrying`` or
+``reminder.dead_lettered`` (`RecordFailedAttempts`); Dramatiq's own lines about the same
+attempt are dropped (`DramatiqAttemptLines`), and only an unexpected error keeps Dramatiq's
+"unhandled exception" line with its traceback.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +34,7 @@ from shared.db import utcnow
 from shared.housekeeping import purge_expired_idempotency_keys
 from shared.logs import get_logger
 from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
+from shared.rules import describe_error
 from workers import metrics
 from workers.channels import Channel, PermanentDeliveryError
 from workers.delivery import Outcome, deliver_occurrence, parse_occurrence, record_failed_attempt
@@ -100,6 +107,7 @@ class RecordFailedAttempts(Middleware):
             "message_id": message.message_id,
             "task_id": message.args[0] if message.args else None,
             "error_type": error_type,
+            "error": describe_error(exception),
         }
         try:
             task_id, due_at = parse_occurrence(*message.args)
@@ -119,9 +127,38 @@ class RecordFailedAttempts(Middleware):
             log.warning("reminder.retrying", attempt=attempt, delay_ms=delay_ms, **fields)
 
 
+class DramatiqAttemptLines(logging.Filter):
+    """Drops Dramatiq's own log lines about a failed attempt.
+
+    ``RecordFailedAttempts`` already logs each failed attempt as one event with the
+    reminder's identifiers; Dramatiq's "Retrying message …", "Retries exceeded …",
+    "Aborting message …" and "… with expected exception …" lines would say it again in
+    free text. Its "unhandled exception" line (an unexpected error, with the traceback)
+    is kept.
+    """
+
+    TEMPLATES = frozenset(
+        {
+            "Retrying message %r in %d milliseconds.",
+            "Retries exceeded for message %r.",
+            "Aborting message %r.",
+            "Failed to process message %s with expected exception %s.",
+        }
+    )
+    LOGGERS = ("dramatiq.middleware.retries.Retries", "dramatiq.worker.WorkerThread")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.TEMPLATES
+
+
+_ATTEMPT_LINES = DramatiqAttemptLines()
+
+
 def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
     """Bind the actors and the failure middleware to ``broker``."""
     broker.add_middleware(RecordFailedAttempts(pipeline), before=Retries)
+    for name in DramatiqAttemptLines.LOGGERS:
+        logging.getLogger(name).addFilter(_ATTEMPT_LINES)
     # Skip a periodic message older than this: a scan that late is superseded by the next one.
     broker.add_middleware(PeriodiqMiddleware(skip_delay=30))
     settings = pipeline.settings

@@ -2,9 +2,12 @@
 
 ``log`` (the default) writes a structured ``reminder.sent`` event; like the webhook it is
 at-least-once (a crash between delivery and commit repeats it with the same message ID).
-``webhook`` POSTs the reminder as JSON with the occurrence's message ID as
+``webhook`` POSTs the reminder's body with the occurrence's message ID as
 ``Idempotency-Key`` and an HMAC signature (``X-Reminders-Signature: t=<unix>,v1=<hex>``
-over ``"<t>.<body>"``), so a receiver can check where it came from and drop repeats.
+over ``"<t>.<body>"``), so a receiver can check where it came from and drop repeats. The
+body is the same bytes on every attempt (`reminder_body`; nothing per attempt inside it):
+only the signature's timestamp changes, so a receiver applying Idempotency-Key semantics
+(same key, same body) accepts a repeat.
 
 A channel raises `TransientDeliveryError` for what may succeed later (5xx, 408, 429,
 timeouts, connection errors) and `PermanentDeliveryError` for what will not.
@@ -17,10 +20,11 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
+from dramatiq import Retry
 
 from shared.config import Settings
 from shared.logs import get_logger
@@ -33,8 +37,14 @@ class DeliveryError(Exception):
     """The channel did not accept the reminder."""
 
 
-class TransientDeliveryError(DeliveryError):
-    """Worth retrying: the receiver was unavailable, slow or rate limiting."""
+class TransientDeliveryError(DeliveryError, Retry):
+    """Worth retrying: the receiver was unavailable, slow or rate limiting.
+
+    A `dramatiq.Retry`, so Dramatiq retries it with the usual backoff without logging it as
+    an unhandled exception with a traceback: it is expected, and ``RecordFailedAttempts``
+    logs it as one ``reminder.retrying`` or ``reminder.dead_lettered`` event. It carries
+    no delay of its own: the Retries middleware's backoff applies.
+    """
 
 
 class PermanentDeliveryError(DeliveryError):
@@ -43,28 +53,49 @@ class PermanentDeliveryError(DeliveryError):
 
 @dataclass(frozen=True)
 class ReminderPayload:
+    """One reminder as handed to a channel.
+
+    ``body`` is what a webhook receives, byte for byte; ``sent_at`` is this attempt's time,
+    which is deliberately not in the body.
+    """
+
     message_id: str
     task_id: str
-    owner: str
-    title: str
     due_at: datetime
     remind_at: datetime
     sent_at: datetime
+    body: bytes
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "message_id": self.message_id,
-            "task_id": self.task_id,
-            "owner": self.owner,
-            "title": self.title,
-            "due_at": _rfc3339(self.due_at),
-            "remind_at": _rfc3339(self.remind_at),
-            "sent_at": _rfc3339(self.sent_at),
-        }
+
+def reminder_body(
+    *,
+    message_id: str,
+    task_id: str,
+    owner: str,
+    title: str,
+    due_at: datetime,
+    remind_at: datetime,
+) -> bytes:
+    """The webhook body of one reminder: compact JSON, fixed key order, UTC whole seconds.
+
+    A function of the occurrence alone, so every attempt and every redelivery sends the same
+    bytes (SPEC §4.8). The delivery keeps the body of a failed attempt on the reminder row,
+    so a title edited between attempts does not change what the retry sends.
+    """
+    document: dict[str, Any] = {
+        "type": "reminder",
+        "message_id": message_id,
+        "task_id": task_id,
+        "owner": owner,
+        "title": title,
+        "due_at": _rfc3339(due_at),
+        "remind_at": _rfc3339(remind_at),
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def _rfc3339(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Channel(Protocol):
@@ -113,14 +144,13 @@ class WebhookChannel:
         self._client = httpx.Client(timeout=timeout_seconds, follow_redirects=False)
 
     def deliver(self, reminder: ReminderPayload) -> None:
-        body = json.dumps(reminder.as_json(), separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": reminder.message_id,
-            "X-Reminders-Signature": sign(self._secret, int(time.time()), body),
+            "X-Reminders-Signature": sign(self._secret, int(time.time()), reminder.body),
         }
         try:
-            response = self._client.post(self.url, content=body, headers=headers)
+            response = self._client.post(self.url, content=reminder.body, headers=headers)
         except httpx.TimeoutException as exc:
             raise TransientDeliveryError(f"webhook timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:

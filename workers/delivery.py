@@ -6,6 +6,9 @@ Two messages for the same occurrence (two schedulers, a redelivery after a crash
 operator's retry) serialize on the task's row lock; the second finds ``sent`` and does
 nothing. A stale message (task rescheduled, finished or deleted) is acknowledged and does
 nothing.
+
+The webhook body is built from the occurrence (``reminder_body``); a failed attempt keeps
+the body it sent on the row, and every later attempt sends those bytes again (SPEC §4.8).
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import hot_transaction, unit_of_work, utcnow
+from shared.logs import get_logger
 from shared.models import Reminder, Task, User
 from shared.rules import DELIVERABLE_STATES, describe_error
-from workers.channels import Channel, PermanentDeliveryError, ReminderPayload
+from workers.channels import Channel, PermanentDeliveryError, ReminderPayload, reminder_body
+
+log = get_logger("delivery")
 
 
 class Outcome(StrEnum):
@@ -101,6 +108,7 @@ _MARK_SENT = (
         Reminder.remind_at,
         Reminder.late,
         Reminder.attempts,
+        Reminder.body,
         _TITLE.label("title"),
         _OWNER.label("owner"),
     )
@@ -125,29 +133,62 @@ def deliver_occurrence(
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was recorded.
     """
     now = clock()
-    with hot_transaction(engine) as rows:
-        marked_rows = rows(_MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now})
-        marked = marked_rows[0] if marked_rows else None
-        if marked is not None:
-            message_id, remind_at, late, attempts, title, owner = marked
-            remind_at = remind_at.astimezone(UTC)  # the driver's rows are in the session zone
-            channel.deliver(
-                ReminderPayload(
-                    message_id=str(message_id),
-                    task_id=str(task_id),
-                    owner=owner,
-                    title=title,
-                    due_at=due_at,
-                    remind_at=remind_at,
-                    sent_at=now,
+    body: bytes | None = None  # set once built afresh: kept on the row if the attempt fails
+    try:
+        with hot_transaction(engine) as rows:
+            marked_rows = rows(_MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now})
+            marked = marked_rows[0] if marked_rows else None
+            if marked is not None:
+                message_id, remind_at, late, attempts, kept_body, title, owner = marked
+                remind_at = remind_at.astimezone(UTC)  # the driver's rows are in the session zone
+                if kept_body is None:
+                    body = reminder_body(
+                        message_id=str(message_id),
+                        task_id=str(task_id),
+                        owner=owner,
+                        title=title,
+                        due_at=due_at,
+                        remind_at=remind_at,
+                    )
+                channel.deliver(
+                    ReminderPayload(
+                        message_id=str(message_id),
+                        task_id=str(task_id),
+                        due_at=due_at,
+                        remind_at=remind_at,
+                        sent_at=now,
+                        body=body if body is not None else kept_body.encode(),
+                    )
                 )
-            )
+    except BaseException:
+        if body is not None:
+            _keep_body(engine, message_id, body)
+        raise
     if marked is None:
         with engine.begin() as db:
             return _not_deliverable(db, task_id, due_at, now)
     return Delivery(
         Outcome.SENT, state="sent", sent_at=now, remind_at=remind_at, attempts=attempts, late=late
     )
+
+
+def _keep_body(engine: Engine, message_id: uuid.UUID, body: bytes) -> None:
+    """Keep the body a failed attempt sent, so the next attempt sends the same bytes.
+
+    Best effort: when the database itself is what failed, the next attempt builds the body
+    again from the same occurrence, which gives the same bytes unless the title was edited.
+    """
+    try:
+        with engine.begin() as db:
+            db.execute(
+                update(Reminder)
+                .where(Reminder.message_id == message_id, Reminder.body.is_(None))
+                .values(body=body.decode())
+            )
+    except SQLAlchemyError as exc:
+        log.warning(
+            "reminder.body_not_kept", message_id=str(message_id), error_type=type(exc).__name__
+        )
 
 
 def _not_deliverable(

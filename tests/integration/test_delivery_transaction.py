@@ -6,11 +6,12 @@ statement works on SQLite, which the embedded default runs.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import OperationalError
 
 from shared.db import make_engine, make_session_factory, unit_of_work
@@ -74,8 +75,17 @@ def test_delivers_once_then_suppresses_duplicates(migrated: Engine) -> None:
     second = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: NOW)
 
     assert (first.outcome, second.outcome) == (Outcome.SENT, Outcome.DUPLICATE)
-    assert [(r.title, r.task_id) for r in channel.delivered] == [("water plants", str(task.id))]
-    assert channel.delivered[0].owner == "maria"
+    [sent] = channel.delivered
+    assert sent.task_id == str(task.id)
+    assert json.loads(sent.body) == {
+        "type": "reminder",
+        "message_id": sent.message_id,
+        "task_id": str(task.id),
+        "owner": "maria",
+        "title": "water plants",
+        "due_at": "2030-01-01T12:30:00Z",
+        "remind_at": "2030-01-01T11:30:00Z",
+    }
     assert all(state(migrated, other) == ("waiting", 0) for other in others)
     assert state(migrated, task) == ("sent", 1)
     assert first.sent_at == NOW and first.remind_at == NOW - timedelta(minutes=30)
@@ -88,6 +98,24 @@ def test_a_failed_delivery_records_nothing(migrated: Engine) -> None:
         deliver_occurrence(migrated, Recorder(fail=True), task.id, task.due_at)
 
     assert state(migrated, task) == ("waiting", 0)
+
+
+def test_the_next_attempt_sends_the_failed_attempts_bytes(migrated: Engine) -> None:
+    task = add_task(migrated)
+    failing, accepting = Recorder(fail=True), Recorder()
+
+    with pytest.raises(PermanentDeliveryError):
+        deliver_occurrence(migrated, failing, task.id, task.due_at, clock=lambda: NOW)
+    with unit_of_work(make_session_factory(migrated)) as session:
+        session.execute(update(Task).where(Task.id == task.id).values(title="renamed"))
+    later = NOW + timedelta(minutes=5)
+    delivery = deliver_occurrence(migrated, accepting, task.id, task.due_at, clock=lambda: later)
+
+    assert delivery.outcome is Outcome.SENT
+    [first], [second] = failing.delivered, accepting.delivered
+    assert second.body == first.body
+    assert json.loads(second.body)["title"] == "water plants"
+    assert (first.sent_at, second.sent_at) == (NOW, later)
 
 
 @pytest.mark.parametrize("change", [{"status": "done"}, {"deleted_at": NOW}])

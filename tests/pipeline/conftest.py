@@ -38,7 +38,7 @@ from shared.occurrences import open_occurrence
 from shared.queue import make_broker
 from tests.conftest import REDIS_URL, Account, create_account, make_settings
 from workers.actors import Actors, Pipeline, declare_actors
-from workers.channels import make_channel
+from workers.channels import Channel, make_channel
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,13 +136,20 @@ class Stack:
             **{**self.overrides, **more},
         )
 
-    def broker(self, **more: Any) -> tuple[RedisBroker, Actors]:
-        """A fresh broker with the actors declared on it (like one worker process)."""
+    def broker(self, channel: Channel | None = None, **more: Any) -> tuple[RedisBroker, Actors]:
+        """A fresh broker with the actors declared on it (like one worker process).
+
+        ``channel`` replaces the one the settings choose.
+        """
         settings = self.settings(**more)
         broker = make_broker(settings)
         actors = declare_actors(
             broker,
-            Pipeline(sessions=self.sessions, channel=make_channel(settings), settings=settings),
+            Pipeline(
+                sessions=self.sessions,
+                channel=channel or make_channel(settings),
+                settings=settings,
+            ),
         )
         self._brokers.append(broker)
         return broker, actors

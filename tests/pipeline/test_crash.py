@@ -8,7 +8,9 @@ Production defaults: 60 s + 60 s. Here: 3 s + 1 s.
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from shared.keys import message_id
 from tests.pipeline.conftest import BIN, Receiver, Stack
 from workers.producer import scan_due_tasks
 
@@ -82,3 +85,50 @@ def test_sigkilled_worker_loses_nothing_and_sends_nothing_twice(
         f"recovered {TASKS} reminders {recovery:.1f}s after SIGKILL; "
         f"{len(keys) - len(set(keys))} repeated webhook deliveries; finished at {datetime.now(UTC)}"
     )
+
+
+@pytest.mark.slow
+def test_a_delivery_cut_off_by_sigkill_is_redelivered_with_the_same_bytes(
+    stack: Stack, receiver: Receiver
+) -> None:
+    """SPEC §4.8 across a crash: the worker dies while the receiver holds the first request."""
+    first_request = threading.Event()
+    release = threading.Event()
+
+    def answer(n: int) -> int:
+        if n == 0:
+            first_request.set()
+            release.wait(30)  # the worker is killed while it waits for this answer
+        return 200
+
+    receiver.script = answer
+    settings = {
+        "webhook_url": receiver.url,
+        "webhook_secret": "s",
+        "heartbeat_timeout_ms": 2000,
+        "requeue_after_seconds": 600,
+    }
+    alice = stack.account()
+    [task] = stack.add_due_tasks(alice, 1)
+    producer_broker, _ = stack.broker(**settings)
+    scan_due_tasks(stack.sessions, producer_broker, stack.settings(**settings))
+    env = stack.env(**settings)
+    argv = [str(BIN / "dramatiq"), "workers.app", "--processes", "1", "--threads", "1"]
+    try:
+        first = stack.spawn(argv, env, cwd=ROOT)
+        assert first_request.wait(60), "the worker never called the webhook"
+        os.killpg(first.pid, signal.SIGKILL)  # the whole group: nothing is requeued on exit
+        first.wait(timeout=30)
+        stack.spawn(argv, env, cwd=ROOT)
+
+        def sent() -> bool:
+            scan_due_tasks(stack.sessions, producer_broker, stack.settings(**settings))
+            return stack.states().get("sent", 0) == 1
+
+        assert stack.wait_for(sent, timeout=60, interval=0.5), stack.states()
+    finally:
+        release.set()
+
+    cut_off, redelivered = receiver.receipts
+    assert cut_off.key == redelivered.key == str(message_id(task.id, task.due_at))
+    assert redelivered.body == cut_off.body

@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from shared.db import unit_of_work
 from shared.keys import message_id
+from shared.models import Task
 from shared.queue import QUEUE_NAME, reminder_message
 from shared.redis_broker import dead_letters, queue_depth
 from tests.pipeline.conftest import Receiver, Stack
+from workers.channels import ReminderPayload
 from workers.producer import scan_due_tasks
 
 SECRET = "test-signing-secret"
@@ -55,14 +60,15 @@ def test_webhook_receives_signed_reminder_with_idempotency_key(
     assert not verify_signature(receipt.headers["X-Reminders-Signature"], receipt.body, "wrong")
     payload = receipt.payload
     assert set(payload) == {
+        "type",
         "message_id",
         "task_id",
         "owner",
         "title",
         "due_at",
         "remind_at",
-        "sent_at",
     }
+    assert payload["type"] == "reminder"
     assert (payload["message_id"], payload["task_id"], payload["owner"], payload["title"]) == (
         expected_id,
         str(task.id),
@@ -93,6 +99,112 @@ def test_webhook_failing_twice_then_accepting_is_sent_after_growing_delays(
     assert len(set(receiver.keys())) == 1
     [row] = stack.reminders()
     assert (row.state, row.attempts) == ("sent", 3)
+
+
+def test_every_attempt_sends_the_same_bytes_even_after_the_title_is_edited(
+    stack: Stack, receiver: Receiver
+) -> None:
+    """SPEC §4.8: same key, same body, or an Idempotency-Key receiver answers 422 to the retry."""
+    alice = stack.account()
+    task = stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600, title="before")
+
+    edited_at: list[float] = []
+
+    def edit_title() -> None:  # waits for the attempt's row lock, like an API request would
+        with unit_of_work(stack.sessions) as session:
+            edited = session.get(Task, task.id)
+            assert edited is not None
+            edited.title = "after"
+        edited_at.append(time.monotonic())
+
+    def answer(n: int) -> int:
+        if n == 0:  # the user edits the title while the first attempt is failing
+            threading.Thread(target=edit_title).start()
+        return 503 if n < 2 else 200
+
+    receiver.script = answer
+    broker, _ = webhook(stack, receiver, min_backoff_ms=100, max_backoff_ms=1000)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+
+    assert run_until_settled(stack, broker, 1)
+
+    assert len(receiver.receipts) == 3
+    assert edited_at and edited_at[0] < receiver.receipts[2].at  # the last attempt came after
+    bodies = {receipt.body for receipt in receiver.receipts}
+    assert len(bodies) == 1, bodies
+    assert receiver.receipts[0].payload["title"] == "before"
+    assert len(set(receiver.keys())) == 1
+    assert all(
+        verify_signature(receipt.headers["X-Reminders-Signature"], receipt.body, SECRET)
+        for receipt in receiver.receipts
+    )
+    [row] = stack.reminders()
+    assert (row.state, row.attempts) == ("sent", 3)
+
+
+def json_log_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_expected_failures_are_one_event_each_without_a_traceback(
+    stack: Stack, receiver: Receiver, capfd
+) -> None:
+    from shared.logs import configure_logging
+
+    configure_logging("INFO")
+    receiver.script = lambda n: 503 if n == 0 else 400  # retried once, then dead-lettered
+    alice = stack.account()
+    task = stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
+    broker, _ = webhook(stack, receiver)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+
+    assert run_until_settled(stack, broker, 1)
+
+    lines = json_log_lines(capfd.readouterr().err)
+    events = [line["event"] for line in lines if line["event"].startswith("reminder.")]
+    assert events == ["reminder.retrying", "reminder.dead_lettered"], events
+    retrying, dead = (line for line in lines if line["event"] in events)
+    assert retrying["message_id"] == dead["message_id"] == str(message_id(task.id, task.due_at))
+    assert retrying["error"] == "TransientDeliveryError: webhook answered 503"
+    assert dead["error"] == "PermanentDeliveryError: webhook answered 400"
+    # Nothing else about the attempts: no Dramatiq free-text line about it, no traceback.
+    about_it = [
+        line
+        for line in lines
+        if line.get("logger", "").startswith("dramatiq")
+        and (retrying["message_id"] in line.get("message", "") or line["level"] != "info")
+    ]
+    assert not about_it, about_it
+    assert not [line for line in lines if "exception" in line]
+
+
+class Broken:
+    """A channel with a bug: an unexpected error, which must keep its traceback."""
+
+    name = "broken"
+    announces_delivery = False
+
+    def deliver(self, reminder: ReminderPayload) -> None:
+        raise ZeroDivisionError("a bug in the channel")
+
+
+def test_an_unexpected_error_is_logged_with_its_traceback(stack: Stack, capfd) -> None:
+    from shared.logs import configure_logging
+
+    configure_logging("INFO")
+    alice = stack.account()
+    stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
+    broker, _ = stack.broker(channel=Broken(), max_retries=0)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+
+    assert run_until_settled(stack, broker, 1)
+
+    lines = json_log_lines(capfd.readouterr().err)
+    unhandled = [line for line in lines if "unhandled exception" in line.get("message", "")]
+    assert len(unhandled) == 1
+    assert "ZeroDivisionError: a bug in the channel" in unhandled[0]["exception"]
+    [dead] = [line for line in lines if line["event"] == "reminder.dead_lettered"]
+    assert dead["error_type"] == "ZeroDivisionError"
 
 
 def test_webhook_always_500_fails_after_configured_retries_with_final_error(
