@@ -29,8 +29,12 @@ from dramatiq import Retry
 from shared.config import Settings
 from shared.logs import get_logger
 from shared.rules import webhook_status_is_transient
+from workers.webhook_transport import Deadline, deadline_client
 
 log = get_logger("delivery")
+
+# The answer's body means nothing to delivery; more than this of it is not read.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 class DeliveryError(Exception):
@@ -132,7 +136,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 class WebhookChannel:
-    """POSTs each reminder to one URL, signed, with a bounded timeout."""
+    """POSTs each reminder to one URL, signed; the whole call ends within the timeout."""
 
     name = "webhook"
     announces_delivery = False
@@ -140,8 +144,10 @@ class WebhookChannel:
     def __init__(self, url: str, secret: str, timeout_seconds: float) -> None:
         self.url = url
         self._secret = secret
+        self._timeout_seconds = timeout_seconds
         # One client per process: httpx clients are thread-safe and pool connections.
-        self._client = httpx.Client(timeout=timeout_seconds, follow_redirects=False)
+        self._deadline = Deadline()
+        self._client = deadline_client(self._deadline, timeout_seconds)
 
     def deliver(self, reminder: ReminderPayload) -> None:
         headers = {
@@ -150,16 +156,29 @@ class WebhookChannel:
             "X-Reminders-Signature": sign(self._secret, int(time.time()), reminder.body),
         }
         try:
-            response = self._client.post(self.url, content=reminder.body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise TransientDeliveryError(f"webhook timed out ({type(exc).__name__})") from None
+            with self._deadline.applies(self._timeout_seconds):
+                status = self._post(reminder.body, headers)
+        except httpx.TimeoutException:
+            raise TransientDeliveryError(
+                f"webhook timed out (no answer within {self._timeout_seconds:g} s)"
+            ) from None
         except httpx.TransportError as exc:
             raise TransientDeliveryError(f"webhook unreachable ({type(exc).__name__})") from None
-        if response.is_success:
+        if 200 <= status < 300:
             return
-        if webhook_status_is_transient(response.status_code):
-            raise TransientDeliveryError(f"webhook answered {response.status_code}")
-        raise PermanentDeliveryError(f"webhook answered {response.status_code}")
+        if webhook_status_is_transient(status):
+            raise TransientDeliveryError(f"webhook answered {status}")
+        raise PermanentDeliveryError(f"webhook answered {status}")
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> int:
+        """POST and read at most ``MAX_ANSWER_BYTES`` of the answer; returns its status."""
+        with self._client.stream("POST", self.url, content=body, headers=headers) as response:
+            read = 0
+            for chunk in response.iter_raw():
+                read += len(chunk)
+                if read > MAX_ANSWER_BYTES:
+                    break  # nobody reads it: the connection is closed rather than drained
+            return response.status_code
 
 
 def make_channel(settings: Settings) -> Channel:
