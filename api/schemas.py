@@ -1,9 +1,13 @@
 """Request and response schemas of the HTTP API (pydantic v2).
 
 The same models validate requests and generate ``/openapi.json`` (through flask-openapi3),
-so the document cannot drift from what the server accepts. Request models forbid unknown
-fields, take strict JSON types (no ``"5"`` for a number, no ``true`` for an integer) and
-accept only RFC 3339 times that carry an offset.
+so the document cannot drift from what the server accepts. One rule for every body and
+query, ``/ops`` included: unknown fields are refused; types are JSON Schema's, strictly (no
+``"5"`` for a number, no ``true`` or ``0`` for a boolean, no ``true`` for an integer), where
+an integer is a number with no fractional part (``3600.0`` is one, ``3600.5`` is not);
+``null`` only where the document says a field is nullable (leave a field out to get its
+default); times are RFC 3339 strings that carry an offset. A query parameter is the text of
+such a JSON value (``limit=50``, not ``limit=+50`` or ``limit=5_0``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -22,9 +26,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
-    field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
@@ -62,6 +66,45 @@ def _in_range(value: datetime) -> datetime:
     return value
 
 
+def _refuse_null(value: Any) -> Any:
+    # pydantic lets None through the "absent" branch of an optional field; the document says
+    # the field is not nullable, so an explicit null is refused, in POST as in PATCH.
+    if value is None:
+        raise ValueError("may not be null; leave the field out instead")
+    return value
+
+
+T = TypeVar("T")
+# An optional field that is not nullable: absent means its default (or "unchanged"), null is
+# a 422, and the document shows only the field's own type.
+Omittable = Annotated[T | SkipJsonSchema[None], BeforeValidator(_refuse_null)]
+
+
+def _json_integer(value: Any) -> Any:
+    # JSON Schema counts a number with no fractional part as an integer: 3600.0 is 3600.
+    # A boolean is not a number, whatever Python thinks.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JSON_NUMBER = re.compile(r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$")
+
+
+def _query_integer(value: Any) -> Any:
+    # A query parameter is text: the text of a JSON integer (as above), nothing looser.
+    if isinstance(value, str):
+        if not JSON_NUMBER.match(value):
+            raise ValueError("must be an integer")
+        number = float(value) if any(mark in value for mark in ".eE") else int(value)
+        return _json_integer(number)
+    return _json_integer(value)
+
+
+# Integers are built as Annotated[StrictInt, Field(bounds), BeforeValidator(...)], in that
+# order: the bounds stay on the integer (the document shows minimum/maximum) and StrictInt
+# refuses strings, booleans and fractions left after the conversion.
+
 Timestamp = Annotated[
     AwareDatetime,
     BeforeValidator(_rfc3339_text),
@@ -79,6 +122,7 @@ Notes = Annotated[StrictStr, Field(max_length=10_000, pattern=r"^[^\x00]*$")]
 RemindBefore = Annotated[
     StrictInt,
     Field(ge=60, le=THIRTY_DAYS, description="Seconds before due_at at which to remind."),
+    BeforeValidator(_json_integer),
 ]
 Status = Literal["open", "done"]
 
@@ -116,8 +160,10 @@ class TaskCreate(RequestModel):
     title: Title
     notes: Notes | None = None
     due_at: Timestamp
-    remind_before_seconds: RemindBefore | SkipJsonSchema[None] = Field(
-        default=None, description="Default: REMINDERS_REMIND_BEFORE_SECONDS (86400)."
+    remind_before_seconds: Omittable[RemindBefore] = Field(
+        default=None,
+        description="Seconds before due_at at which to remind; leave it out for the default, "
+        "REMINDERS_REMIND_BEFORE_SECONDS (86400).",
     )
 
 
@@ -136,31 +182,27 @@ class CreateHeaders(CachedSchemaModel):
 
 
 class TaskPatch(RequestModel):
-    """Only the fields present change; ``notes: null`` clears the notes."""
+    """Only the fields present change; ``notes: null`` clears the notes, nothing else is null."""
 
-    title: Title | SkipJsonSchema[None] = None
+    title: Omittable[Title] = None
     notes: Notes | None = None
-    due_at: Timestamp | SkipJsonSchema[None] = None
-    remind_before_seconds: RemindBefore | SkipJsonSchema[None] = None
-    status: Status | SkipJsonSchema[None] = None
+    due_at: Omittable[Timestamp] = None
+    remind_before_seconds: Omittable[RemindBefore] = None
+    status: Omittable[Status] = None
 
-    @field_validator("title", "due_at", "remind_before_seconds", "status", mode="before")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        # Absent means "unchanged"; null would mean "clear", which only notes allow.
-        if value is None:
-            raise ValueError("may not be null")
-        return value
+
+PageSize = Annotated[StrictInt, Field(ge=1, le=MAX_PAGE_SIZE), BeforeValidator(_query_integer)]
+Cursor = Annotated[
+    StrictStr, Field(max_length=200, description="next_cursor of the previous page.")
+]
 
 
 class TaskQuery(RequestModel):
-    status: Status | None = None
-    due_after: Timestamp | None = Field(default=None, description="Only tasks due at or after.")
-    due_before: Timestamp | None = Field(default=None, description="Only tasks due before.")
-    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    cursor: str | None = Field(
-        default=None, max_length=200, description="next_cursor of the previous page."
-    )
+    status: Omittable[Status] = None
+    due_after: Omittable[Timestamp] = Field(default=None, description="Only tasks due at or after.")
+    due_before: Omittable[Timestamp] = Field(default=None, description="Only tasks due before.")
+    limit: PageSize = DEFAULT_PAGE_SIZE
+    cursor: Omittable[Cursor] = None
 
 
 class TaskPath(RequestModel):
@@ -174,8 +216,18 @@ class ReminderOut(BaseModel):
     message_id: uuid.UUID
     sent_at: datetime | None
     attempts: int
-    late: bool
+    late: bool = Field(
+        description="Sent after its due date, which it was planned before (the system was "
+        "down or behind)."
+    )
     last_error: str | None
+    cancelled_at: datetime | None = Field(
+        description="When this reminder was last cancelled; kept if it was reopened since."
+    )
+    reopened_at: datetime | None = Field(
+        description="When this cancelled reminder was last made pending again (the task "
+        "moved back to this due date, or was reopened): the same reminder, sent once at most."
+    )
 
 
 class TaskOut(BaseModel):
@@ -230,21 +282,27 @@ class Readiness(BaseModel):
 # -- operators ---------------------------------------------------------------------------
 
 ErrorType = Annotated[
-    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
 ]
-AgeSeconds = Annotated[int, Field(ge=0, le=10 * 365 * 86400)]
+MAX_AGE_SECONDS = 10 * 365 * 86400
+AgeSeconds = Annotated[StrictInt, Field(ge=0, le=MAX_AGE_SECONDS), BeforeValidator(_json_integer)]
+QueryAgeSeconds = Annotated[
+    StrictInt, Field(ge=0, le=MAX_AGE_SECONDS), BeforeValidator(_query_integer)
+]
 
 
 class DeadLetterQuery(RequestModel):
-    error_type: ErrorType | None = Field(default=None, description="Only this final error type.")
-    older_than_seconds: AgeSeconds | None = Field(
+    error_type: Omittable[ErrorType] = Field(
+        default=None, description="Only this final error type."
+    )
+    older_than_seconds: Omittable[QueryAgeSeconds] = Field(
         default=None, description="Failed at least this long ago."
     )
-    newer_than_seconds: AgeSeconds | None = Field(
+    newer_than_seconds: Omittable[QueryAgeSeconds] = Field(
         default=None, description="Failed less than this long ago."
     )
-    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    cursor: str | None = Field(default=None, max_length=200)
+    limit: PageSize = DEFAULT_PAGE_SIZE
+    cursor: Omittable[Cursor] = None
 
 
 class DeadLetterPath(RequestModel):
@@ -286,16 +344,13 @@ class RetryResult(BaseModel):
 
 
 class BulkRetryRequest(RequestModel):
-    error_type: ErrorType | SkipJsonSchema[None] = None
-    older_than_seconds: AgeSeconds | SkipJsonSchema[None] = None
-    dry_run: bool = False
-
-    @field_validator("error_type", "older_than_seconds", mode="before")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("may not be null; leave the field out instead")
-        return value
+    error_type: Omittable[ErrorType] = Field(
+        default=None, description="Only this final error type; leave it out for any."
+    )
+    older_than_seconds: Omittable[AgeSeconds] = Field(
+        default=None, description="Failed at least this long ago; leave it out for any age."
+    )
+    dry_run: StrictBool = Field(default=False, description="true: only list what would be retried.")
 
 
 class BulkRetryResult(BaseModel):

@@ -52,7 +52,16 @@ _NEW_TASK = (
     .returning(Task.id)
     .cte("new_task")
 )
-_REMINDER_VALUES = ("due_at", "remind_at", "state", "attempts", "late", "created_at", "updated_at")
+_REMINDER_VALUES = (
+    "due_at",
+    "remind_at",
+    "state",
+    "attempts",
+    "late",
+    "planned_at",
+    "created_at",
+    "updated_at",
+)
 # The task and its first reminder in one statement: the API's busiest path, one round trip
 # and no transaction to open and commit around it (a statement is atomic on its own).
 _CREATE_TASK = insert(Reminder).from_select(
@@ -122,7 +131,9 @@ class TaskService:
             status="open",
             created_at=now,
             updated_at=now,
-            reminder=ReminderOut(**reminder, sent_at=None, last_error=None),
+            reminder=ReminderOut(
+                **reminder, sent_at=None, last_error=None, cancelled_at=None, reopened_at=None
+            ),
         )
         engine = self.sessions.kw["bind"]
         if within is None and engine.dialect.name == "postgresql":
@@ -172,6 +183,9 @@ class TaskService:
         return self.get(owner, task_id)
 
     def delete(self, owner: Owner, task_id: uuid.UUID) -> bool:
+        """Cancel what is pending and hide the task: from then on it is not found, like a task
+        that never existed (its history too). The rows stay in the database (``deleted_at``)
+        for operators: a dead letter of the task can still be shown and discarded."""
         now = utcnow()
         with unit_of_work(self.sessions) as session:
             task = _owned(session, owner, task_id, lock=True)
@@ -237,6 +251,8 @@ _TASK_WITH_REMINDER = select(
     Reminder.attempts.label("r_attempts"),
     Reminder.late.label("r_late"),
     Reminder.last_error.label("r_last_error"),
+    Reminder.cancelled_at.label("r_cancelled_at"),
+    Reminder.reopened_at.label("r_reopened_at"),
 ).outerjoin(Reminder, and_(Reminder.task_id == Task.id, Reminder.due_at == Task.due_at))
 
 
@@ -252,6 +268,8 @@ def _row_out(row: Row[*tuple[Any, ...]], owner: Owner) -> TaskOut:
             attempts=row.r_attempts,
             late=row.r_late,
             last_error=row.r_last_error,
+            cancelled_at=row.r_cancelled_at,
+            reopened_at=row.r_reopened_at,
         )
     return TaskOut(
         id=row.id,

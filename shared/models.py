@@ -97,7 +97,13 @@ class Task(Base):
 
 
 class Reminder(Base):
-    """One occurrence of a task's reminder; ``message_id`` is derived from (task_id, due_at)."""
+    """One occurrence of a task's reminder; ``message_id`` is derived from (task_id, due_at).
+
+    The row is the occurrence's history as well as its state: a cancelled row made pending
+    again (the task moved away and back, or was reopened) is the same row, so its message ID
+    and the UNIQUE constraint still allow one reminder only, and it keeps when it was last
+    cancelled and when it was reopened.
+    """
 
     __tablename__ = "reminders"
     __table_args__ = (
@@ -141,6 +147,12 @@ class Reminder(Base):
     failed_at: Mapped[datetime | None]
     discarded_at: Mapped[datetime | None]
     discarded_by: Mapped[str | None] = mapped_column(String(100))
+    # When ``remind_at`` was last set: the row created, reopened, or its lead time changed.
+    # A reminder is owed from max(remind_at, planned_at), so one planned when its remind time
+    # had already passed is due at once, not missed (see `shared.rules.admit_due_occurrence`).
+    planned_at: Mapped[datetime] = mapped_column(default=utcnow)
+    cancelled_at: Mapped[datetime | None]  # the last cancellation, kept when reopened
+    reopened_at: Mapped[datetime | None]  # the last time a cancelled row became pending again
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

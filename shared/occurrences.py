@@ -5,6 +5,9 @@ its first occurrence (``waiting``), rescheduling cancels the pending one and ope
 finishing or deleting cancels what is pending. Rows that already reached a final state
 (``sent``, ``failed``, ``missed``) are never touched: they are the audit trail, and the
 UNIQUE (task_id, due_at) constraint keeps a rescheduled-back task from being reminded twice.
+A cancelled row that becomes current again is reopened in place (same row, same message ID)
+and keeps its ``cancelled_at`` beside the new ``reopened_at``. Whenever a row's remind time
+is set, ``planned_at`` records when: the producer's catch-up rule starts from it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def first_occurrence(
         "state": "waiting",
         "attempts": 0,
         "late": False,
+        "planned_at": now,
         "created_at": now,
         "updated_at": now,
     }
@@ -51,7 +55,7 @@ def open_occurrence(
     """Make sure the task's current due date has a reminder row, pending if it can be.
 
     A cancelled row for the same due date (the task was finished or moved away and back)
-    is made pending again; a row in a final state is left as it is.
+    is made pending again, recording ``reopened_at``; a row in a final state is left as it is.
     """
     occurrence = current_occurrence(session, task)
     when = remind_at(task.due_at, task.remind_before_seconds)
@@ -63,9 +67,12 @@ def open_occurrence(
     elif occurrence.state == "cancelled":
         occurrence.state = "waiting"
         occurrence.remind_at = when
+        occurrence.planned_at = now
+        occurrence.reopened_at = now
         occurrence.updated_at = now
     elif occurrence.state == "waiting" and occurrence.remind_at != when:
         occurrence.remind_at = when
+        occurrence.planned_at = now
         occurrence.updated_at = now
     return occurrence
 
@@ -78,7 +85,7 @@ def cancel_pending(session: Session, task: Task, now: datetime) -> int:
     result = session.execute(
         update(Reminder)
         .where(Reminder.task_id == task.id, Reminder.state.in_(PENDING_STATES))
-        .values(state="cancelled", updated_at=now)
+        .values(state="cancelled", cancelled_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

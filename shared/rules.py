@@ -8,8 +8,14 @@ State machine of one occurrence (a task's reminder for one due date)::
     waiting --scan--> queued --deliver--> sent
        |                 |  \\--permanent error or retries exhausted--> failed
        |                 |                                   (operator retry: back to queued)
-       |--scan, due date older than the catch-up window--> missed
+       |--scan, catch-up window over (below)--> missed
        \\--task done, deleted or rescheduled (from waiting or queued)--> cancelled
+    cancelled --task moved back to that due date, or reopened--> waiting (same row)
+
+A reminder planned (row created or reopened, lead time changed) when its remind time had
+already passed is due at once. The catch-up window runs from the due date, or from when the
+reminder was planned if that came later, so ``missed`` only ever means that the system was
+not running for longer than the window.
 """
 
 from __future__ import annotations
@@ -50,20 +56,28 @@ class Admission:
     late: bool
 
 
-def admit_due_occurrence(due_at: datetime, now: datetime, catchup_seconds: int) -> Admission:
+def admit_due_occurrence(
+    due_at: datetime, planned_at: datetime, now: datetime, catchup_seconds: int
+) -> Admission:
     """Decide whether a due occurrence is still worth sending.
 
-    An occurrence whose due date passed more than ``catchup_seconds`` ago (the system was
-    down) is recorded as missed rather than sent hours too late; one whose due date passed
-    less long ago is sent and marked late.
+    ``planned_at`` is when the reminder's remind time was set (row created, reopened, or its
+    lead time changed). The catch-up window runs from max(due_at, planned_at): an occurrence
+    whose window ended more than ``catchup_seconds`` ago (the system was down) is recorded
+    as missed rather than sent hours too late. Otherwise it is sent, and marked late if its
+    due date passed while it waited (planned before its due date, sent after). A task
+    created or moved to a due date already past is therefore sent at once, neither missed
+    nor late.
     """
-    if due_at < missed_before(now, catchup_seconds):
-        return Admission(state="missed", late=True)
-    return Admission(state="queued", late=due_at <= now)
+    cutoff = missed_before(now, catchup_seconds)
+    late = due_at <= now and planned_at < due_at
+    if due_at < cutoff and planned_at < cutoff:
+        return Admission(state="missed", late=late)
+    return Admission(state="queued", late=late)
 
 
 def missed_before(now: datetime, catchup_seconds: int) -> datetime:
-    """Due dates before this are past the catch-up window (see `admit_due_occurrence`).
+    """Catch-up windows (see `admit_due_occurrence`) that began before this have ended.
 
     The producer applies the rule to a whole batch in one SQL statement with this cut-off.
     """

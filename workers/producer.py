@@ -4,8 +4,9 @@ It works from the database, not from which scheduler tick fired, so it may run a
 of times, from any number of schedulers, in any time zone, with the same result:
 
 1. Claim due ``waiting`` rows in batches (``FOR UPDATE SKIP LOCKED``: two schedulers split
-   the work instead of doubling it), mark each ``queued`` (or ``missed`` when its due date
-   is older than the catch-up window), commit, then enqueue. The next batch is claimed
+   the work instead of doubling it), mark each ``queued`` (or ``missed`` when its catch-up
+   window, from its due date or from when it was planned if later, is over), commit, then
+   enqueue. The next batch is claimed
    while the current one is enqueued, so the database and Redis work side by side. A crash
    between commit and enqueue leaves ``queued`` rows without a message; step 3 finds them.
 2. Run the broker's dead-worker maintenance, so messages held by a SIGKILLed worker go
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import and_, bindparam, case, literal_column, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
@@ -71,10 +72,13 @@ def _enqueue(broker: RedisBroker, claimed: list[_Claimed], result: ScanResult) -
     result.message_ids.extend(str(row.message_id) for row in claimed)
 
 
-# Claim a batch of due waiting rows and admit them (``admit_due_occurrence``) in SQL.
+# Claim a batch of due waiting rows and admit them (``admit_due_occurrence``) in SQL: the
+# batch is a range of the partial index on waiting rows' remind_at; the rule then reads only
+# the claimed rows. max(due_at, planned_at) < cutoff is written as two comparisons.
 _DUE = (
     select(Reminder.message_id)
-    .where(Reminder.state == "waiting", Reminder.remind_at <= bindparam("b_now"))
+    # 'waiting' as a literal: the prepared statement's generic plan can then use the index.
+    .where(Reminder.state == literal_column("'waiting'"), Reminder.remind_at <= bindparam("b_now"))
     .order_by(Reminder.remind_at)
     .limit(bindparam("b_limit"))
     .with_for_update(skip_locked=True)
@@ -84,8 +88,17 @@ _CLAIM_DUE = (
     update(Reminder)
     .where(Reminder.message_id == _DUE.c.message_id)
     .values(
-        state=case((Reminder.due_at < bindparam("b_cutoff"), "missed"), else_="queued"),
-        late=Reminder.due_at <= bindparam("b_now"),
+        state=case(
+            (
+                and_(
+                    Reminder.due_at < bindparam("b_cutoff"),
+                    Reminder.planned_at < bindparam("b_cutoff"),
+                ),
+                "missed",
+            ),
+            else_="queued",
+        ),
+        late=and_(Reminder.due_at <= bindparam("b_now"), Reminder.planned_at < Reminder.due_at),
         updated_at=bindparam("b_now"),
     )
     .returning(Reminder.task_id, Reminder.due_at, Reminder.message_id, Reminder.state)
@@ -95,7 +108,7 @@ _CLAIM_DUE = (
 @dataclass(frozen=True)
 class _Batch:
     queued: list[_Claimed]  # to enqueue
-    missed: list[_Claimed]  # past the catch-up window: marked missed, not sent
+    missed: list[_Claimed]  # catch-up window over: marked missed, not sent
 
     def __len__(self) -> int:
         return len(self.queued) + len(self.missed)

@@ -7,6 +7,7 @@ import random
 import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -400,9 +401,45 @@ def test_reopening_a_done_task_revives_its_reminder(api: ApiHarness) -> None:
 
     assert response.status_code == 200
     assert response.json["status"] == "open"
-    assert response.json["reminder"]["state"] == "waiting"
-    assert response.json["reminder"]["message_id"] == task["reminder"]["message_id"]
+    reminder = response.json["reminder"]
+    assert reminder["state"] == "waiting"
+    assert reminder["message_id"] == task["reminder"]["message_id"]
+    assert parse_time(reminder["reopened_at"]) >= parse_time(reminder["cancelled_at"])
     assert [row.state for row in reminder_rows(api.engine, task["id"])] == ["waiting"]
+
+
+def test_moving_back_to_a_cancelled_due_date_reopens_its_reminder_keeping_the_cancellation(
+    api: ApiHarness,
+) -> None:
+    """A -> B -> A: the same row and message ID for A (one reminder at most), and its history
+    still says that it was cancelled, and when it was reopened."""
+    alice = api.account("alice")
+    due_a, due_b = "2030-01-31T09:00:00Z", "2030-02-28T09:00:00Z"
+    task = create(api, alice, due_at=due_a)
+    url = f"/tasks/{task['id']}"
+
+    api.client.patch(url, json={"due_at": due_b}, headers=alice.headers)
+    back = api.client.patch(url, json={"due_at": due_a}, headers=alice.headers)
+
+    assert back.status_code == 200
+    assert back.json["reminder"]["message_id"] == task["reminder"]["message_id"]
+    history = api.client.get(f"{url}/reminders", headers=alice.headers).json["items"]
+    by_due = {parse_time(item["due_at"]): item for item in history}
+    first, moved_to = by_due[parse_time(due_a)], by_due[parse_time(due_b)]
+    assert len(history) == 2
+    assert (first["state"], first["message_id"]) == ("waiting", task["reminder"]["message_id"])
+    assert first["cancelled_at"] is not None and first["reopened_at"] is not None
+    assert parse_time(first["cancelled_at"]) <= parse_time(first["reopened_at"])
+    assert (moved_to["state"], moved_to["reopened_at"]) == ("cancelled", None)
+    assert parse_time(moved_to["cancelled_at"]) == parse_time(first["reopened_at"])
+    assert back.json["reminder"] == {key: first[key] for key in back.json["reminder"]}
+    rows = reminder_rows(api.engine, task["id"])
+    assert sorted((row.state, row.message_id) for row in rows) == sorted(
+        [
+            ("waiting", uuid.UUID(first["message_id"])),
+            ("cancelled", uuid.UUID(moved_to["message_id"])),
+        ]
+    )
 
 
 def test_patch_with_null_title_is_rejected_and_changes_nothing(api: ApiHarness) -> None:
@@ -456,6 +493,33 @@ def test_deleted_task_is_gone_and_its_reminder_cancelled(api: ApiHarness) -> Non
     assert_problem(api.client.delete(f"/tasks/{task['id']}", headers=alice.headers), 404)
     assert api.client.get("/tasks", headers=alice.headers).json["items"] == []
     assert [row.state for row in reminder_rows(api.engine, task["id"])] == ["cancelled"]
+
+
+def test_deleted_task_rows_stay_in_the_database_with_the_cancellation(api: ApiHarness) -> None:
+    """The README and the document say it: 404 for the owner, rows kept for operators."""
+    alice = api.account("alice")
+    task = create(api, alice)
+
+    api.client.delete(f"/tasks/{task['id']}", headers=alice.headers)
+
+    with unit_of_work(make_session_factory(api.engine)) as session:
+        stored = session.get(Task, uuid.UUID(task["id"]))
+        assert stored is not None and stored.deleted_at is not None
+    [row] = reminder_rows(api.engine, task["id"])
+    assert (row.state, row.cancelled_at) == ("cancelled", stored.deleted_at)
+
+
+def test_document_and_readme_say_a_deleted_task_and_its_history_are_404(api: ApiHarness) -> None:
+    paths = openapi_document(api)["paths"]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+    deleting = paths["/tasks/{task_id}"]["delete"]["description"]
+    history = paths["/tasks/{task_id}/reminders"]["get"]["description"]
+    assert "404" in deleting and "history" in deleting
+    assert "deleted task's history is a 404" in history
+    delete_row = next(line for line in readme.splitlines() if line.startswith("| `DELETE /tasks"))
+    assert "404" in delete_row and "history" in delete_row
+    assert "history is kept" not in readme
 
 
 def test_unknown_task_is_404(api: ApiHarness) -> None:
@@ -513,6 +577,64 @@ def test_every_bad_field_is_named(api: ApiHarness) -> None:
     assert bad_fields(response) == {"title", "notes", "due_at", "remind_before_seconds", "colour"}
     for name in ("title", "notes", "due_at", "remind_before_seconds", "colour"):
         assert name in response.json["detail"]
+
+
+@pytest.mark.parametrize("seconds", [3600.0, 386597.0])
+def test_lead_time_as_an_integral_json_number_is_an_integer(
+    api: ApiHarness, seconds: float
+) -> None:
+    """JSON Schema (and so the document's "integer") counts 3600.0 as an integer."""
+    alice = api.account("alice")
+
+    created = create(api, alice, remind_before_seconds=seconds)
+    patched = api.client.patch(
+        f"/tasks/{created['id']}", json={"remind_before_seconds": seconds}, headers=alice.headers
+    )
+
+    assert created["remind_before_seconds"] == int(seconds)
+    assert patched.status_code == 200 and patched.json["remind_before_seconds"] == int(seconds)
+
+
+@pytest.mark.parametrize("seconds", [None, 3600.5, "3600", True])
+def test_lead_time_that_is_null_or_not_an_integer_is_refused_by_post_and_patch(
+    api: ApiHarness, seconds: Any
+) -> None:
+    """One rule for both: null is not the default (leave the field out for that)."""
+    alice = api.account("alice")
+    task = create(api, alice, remind_before_seconds=600)
+    body = {"title": "t", "due_at": "2030-01-31T09:00:00Z", "remind_before_seconds": seconds}
+
+    created = api.client.post("/tasks", json=body, headers=alice.headers)
+    patched = api.client.patch(
+        f"/tasks/{task['id']}", json={"remind_before_seconds": seconds}, headers=alice.headers
+    )
+
+    assert bad_fields(created) == {"remind_before_seconds"}
+    assert bad_fields(patched) == {"remind_before_seconds"}
+    assert [
+        item["id"] for item in api.client.get("/tasks", headers=alice.headers).json["items"]
+    ] == [task["id"]]
+    assert api.client.get(f"/tasks/{task['id']}", headers=alice.headers).json == task
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=%2B5", "limit=5_0", "limit=%205", "limit=5.5", "limit=true"]
+)
+def test_query_integer_that_is_not_a_json_integer_is_refused(api: ApiHarness, query: str) -> None:
+    alice = api.account("alice")
+
+    assert bad_fields(api.client.get(f"/tasks?{query}", headers=alice.headers)) == {"limit"}
+
+
+def test_query_integer_may_be_written_as_an_integral_number(api: ApiHarness) -> None:
+    alice = api.account("alice")
+    for day in (1, 2):
+        create(api, alice, due_at=f"2030-01-0{day}T09:00:00Z")
+
+    page = api.client.get("/tasks?limit=1.0", headers=alice.headers)
+
+    assert page.status_code == 200
+    assert len(page.json["items"]) == 1 and page.json["next_cursor"]
 
 
 def test_missing_required_fields_are_named(api: ApiHarness) -> None:
@@ -824,6 +946,39 @@ def test_openapi_document_is_a_valid_openapi_3_document(api: ApiHarness) -> None
 
     assert document["openapi"].startswith("3.")
     validate(document)
+
+
+def test_openapi_document_states_the_type_rules_the_server_applies(api: ApiHarness) -> None:
+    """Integers are "integer" (so 3600.0 is one), no field but notes is nullable, booleans are
+    booleans: what the server accepts and refuses, field by field, body and query."""
+    document = openapi_document(api)
+    schemas = document["components"]["schemas"]
+    bodies = {name: schemas[name]["properties"] for name in ("TaskCreate", "TaskPatch")}
+    bodies["BulkRetryRequest"] = schemas["BulkRetryRequest"]["properties"]
+    queries = {
+        (path, parameter["name"]): parameter
+        for path in ("/tasks", "/ops/dead-letters")
+        for parameter in document["paths"][path]["get"]["parameters"]
+    }
+
+    for fields in bodies.values():
+        for name, field in fields.items():
+            nullable = {"type": "null"} in field.get("anyOf", [])
+            assert nullable == (name == "notes"), name
+            assert "default" not in field or field["default"] is not None or nullable, name
+    for name in ("remind_before_seconds",):
+        for model in ("TaskCreate", "TaskPatch"):
+            field = bodies[model][name]
+            assert (field["type"], field["minimum"], field["maximum"]) == ("integer", 60, 2592000)
+    assert bodies["BulkRetryRequest"]["older_than_seconds"]["type"] == "integer"
+    assert bodies["BulkRetryRequest"]["dry_run"]["type"] == "boolean"
+    for (path, name), parameter in queries.items():
+        assert "anyOf" not in parameter["schema"], (path, name)
+        assert parameter["schema"].get("default", 0) is not None, (path, name)
+    for key in [("/tasks", "limit"), ("/ops/dead-letters", "limit")]:
+        assert queries[key]["schema"]["type"] == "integer"
+    for name in ("older_than_seconds", "newer_than_seconds"):
+        assert queries[("/ops/dead-letters", name)]["schema"]["type"] == "integer"
 
 
 def test_openapi_document_covers_every_route_and_method(api: ApiHarness) -> None:

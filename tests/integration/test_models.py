@@ -131,3 +131,76 @@ def test_migrations_match_the_models(migrated: Engine) -> None:
         differences = compare_metadata(context, Base.metadata)
 
     assert differences == []
+
+
+def test_migration_0005_backfills_planned_and_cancelled_times(any_database_url: str) -> None:
+    """Upgrading a database with reminders in it: each row gets when it was planned, and a
+    cancelled one when it was cancelled; the partial indexes survive (SQLite rebuilds the
+    table)."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import Boolean, Integer, String, Uuid, column, insert, inspect, table
+
+    from shared.db import UTCDateTime, make_engine
+    from shared.schema import alembic_config, upgrade
+
+    engine = make_engine(any_database_url)
+    before = ScriptDirectory.from_config(alembic_config(engine)).get_revision("0005").down_revision
+    assert isinstance(before, str)
+    upgrade(engine, before)
+    task_id = add_task(engine)
+    old_reminders = table(
+        "reminders",
+        column("message_id", Uuid()),
+        column("task_id", Uuid()),
+        column("due_at", UTCDateTime()),
+        column("remind_at", UTCDateTime()),
+        column("state", String()),
+        column("attempts", Integer()),
+        column("late", Boolean()),
+        column("created_at", UTCDateTime()),
+        column("updated_at", UTCDateTime()),
+    )
+    changed = {
+        state: NOW + timedelta(hours=n + 1)
+        for n, state in enumerate(("waiting", "cancelled", "sent"))
+    }
+    with engine.begin() as connection:
+        for n, (state, updated_at) in enumerate(changed.items()):
+            due = DUE + timedelta(days=n)
+            connection.execute(
+                insert(old_reminders),
+                {
+                    "message_id": message_id(task_id, due),
+                    "task_id": task_id,
+                    "due_at": due,
+                    "remind_at": due - timedelta(days=1),
+                    "state": state,
+                    "attempts": 0,
+                    "late": False,
+                    "created_at": NOW,
+                    "updated_at": updated_at,
+                },
+            )
+
+    upgrade(engine)
+
+    with unit_of_work(make_session_factory(engine)) as session:
+        rows = {row.state: row for row in session.scalars(select(Reminder))}
+    assert {state: row.planned_at for state, row in rows.items()} == {
+        "waiting": changed["waiting"],
+        "cancelled": NOW,
+        "sent": NOW,
+    }
+    assert {state: row.cancelled_at for state, row in rows.items()} == {
+        "waiting": None,
+        "cancelled": changed["cancelled"],
+        "sent": None,
+    }
+    assert {row.reopened_at for row in rows.values()} == {None}
+    planned = next(c for c in inspect(engine).get_columns("reminders") if c["name"] == "planned_at")
+    assert planned["nullable"] is False
+    indexes = {index["name"]: index for index in inspect(engine).get_indexes("reminders")}
+    where = "sqlite_where" if engine.dialect.name == "sqlite" else "postgresql_where"
+    for name in ("ix_reminders_waiting_remind_at", "ix_reminders_failed_at"):
+        assert where in indexes[name]["dialect_options"], name
+    engine.dispose()

@@ -295,3 +295,83 @@ def test_a_non_operator_can_sign_out_from_the_403_page(stack: Stack, api_client_
     assert forbidden.status_code == 403 and "Sign out" in forbidden.get_data(as_text=True)
     assert signed_out.status_code == 303
     assert client.get("/ops").headers["Location"].endswith("/ops/sign-in")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"dry_run": "off"},
+        {"dry_run": 0},
+        {"dry_run": None},
+        {"older_than_seconds": "60"},
+        {"older_than_seconds": 60.5},
+        {"older_than_seconds": True},
+        {"older_than_seconds": None},
+        {"error_type": None},
+    ],
+)
+def test_bulk_retry_refuses_what_is_not_the_documented_json_type(
+    stack: Stack, receiver: Receiver, api_client_for, body: dict[str, Any]
+) -> None:
+    """``"dry_run": "off"`` once meant a real retry: now it is a 422 and nothing moves."""
+    broker, _ = poison(stack, receiver)
+    ops = create_account(stack.engine, "olivia", operator=True)
+
+    response = api_client_for(stack).post("/ops/dead-letters/retry", json=body, headers=ops.headers)
+
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert [error["field"] for error in response.json["errors"]] == list(body)
+    assert stack.states() == {"failed": 1}
+    assert len(dead_letters(broker, QUEUE_NAME)) == 1
+
+
+def test_operator_integers_are_json_integers_in_bodies_and_queries(
+    stack: Stack, receiver: Receiver, api_client_for
+) -> None:
+    poison(stack, receiver)
+    ops = create_account(stack.engine, "olivia", operator=True)
+    client = api_client_for(stack)
+
+    integral = client.post(
+        "/ops/dead-letters/retry",
+        json={"dry_run": True, "older_than_seconds": 0.0},
+        headers=ops.headers,
+    )
+    listed = client.get("/ops/dead-letters?limit=5.0&older_than_seconds=0", headers=ops.headers)
+    refused = {
+        query: client.get(f"/ops/dead-letters?{query}", headers=ops.headers).status_code
+        for query in ("limit=%2B5", "limit=5_0", "older_than_seconds=1.5", "newer_than_seconds=")
+    }
+
+    assert integral.status_code == 200 and integral.json["count"] == 1
+    assert listed.status_code == 200 and len(listed.json["items"]) == 1
+    assert refused == dict.fromkeys(refused, 422)
+    assert stack.states() == {"failed": 1}
+
+
+def test_deleted_tasks_dead_letter_stays_with_operators_while_its_owner_gets_404(
+    stack: Stack, receiver: Receiver, api_client_for
+) -> None:
+    """Deleting a task hides it, history included, from its owner; the rows stay for ops."""
+    receiver.script = lambda n: 500
+    alice = stack.account("alice")
+    ops = create_account(stack.engine, "olivia", operator=True)
+    client = api_client_for(stack)
+    due = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    task = client.post("/tasks", json={"title": "t", "due_at": due}, headers=alice.headers).json
+    broker, _ = stack.broker(webhook_url=receiver.url, **POISON)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    with stack.run_workers(broker):
+        assert stack.wait_for(lambda: stack.states().get("failed", 0) == 1, 30)
+    message_id = task["reminder"]["message_id"]
+
+    deleted = client.delete(f"/tasks/{task['id']}", headers=alice.headers)
+
+    assert deleted.status_code == 204
+    for path in (f"/tasks/{task['id']}", f"/tasks/{task['id']}/reminders"):
+        assert client.get(path, headers=alice.headers).status_code == 404
+    letter = client.get(f"/ops/dead-letters/{message_id}", headers=ops.headers)
+    assert letter.status_code == 200 and letter.json["task_id"] == task["id"]
+    assert [row.state for row in stack.reminders()] == ["failed"]
+    discarded = client.delete(f"/ops/dead-letters/{message_id}", headers=ops.headers)
+    assert discarded.status_code == 204

@@ -6,12 +6,13 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from shared.occurrences import cancel_pending
 from shared.queue import QUEUE_NAME
 from shared.redis_broker import pending_message_ids, queue_depth
-from tests.pipeline.conftest import Stack
+from tests.pipeline.conftest import Receiver, Stack
 from workers.producer import scan_due_tasks
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -62,6 +63,120 @@ def test_catch_up_window_sends_late_within_and_records_missed_beyond(stack: Stac
     assert (rows[not_yet_due.id].state, rows[not_yet_due.id].late) == ("queued", False)
     assert (result.enqueued, result.missed) == (3, 1)
     assert queue_depth(broker, QUEUE_NAME).ready == 3
+
+
+def test_tasks_planned_after_their_remind_time_are_sent_by_the_next_scan(
+    stack: Stack, api_client_for, receiver: Receiver
+) -> None:
+    """Created or rescheduled with the remind time long past: due at once, not missed or late.
+
+    The system was never down, so nothing may be ``missed``; SPEC §2 keeps that state for
+    downtime past the catch-up window.
+    """
+    alice = stack.account()
+    client = api_client_for(stack)
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def create(due_at: datetime, **fields) -> str:
+        body = {"title": "t", "due_at": due_at.isoformat(), **fields}
+        response = client.post("/tasks", json=body, headers=alice.headers)
+        assert response.status_code == 201, response.get_data(as_text=True)
+        return str(response.json["id"])
+
+    week_lead = create(now + timedelta(days=2), remind_before_seconds=7 * 86400)
+    past_due = create(now - timedelta(hours=3))
+    moved_past = create(now + timedelta(days=10))
+    lead_changed = create(now + timedelta(days=2))
+    moved = client.patch(
+        f"/tasks/{moved_past}",
+        json={"due_at": (now - timedelta(hours=2)).isoformat()},
+        headers=alice.headers,
+    )
+    longer = client.patch(
+        f"/tasks/{lead_changed}", json={"remind_before_seconds": 7 * 86400}, headers=alice.headers
+    )
+    assert (moved.status_code, longer.status_code) == (200, 200)
+    broker, _ = stack.broker(webhook_url=receiver.url, webhook_secret="secret")
+
+    result = scan(stack, broker, now + timedelta(minutes=1))
+
+    expected = {week_lead, past_due, moved_past, lead_changed}
+    pending = {str(row.task_id): (row.state, row.late) for row in stack.reminders()}
+    assert {task: pending[task] for task in expected} == dict.fromkeys(expected, ("queued", False))
+    assert (result.enqueued, result.missed) == (4, 0)
+    with stack.run_workers(broker):
+        assert stack.wait_for(lambda: len(receiver.keys()) >= 4, timeout=30)
+    sent = {str(row.task_id): row for row in stack.reminders() if row.state == "sent"}
+    assert set(sent) == expected
+    assert sorted(receiver.keys()) == sorted(str(row.message_id) for row in sent.values())
+    assert not any(row.late for row in sent.values())
+
+
+def test_catch_up_window_starts_when_a_past_due_task_was_created(stack: Stack) -> None:
+    """A task created already past due becomes missed only if the system stays down past the
+    window after its creation, not because its due date is old."""
+    alice = stack.account()
+    broker, _ = stack.broker()
+    created = datetime.now(UTC)
+    within = stack.add_task(alice, created - timedelta(days=2), 3600)
+    beyond = stack.add_task(alice, created - timedelta(days=2), 7200)
+
+    with stack.sessions.begin() as session:
+        from sqlalchemy import update
+
+        from shared.models import Reminder
+
+        session.execute(
+            update(Reminder)
+            .where(Reminder.task_id == beyond.id)
+            .values(planned_at=created - timedelta(seconds=3601))
+        )
+    result = scan(stack, broker, created, catchup_seconds=3600)
+
+    states = {row.task_id: (row.state, row.late) for row in stack.reminders()}
+    assert states == {within.id: ("queued", False), beyond.id: ("missed", False)}
+    assert (result.enqueued, result.missed) == (1, 1)
+
+
+def test_claim_of_due_reminders_is_a_range_of_the_waiting_index(stack: Stack) -> None:
+    """The claim reads the partial index on waiting rows, in both plans PostgreSQL uses for
+    the prepared statement: the custom plans of its first runs and the generic one after."""
+    import re
+
+    from shared.db import _driver_sql
+    from workers.producer import _CLAIM_DUE
+
+    alice = stack.account()
+    stack.add_due_tasks(alice, 20)
+    sql, constants = _driver_sql(_CLAIM_DUE, stack.engine.dialect)
+    params = {**constants, "b_now": NOW, "b_cutoff": NOW, "b_limit": 1000}
+    names: list[str] = []
+
+    def positional(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    prepared = re.sub(r"%\((\w+)\)s", positional, sql)
+    arguments = ", ".join(["%s"] * len(names))
+    plans = {}
+    with stack.engine.raw_connection() as pooled:
+        driver = pooled.driver_connection
+        assert driver is not None
+        # EXPLAIN EXECUTE takes its arguments as literals: a client-side binding cursor.
+        with psycopg.ClientCursor(driver) as cursor:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute(f"PREPARE claim AS {prepared}")
+            for mode in ("force_custom_plan", "force_generic_plan"):
+                cursor.execute(f"SET plan_cache_mode = {mode}")
+                cursor.execute(
+                    f"EXPLAIN EXECUTE claim({arguments})", [params[name] for name in names]
+                )
+                plans[mode] = "\n".join(row[0] for row in cursor.fetchall())
+        driver.rollback()
+
+    for plan in plans.values():
+        assert "Index Scan using ix_reminders_waiting_remind_at" in plan, plan
 
 
 def test_done_deleted_and_rescheduled_tasks_are_not_enqueued(stack: Stack, api_client_for) -> None:

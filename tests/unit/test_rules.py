@@ -16,6 +16,8 @@ from shared.rules import (
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
 CATCHUP = 3600
+# Reminders planned well before their remind time: the window runs from the due date.
+PLANNED_LONG_AGO = NOW - timedelta(days=30)
 
 
 def test_naive_due_at_is_rejected() -> None:
@@ -47,14 +49,14 @@ def test_remind_at_is_due_at_minus_the_lead_time() -> None:
 
 
 def test_occurrence_due_in_the_future_is_queued_and_not_late() -> None:
-    admission = admit_due_occurrence(NOW + timedelta(hours=3), NOW, CATCHUP)
+    admission = admit_due_occurrence(NOW + timedelta(hours=3), PLANNED_LONG_AGO, NOW, CATCHUP)
 
     assert admission.state == "queued"
     assert admission.late is False
 
 
 def test_occurrence_due_recently_within_catchup_is_queued_and_late() -> None:
-    admission = admit_due_occurrence(NOW - timedelta(minutes=10), NOW, CATCHUP)
+    admission = admit_due_occurrence(NOW - timedelta(minutes=10), PLANNED_LONG_AGO, NOW, CATCHUP)
 
     assert admission.state == "queued"
     assert admission.late is True
@@ -63,12 +65,14 @@ def test_occurrence_due_recently_within_catchup_is_queued_and_late() -> None:
 def test_occurrence_due_just_inside_the_catchup_window_is_still_sent() -> None:
     due = NOW - timedelta(seconds=CATCHUP) + timedelta(seconds=1)
 
-    assert admit_due_occurrence(due, NOW, CATCHUP).state == "queued"
+    assert admit_due_occurrence(due, PLANNED_LONG_AGO, NOW, CATCHUP).state == "queued"
 
 
 def test_occurrence_due_exactly_catchup_ago_is_still_sent_late() -> None:
     # The window is inclusive: only occurrences due *more* than the catch-up ago are missed.
-    admission = admit_due_occurrence(NOW - timedelta(seconds=CATCHUP), NOW, CATCHUP)
+    admission = admit_due_occurrence(
+        NOW - timedelta(seconds=CATCHUP), PLANNED_LONG_AGO, NOW, CATCHUP
+    )
 
     assert admission.state == "queued"
     assert admission.late is True
@@ -77,18 +81,65 @@ def test_occurrence_due_exactly_catchup_ago_is_still_sent_late() -> None:
 def test_occurrence_due_just_outside_the_catchup_window_is_missed() -> None:
     due = NOW - timedelta(seconds=CATCHUP) - timedelta(seconds=1)
 
-    assert admit_due_occurrence(due, NOW, CATCHUP).state == "missed"
+    assert admit_due_occurrence(due, PLANNED_LONG_AGO, NOW, CATCHUP).state == "missed"
 
 
 def test_occurrence_long_past_is_missed_not_sent() -> None:
-    admission = admit_due_occurrence(NOW - timedelta(days=3), NOW, CATCHUP)
+    admission = admit_due_occurrence(NOW - timedelta(days=3), PLANNED_LONG_AGO, NOW, CATCHUP)
 
     assert admission.state == "missed"
 
 
 def test_zero_catchup_misses_anything_already_past_due() -> None:
-    assert admit_due_occurrence(NOW - timedelta(seconds=1), NOW, 0).state == "missed"
-    assert admit_due_occurrence(NOW + timedelta(seconds=1), NOW, 0).state == "queued"
+    assert (
+        admit_due_occurrence(NOW - timedelta(seconds=1), PLANNED_LONG_AGO, NOW, 0).state == "missed"
+    )
+    assert (
+        admit_due_occurrence(NOW + timedelta(seconds=1), PLANNED_LONG_AGO, NOW, 0).state == "queued"
+    )
+
+
+@pytest.mark.parametrize(
+    ("due_in", "remind_before"),
+    [
+        (timedelta(days=2), timedelta(days=7)),  # remind time five days before creation
+        (timedelta(minutes=30), timedelta(days=1)),
+        (timedelta(hours=-3), timedelta(days=1)),  # created already past its due date
+        (timedelta(days=-29), timedelta(minutes=1)),
+    ],
+)
+def test_reminder_planned_after_its_remind_time_is_due_at_once_not_missed_nor_late(
+    due_in: timedelta, remind_before: timedelta
+) -> None:
+    """Created (or rescheduled) now with its remind time past: sent by the next scan."""
+    due = NOW + due_in
+    assert due - remind_before < NOW  # its remind time has passed
+
+    next_scan = admit_due_occurrence(due, NOW, NOW + timedelta(minutes=1), CATCHUP)
+
+    assert (next_scan.state, next_scan.late) == ("queued", False)
+
+
+def test_catchup_window_of_a_reminder_planned_after_its_due_date_runs_from_planning() -> None:
+    planned = NOW - timedelta(hours=5)  # the task was created due six hours ago
+    due = NOW - timedelta(hours=6)
+
+    down_within = admit_due_occurrence(due, planned, planned + timedelta(seconds=CATCHUP), CATCHUP)
+    down_beyond = admit_due_occurrence(
+        due, planned, planned + timedelta(seconds=CATCHUP + 1), CATCHUP
+    )
+
+    assert down_within.state == "queued"
+    assert down_beyond.state == "missed"
+
+
+def test_reminder_planned_before_its_due_date_and_sent_after_it_is_late() -> None:
+    planned = NOW - timedelta(minutes=30)  # remind time already past, due in 20 minutes
+    due = NOW - timedelta(minutes=10)  # ... and the system was down meanwhile
+
+    admission = admit_due_occurrence(due, planned, NOW, CATCHUP)
+
+    assert (admission.state, admission.late) == ("queued", True)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from api.schemas import TaskCreate, TaskPatch, TaskQuery
+from api.schemas import BulkRetryRequest, DeadLetterQuery, TaskCreate, TaskPatch, TaskQuery
 
 THIRTY_DAYS = 30 * 24 * 3600
 VALID = {"title": "Pay rent", "due_at": "2030-01-31T09:00:00+01:00"}
@@ -71,11 +71,122 @@ def test_notes_of_10000_characters_are_accepted_and_10001_rejected() -> None:
     assert rejected_fields(TaskCreate, {**VALID, "notes": "n" * 10_001}) == {"notes"}
 
 
-@pytest.mark.parametrize("seconds", [59, 0, -60, THIRTY_DAYS + 1, True, "3600", 3600.0])
+@pytest.mark.parametrize(
+    "seconds", [59, 0, -60, THIRTY_DAYS + 1, True, "3600", 3600.5, 59.0, float("inf"), [3600]]
+)
 def test_bad_remind_before_is_rejected(seconds: Any) -> None:
     data = {**VALID, "remind_before_seconds": seconds}
 
     assert rejected_fields(TaskCreate, data) == {"remind_before_seconds"}
+    assert rejected_fields(TaskPatch, {"remind_before_seconds": seconds}) == {
+        "remind_before_seconds"
+    }
+
+
+@pytest.mark.parametrize("seconds", [3600.0, 386597.0, 60.0, float(THIRTY_DAYS)])
+def test_remind_before_as_an_integral_json_number_is_an_integer(seconds: float) -> None:
+    """JSON Schema: 3600.0 is an integer; the document says "integer", so it is accepted."""
+    created = TaskCreate.model_validate({**VALID, "remind_before_seconds": seconds})
+    patched = TaskPatch.model_validate({"remind_before_seconds": seconds})
+
+    assert created.remind_before_seconds == int(seconds)
+    assert type(created.remind_before_seconds) is int
+    assert patched.remind_before_seconds == int(seconds)
+
+
+def test_create_refuses_null_remind_before_as_patch_does() -> None:
+    """Not nullable in the document: null is refused everywhere; leaving it out is the default."""
+    null = {**VALID, "remind_before_seconds": None}
+
+    assert rejected_fields(TaskCreate, null) == {"remind_before_seconds"}
+    assert rejected_fields(TaskPatch, {"remind_before_seconds": None}) == {"remind_before_seconds"}
+
+
+@pytest.mark.parametrize("dry_run", ["off", "true", 0, 1, None, "false"])
+def test_bulk_retry_dry_run_must_be_a_json_boolean(dry_run: Any) -> None:
+    assert rejected_fields(BulkRetryRequest, {"dry_run": dry_run}) == {"dry_run"}
+
+
+@pytest.mark.parametrize("seconds", ["60", True, 60.5, None, "sixty"])
+def test_bulk_retry_age_must_be_a_json_integer(seconds: Any) -> None:
+    data = {"older_than_seconds": seconds}
+
+    assert rejected_fields(BulkRetryRequest, data) == {"older_than_seconds"}
+
+
+@pytest.mark.parametrize("error_type", [5, None, True, ["X"]])
+def test_bulk_retry_error_type_must_be_a_string(error_type: Any) -> None:
+    assert rejected_fields(BulkRetryRequest, {"error_type": error_type}) == {"error_type"}
+
+
+def test_bulk_retry_takes_json_booleans_and_integral_numbers() -> None:
+    request = BulkRetryRequest.model_validate({"dry_run": True, "older_than_seconds": 60.0})
+
+    assert (request.dry_run, request.older_than_seconds) == (True, 60)
+
+
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [
+        (TaskQuery, "limit"),
+        (DeadLetterQuery, "limit"),
+        (DeadLetterQuery, "older_than_seconds"),
+        (DeadLetterQuery, "newer_than_seconds"),
+    ],
+)
+@pytest.mark.parametrize("text", ["+50", " 50", "5_0", "0x10", "50.5", "true", "NaN", "", "1e"])
+def test_query_integers_are_the_text_of_a_json_integer(
+    model: type[Any], name: str, text: str
+) -> None:
+    assert rejected_fields(model, {name: text}) == {name}
+
+
+@pytest.mark.parametrize(("text", "value"), [("50", 50), ("50.0", 50), ("5e1", 50), ("7", 7)])
+def test_query_integers_read_integral_json_numbers(text: str, value: int) -> None:
+    assert TaskQuery.model_validate({"limit": text}).limit == value
+    query = DeadLetterQuery.model_validate({"limit": text, "older_than_seconds": text})
+    assert (query.limit, query.older_than_seconds) == (value, value)
+
+
+def schema_properties(model: type[Any]) -> dict[str, Any]:
+    return dict(model.model_json_schema()["properties"])
+
+
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [
+        (TaskCreate, "remind_before_seconds"),
+        (TaskPatch, "remind_before_seconds"),
+        (TaskQuery, "limit"),
+        (DeadLetterQuery, "limit"),
+        (DeadLetterQuery, "older_than_seconds"),
+        (DeadLetterQuery, "newer_than_seconds"),
+        (BulkRetryRequest, "older_than_seconds"),
+    ],
+)
+def test_document_says_integer_with_bounds_and_no_null(model: type[Any], name: str) -> None:
+    field = schema_properties(model)[name]
+
+    assert field["type"] == "integer"
+    assert isinstance(field["minimum"], int) and isinstance(field["maximum"], int)
+    assert "anyOf" not in field and field.get("default", 0) is not None
+
+
+def test_document_marks_only_notes_as_nullable() -> None:
+    """What the server refuses as null, the document does not allow as null, and back."""
+    for model in (TaskCreate, TaskPatch, TaskQuery, BulkRetryRequest, DeadLetterQuery):
+        nullable = {
+            name
+            for name, field in schema_properties(model).items()
+            if {"type": "null"} in field.get("anyOf", []) or field.get("default", 0) is None
+        }
+        assert nullable == ({"notes"} if model in (TaskCreate, TaskPatch) else set()), model
+    assert schema_properties(BulkRetryRequest)["dry_run"] == {
+        "default": False,
+        "description": "true: only list what would be retried.",
+        "title": "Dry Run",
+        "type": "boolean",
+    }
 
 
 @pytest.mark.parametrize("seconds", [60, THIRTY_DAYS])
@@ -87,10 +198,7 @@ def test_remind_before_bounds_are_inclusive(seconds: int) -> None:
 
 @pytest.mark.parametrize("field", ["title", "due_at", "status", "remind_before_seconds"])
 def test_patch_may_not_null_a_required_field(field: str) -> None:
-    with pytest.raises(ValidationError) as caught:
-        TaskPatch.model_validate({field: None})
-
-    assert field in str(caught.value)
+    assert rejected_fields(TaskPatch, {field: None}) == {field}
 
 
 def test_patch_with_null_notes_clears_them() -> None:
