@@ -1,6 +1,7 @@
 """``reminders dlq``: the dead-letter commands (a table by default, ``--json`` for scripts).
 
-Actions are recorded as done by ``cli:<name>`` (``--as``, default: the login name).
+Actions are recorded as done by ``cli:<name>`` (``--as``, default: the login name). Beside a
+running ``reminders dev`` they act on its database and embedded Redis server.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import click
 
-from shared.config import settings_or_exit
+from cli.environment import command_settings
 from shared.db import make_engine, make_session_factory
 from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
 from shared.queue import make_broker
@@ -24,7 +25,7 @@ PAGE = 200
 
 
 def _desk() -> DeadLetterDesk:
-    settings = settings_or_exit()
+    settings = command_settings(redis=True)
     return DeadLetterDesk(
         make_session_factory(make_engine(settings.resolved_database_url)), make_broker(settings)
     )
@@ -133,9 +134,7 @@ def show(message_id: str, as_json: bool) -> None:
 @click.option(
     "--older-than", type=click.IntRange(0), help="With --all: failed at least N seconds ago."
 )
-@click.option(
-    "--dry-run", is_flag=True, help="With --all: list what would be retried, change nothing."
-)
+@click.option("--dry-run", is_flag=True, help="Say what would be retried; change nothing.")
 @click.option("--as", "name", help="Operator name to record (default: login name).")
 @click.option("--json", "as_json", is_flag=True)
 def retry(
@@ -148,15 +147,23 @@ def retry(
     as_json: bool,
 ) -> None:
     """Enqueue a dead letter again with retries reset (still delivered at most once)."""
-    desk = _desk()
     if everything == bool(message_id):
         raise click.UsageError("give a MESSAGE_ID or --all")
+    desk = _desk()
     if message_id:
-        outcome = desk.retry(_message_id(message_id), _operator(name))
+        wanted = _message_id(message_id)
+        if dry_run:
+            # What retry() would do to a live dead letter; reads only.
+            found = desk.show(wanted) is not None
+            outcome = RetryOutcome.REQUEUED if found else RetryOutcome.NOT_FOUND
+        else:
+            outcome = desk.retry(wanted, _operator(name))
         if outcome is RetryOutcome.NOT_FOUND:
             raise click.ClickException(f"{message_id} is not a dead letter")
         if as_json:
-            _emit_json({"message_id": message_id, "outcome": outcome.value})
+            _emit_json({"message_id": message_id, "outcome": outcome.value, "dry_run": dry_run})
+        elif dry_run:
+            click.echo(f"{message_id}: would requeue")
         else:
             click.echo(f"{message_id}: {outcome.value.replace('_', ' ')}")
         return
@@ -179,9 +186,9 @@ def retry(
 @click.option("--as", "name", help="Operator name to record (default: login name).")
 def purge(message_id: str | None, everything: bool, yes: bool, name: str | None) -> None:
     """Discard dead letters: the occurrences stay failed, marked discarded."""
-    desk = _desk()
     if everything == bool(message_id):
         raise click.UsageError("give a MESSAGE_ID or --all")
+    desk = _desk()
     if message_id:
         if not desk.discard(_message_id(message_id), _operator(name)):
             raise click.ClickException(f"{message_id} is not a dead letter")

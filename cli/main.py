@@ -1,8 +1,10 @@
 """The ``reminders`` command line: the composition root that wires api, workers and shared.
 
-``db upgrade``, ``users create|revoke``, ``scan`` act once and exit. ``web``, ``worker`` and
-``scheduler`` are the Procfile's long-running processes (gunicorn, dramatiq and periodiq
-with this service's settings). ``dev`` runs all three on the embedded default.
+``db upgrade``, ``users create|token|revoke``, ``scan`` and ``dlq`` act once and exit.
+``web``, ``worker`` and ``scheduler`` are the Procfile's long-running processes (gunicorn,
+dramatiq and periodiq with this service's settings). ``dev`` runs all three on the
+embedded default; the other commands run beside it use its database and Redis server
+(`cli.environment`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from typing import NoReturn
 import click
 
 from cli.dlq import dlq
+from cli.environment import (
+    ReportingGroup,
+    beside_running_instance,
+    command_settings,
+    prepare_database_directory,
+)
 from cli.processes import (
     executable,
     scheduler_argv,
@@ -22,13 +30,13 @@ from cli.processes import (
     worker_argv,
     worker_env,
 )
-from shared.config import settings_or_exit
-from shared.db import make_engine, make_session_factory, prepare_sqlite_directory
+from shared.config import Settings, settings_or_exit
+from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.schema import upgrade
 
 
-@click.group()
+@click.group(cls=ReportingGroup)
 def main() -> None:
     """Reminders: tasks with due dates, each reminded exactly once."""
 
@@ -41,8 +49,8 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration (Alembic) to DATABASE_URL."""
-    settings = settings_or_exit()
-    prepare_sqlite_directory(settings)
+    settings = command_settings(create_database=True)
+    prepare_database_directory(settings)
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
@@ -60,7 +68,7 @@ def users_create(name: str, operator: bool) -> None:
     """Create user NAME and print its API token (shown only this once)."""
     from shared.accounts import DuplicateUser, create_user
 
-    settings = settings_or_exit()
+    settings = command_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     try:
         token = create_user(sessions, name, operator=operator)
@@ -69,13 +77,36 @@ def users_create(name: str, operator: bool) -> None:
     click.echo(token)
 
 
+@users.command("token")
+@click.argument("name")
+def users_token(name: str) -> None:
+    """Give user NAME a new API token and print it (shown only this once).
+
+    The way back in after ``users revoke``; the user's other live tokens stay valid.
+    """
+    from sqlalchemy import select
+
+    from shared.accounts import issue_token
+    from shared.db import unit_of_work
+    from shared.models import User
+
+    settings = command_settings()
+    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    with unit_of_work(sessions) as session:
+        user_id = session.scalars(select(User.id).where(User.name == name)).first()
+        if user_id is None:
+            raise click.ClickException(f"no user named {name!r}")
+        token = issue_token(session, user_id)
+    click.echo(token)
+
+
 @users.command("revoke")
 @click.argument("name")
 def users_revoke(name: str) -> None:
-    """Revoke every token of user NAME."""
+    """Revoke every token of user NAME (``users token NAME`` issues a new one)."""
     from shared.accounts import revoke_tokens
 
-    settings = settings_or_exit()
+    settings = command_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     count = revoke_tokens(sessions, name)
     if count is None:
@@ -93,7 +124,7 @@ def scan(as_json: bool) -> None:
     from shared.queue import make_broker
     from workers.producer import scan_due_tasks
 
-    settings = settings_or_exit()
+    settings = command_settings(redis=True)
     configure_logging("WARNING")
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     result = scan_due_tasks(sessions, make_broker(settings), settings)
@@ -115,6 +146,19 @@ def scan(as_json: bool) -> None:
         click.echo(f"  {message_id}")
 
 
+def _process_env(settings: Settings) -> dict[str, str]:
+    """This process's environment, pointed at the ``dev`` running on its data directory."""
+    env = dict(os.environ)
+    beside = beside_running_instance(settings)
+    if beside is not None:
+        env.update(
+            DATABASE_URL=beside.resolved_database_url,
+            REDIS_URL=beside.redis_url,
+            REMINDERS_REDIS_NAMESPACE=beside.redis_namespace,
+        )
+    return env
+
+
 def _exec(argv: list[str], env: dict[str, str]) -> NoReturn:
     try:
         path = executable(argv[0], env)
@@ -129,14 +173,13 @@ def _exec(argv: list[str], env: dict[str, str]) -> NoReturn:
 def worker(processes: int, threads: int) -> None:
     """Run a group of Dramatiq worker processes (delivery and the producer)."""
     settings = settings_or_exit()
-    _exec(worker_argv(processes, threads), worker_env(settings, dict(os.environ), threads))
+    _exec(worker_argv(processes, threads), worker_env(settings, _process_env(settings), threads))
 
 
 @main.command()
 def scheduler() -> None:
     """Run the periodiq scheduler that triggers the producer on REMINDERS_SCAN_CRON."""
-    settings_or_exit()
-    _exec(scheduler_argv(), scheduler_env(dict(os.environ)))
+    _exec(scheduler_argv(), scheduler_env(_process_env(settings_or_exit())))
 
 
 @main.command()
@@ -144,15 +187,18 @@ def scheduler() -> None:
 @click.option("--workers", "web_workers", default=2, show_default=True, type=click.IntRange(1, 64))
 def web(bind: str, web_workers: int) -> None:
     """Run the HTTP API under gunicorn."""
-    settings_or_exit()
-    _exec(web_argv(bind, web_workers), dict(os.environ))
+    _exec(web_argv(bind, web_workers), _process_env(settings_or_exit()))
 
 
 @main.command()
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 16))
 def dev(port: int, processes: int) -> None:
-    """Run API, scheduler and workers on the embedded default (SQLite, embedded Redis)."""
+    """Run API, scheduler and workers on the embedded default (SQLite, embedded Redis).
+
+    One per data directory: a second is refused. Other commands run beside it (same
+    REMINDERS_DATA_DIR) use its database and Redis server.
+    """
     from cli.embedded import run_embedded
 
     settings = settings_or_exit()

@@ -6,10 +6,13 @@ children. One definition serves both, so the embedded default runs what producti
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.config import Settings
@@ -24,6 +27,29 @@ def executable(name: str, env: dict[str, str]) -> str:
     if found is None:
         raise FileNotFoundError(f"{name} is not installed")
     return found
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent SIGTERM when this process dies (Linux).
+
+    So the children of ``reminders dev`` do not outlive it even when it is SIGKILLed.
+    Elsewhere None (no such signal): a leftover embedded server is then stopped by the
+    next ``dev`` instead.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def web_argv(bind: str, workers: int, threads: int = 4) -> list[str]:

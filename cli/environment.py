@@ -1,0 +1,219 @@
+"""Which database and Redis server a command uses, and the one line it ends with if it can't.
+
+A command run with ``DATABASE_URL`` or ``REDIS_URL`` unset uses those of the ``reminders
+dev`` running on its data directory (SPEC §8), found through `cli.instance`. With none
+running it uses the configuration, except that it never falls back to the default Redis
+URL for a data directory that has an embedded server: that server's queues and dead
+letters would look empty. What the user can fix (no database here, an unusable data
+directory, a server that does not answer) ends the command with one line naming it; a
+server that does not answer exits with ``EX_UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from sqlalchemy import exc as sqlalchemy_errors
+from sqlalchemy.engine import make_url
+
+from cli.instance import InstanceStarting, running
+from shared.config import Settings, settings_or_exit
+
+EX_UNAVAILABLE = 69  # sysexits.h: a service the command needs is not available
+SETTINGS_KEY = "reminders.settings"
+
+
+class Unavailable(click.ClickException):
+    """The database or the Redis server does not answer."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+def data_dir_of(settings: Settings) -> Path:
+    return settings.data_dir.absolute()
+
+
+def unusable_data_dir(settings: Settings, reason: OSError | str) -> click.ClickException:
+    why = reason if isinstance(reason, str) else (reason.strerror or str(reason))
+    return click.ClickException(
+        f"cannot use REMINDERS_DATA_DIR={data_dir_of(settings)} as the data directory: {why}"
+    )
+
+
+def beside_running_instance(settings: Settings) -> Settings | None:
+    """``settings`` with the unset URLs taken from the ``dev`` on its data directory.
+
+    None when no ``dev`` runs there.
+    """
+    explicit = settings.model_fields_set
+    if {"database_url", "redis_url"} <= explicit:
+        return settings
+    try:
+        instance = running(data_dir_of(settings))
+    except InstanceStarting as exc:
+        raise click.ClickException(f"{exc}; try again in a moment") from None
+    if instance is None:
+        return None
+    update: dict[str, Any] = {}
+    if "database_url" not in explicit:
+        update["database_url"] = instance.database_url
+    if "redis_url" not in explicit:
+        update["redis_url"] = instance.redis_url
+        if "redis_namespace" not in explicit:
+            update["redis_namespace"] = instance.redis_namespace
+    return settings.model_copy(update=update)
+
+
+def command_settings(*, redis: bool = False, create_database: bool = False) -> Settings:
+    """The settings of a one-shot command, remembered for its error messages.
+
+    Args:
+        redis: the command uses the Redis server too.
+        create_database: the command may create the SQLite file (``db upgrade``); the
+            others refuse to run on a database that does not exist.
+
+    Raises:
+        click.ClickException: one line naming the problem.
+    """
+    settings = settings_or_exit()
+    beside = beside_running_instance(settings)
+    if beside is not None:
+        settings = beside
+    elif redis and "redis_url" not in settings.model_fields_set:
+        data_dir = data_dir_of(settings)
+        if (data_dir / "redis").is_dir():
+            raise click.ClickException(
+                f"reminders dev is not running in {data_dir}, so neither is its embedded "
+                "Redis server: start `reminders dev`, or set REDIS_URL"
+            )
+    click.get_current_context().meta[SETTINGS_KEY] = settings
+    if not create_database:
+        _require_database(settings)
+    return settings
+
+
+def _sqlite_path(settings: Settings) -> Path | None:
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).absolute()
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        try:
+            if candidate.exists():
+                return candidate
+        except OSError:
+            continue
+    return Path("/")
+
+
+def _require_database(settings: Settings) -> None:
+    path = _sqlite_path(settings)
+    if path is None or path.is_file():
+        return
+    if "database_url" in settings.model_fields_set:
+        raise click.ClickException(
+            f"no database at {path} (DATABASE_URL): run `reminders db upgrade` first"
+        )
+    existing = _nearest_existing(data_dir_of(settings))
+    if not existing.is_dir():
+        raise unusable_data_dir(settings, f"{existing} is not a directory")
+    raise click.ClickException(
+        f"no database at {path}: run this in the folder where you run `reminders dev`, "
+        "or set REMINDERS_DATA_DIR or DATABASE_URL"
+    )
+
+
+def prepare_database_directory(settings: Settings) -> None:
+    """Create the folder of a SQLite database file (``db upgrade``), or say why not."""
+    path = _sqlite_path(settings)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if "database_url" in settings.model_fields_set:
+            raise click.ClickException(
+                f"cannot create the folder of DATABASE_URL's file {path}: {exc.strerror}"
+            ) from None
+        raise unusable_data_dir(settings, exc) from None
+
+
+def redact(url: str) -> str:
+    """A URL without its password."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _settings() -> Settings | None:
+    context = click.get_current_context(silent=True)
+    found = context.meta.get(SETTINGS_KEY) if context else None
+    return found if isinstance(found, Settings) else None
+
+
+def database_error(error: sqlalchemy_errors.DBAPIError) -> click.ClickException | None:
+    """The one line for a database error the user can act on, or None (a bug: re-raise)."""
+    settings = _settings()
+    where = (
+        make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        if settings
+        else "DATABASE_URL"
+    )
+    cause = _first_line(error.orig if error.orig is not None else error)
+    if "no such table" in cause or ("relation" in cause and "does not exist" in cause):
+        return click.ClickException(
+            f"the database at {where} has no Reminders tables: run `reminders db upgrade`"
+        )
+    if isinstance(error, sqlalchemy_errors.OperationalError | sqlalchemy_errors.InterfaceError):
+        return Unavailable(f"cannot reach the database at {where}: {cause}")
+    return None
+
+
+def broker_error(error: Exception) -> click.ClickException:
+    settings = _settings()
+    where = redact(settings.redis_url) if settings else "REDIS_URL"
+    return Unavailable(f"cannot reach Redis at {where}: {_first_line(error)}")
+
+
+def reported(error: Exception) -> click.ClickException | None:
+    """The one line for ``error`` if the user can act on it; None for a bug."""
+    if isinstance(error, sqlalchemy_errors.DBAPIError):
+        return database_error(error)
+    # Only a loaded module can have raised its errors: no import just to classify.
+    redis = sys.modules.get("redis")
+    dramatiq_errors = sys.modules.get("dramatiq.errors")
+    unreachable: tuple[type[Exception], ...] = (
+        *((redis.ConnectionError, redis.TimeoutError) if redis else ()),
+        *((dramatiq_errors.BrokerConnectionError,) if dramatiq_errors else ()),
+    )
+    if unreachable and isinstance(error, unreachable):
+        return broker_error(error)
+    return None
+
+
+class ReportingGroup(click.Group):
+    """The root command group: an unreachable database or Redis server is one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            line = reported(exc)
+            if line is None:
+                raise
+            raise line from None
