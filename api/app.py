@@ -7,7 +7,6 @@ environment; ``api.wsgi`` is the one place that loads the environment for gunico
 from __future__ import annotations
 
 import json
-from functools import cache
 from typing import Any
 
 from flask import Response, g, request
@@ -15,18 +14,31 @@ from flask_openapi3 import Info, OpenAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api import idempotency
 from api.auth import authenticate
 from api.limits import install_rate_limit
 from api.metrics import metrics_registry, render
+from api.openapi import (
+    Guards,
+    complete_document,
+    endpoints_taking_header,
+    install_openapi_document,
+)
 from api.ops import ops_api
 from api.ops_page import COOKIE as OPS_COOKIE
 from api.ops_page import forbidden_page, ops_page, to_sign_in
-from api.problems import http_problem, lost_database_problem, problem, validation_problem
+from api.problems import (
+    bad_idempotency_key_problem,
+    http_problem,
+    lost_database_problem,
+    problem,
+    validation_problem,
+)
 from api.schemas import Health, Problem, Readiness
 from api.service import TaskService
-from api.tasks import json_response, problem_responses, tasks_api
+from api.tasks import json_response, tasks_api
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, once_more_if_connection_lost
 from shared.dead_letters import DeadLetterDesk
@@ -47,8 +59,40 @@ PUBLIC_ENDPOINTS = frozenset(
     }
 )
 OPERATOR_BLUEPRINTS = frozenset({"ops", "ops_page"})
+FORM_BLUEPRINTS = frozenset({"ops_page"})
 UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics", "static"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+GUARDS = Guards(
+    public_endpoints=PUBLIC_ENDPOINTS,
+    unlimited_endpoints=UNLIMITED_ENDPOINTS,
+    operator_blueprints=OPERATOR_BLUEPRINTS,
+    form_blueprints=FORM_BLUEPRINTS,
+    body_methods=BODY_METHODS,
+)
+
+
+def read_chunked_body() -> None:
+    """Read a body sent without ``Content-Length`` (chunked), or refuse it past the limit.
+
+    Werkzeug stops reading such a stream at ``MAX_CONTENT_LENGTH`` and hands over what it
+    has read, as if the body ended there; one more byte on the stream means it did not.
+
+    Raises:
+        RequestEntityTooLarge: the body is longer than ``MAX_BODY_BYTES``.
+    """
+    body = request.get_data(cache=True)
+    if len(body) >= MAX_BODY_BYTES and request.environ["wsgi.input"].read(1):
+        g.body_refused = True
+        raise RequestEntityTooLarge(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+
+
+def drain(stream: Any, limit: int) -> None:
+    """Read and drop up to ``limit`` bytes of ``stream``, or until it ends."""
+    while limit > 0:
+        chunk = stream.read(min(limit, 64 * 1024))
+        if not chunk:
+            return
+        limit -= len(chunk)
 
 
 def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
@@ -78,13 +122,17 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
 
     app.register_error_handler(HTTPException, http_problem)
     app.register_error_handler(DBAPIError, lost_database_problem)
+    app.register_error_handler(idempotency.BadKey, bad_idempotency_key_problem)
 
     @app.before_request
     def _read_body() -> None:
         # First of all hooks: a body is read whole (and cached for JSON and form parsing), or,
-        # past MAX_CONTENT_LENGTH, refused with 413 before a byte is read. See _drain_unread_body.
+        # past MAX_CONTENT_LENGTH, refused with 413: before a byte is read when it has a
+        # Content-Length, as soon as it passes the limit when chunked. See _drain_unread_body.
         if request.content_length:
             request.get_data(cache=True)
+        elif request.content_length is None and request.headers.get("Transfer-Encoding"):
+            read_chunked_body()
 
     # Before authentication, so floods of bad tokens are limited too (by address).
     install_rate_limit(app, settings, exempt=UNLIMITED_ENDPOINTS)
@@ -140,15 +188,24 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
             and length <= DRAIN_LIMIT_BYTES
         ):
             request.environ["wsgi.input"].read(length)
+        elif g.get("body_refused"):
+            # A chunked body refused past the limit: the client may still be sending it.
+            drain(request.environ["wsgi.input"], DRAIN_LIMIT_BYTES)
         return response
 
-    @app.get("/healthz", summary="Liveness: the process answers", responses={200: Health})
+    @app.get(
+        "/healthz",
+        summary="Liveness: the process answers",
+        operation_id="checkLiveness",
+        responses={200: Health},
+    )
     def healthz() -> Response:
         return json_response(Health(status="ok"))
 
     @app.get(
         "/readyz",
         summary="Readiness: the database and the broker answer",
+        operation_id="checkReadiness",
         responses={200: Readiness, 503: Readiness},
     )
     def readyz() -> Response:
@@ -174,6 +231,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     @app.get(
         "/metrics",
         summary="Prometheus metrics: queue and dead-letter depth",
+        operation_id="getMetrics",
         responses={
             200: {
                 "description": "Prometheus text format",
@@ -184,32 +242,26 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     def metrics() -> Response:
         return Response(render(registry), content_type=CONTENT_TYPE_LATEST)
 
-    @app.get(
-        "/openapi.json",
-        summary="This OpenAPI document",
-        responses={
-            200: {
-                "description": "OpenAPI 3 document",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            }
-        },
-    )
-    def openapi_document() -> Response:
-        return Response(document_json(), mimetype="application/json")
-
-    @cache
-    def document_json() -> str:
-        # flask-openapi3 documents its 422 as a JSON array on every operation; ours is a
-        # problem document, as every other error.
-        document = app.api_doc
-        for operations in document["paths"].values():
-            for operation in operations.values():
-                if isinstance(operation, dict) and "422" in operation.get("responses", {}):
-                    operation["responses"]["422"] = problem_responses(422)[422]
-        return json.dumps(document)
+    install_openapi_document(app)
 
     desk = DeadLetterDesk(sessions, broker)
     app.register_api(tasks_api(TaskService(sessions, settings.remind_before_seconds)))
     app.register_api(ops_api(desk))
     app.register_api(ops_page(desk, lambda header: authenticate(sessions, header)))
+    complete_document(app, GUARDS)
+    install_idempotency_key_check(app, endpoints_taking_header(app, idempotency.HEADER))
     return app
+
+
+def install_idempotency_key_check(app: OpenAPI, endpoints: frozenset[str]) -> None:
+    """400 for an ``Idempotency-Key`` that is not one key, on the ``endpoints`` that take it.
+
+    After authentication and the body checks; before the header's schema (a pattern and a
+    length, 422), which would judge a list like ``a, b`` as a single odd key.
+    """
+
+    @app.before_request
+    def _check_idempotency_key() -> None:
+        value = request.headers.get(idempotency.HEADER)
+        if value is not None and request.endpoint in endpoints:
+            idempotency.parse_key(value)  # raises BadKey

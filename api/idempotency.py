@@ -5,6 +5,11 @@
 - same key while the first request is still in flight: 409;
 - keys are per user and kept ``KEY_LIFETIME`` (24 h), then purged (``shared.housekeeping``).
 
+The draft makes the field a Structured Field string (RFC 9651), ``Idempotency-Key: "abc"``;
+many clients send the key bare, ``Idempotency-Key: abc``. Both name the key ``abc``
+(`parse_key`). Anything else is refused, notably several ``Idempotency-Key`` lines, which
+the server joins into one value with commas.
+
 A request first *claims* its key in a transaction of its own, so a concurrent duplicate
 sees it in flight; the task and the stored response then commit together
 (`store_response` runs inside the task's transaction), so a replay can never return a
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import http_sf
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,12 +37,49 @@ from shared.models import IdempotencyKey
 
 KEY_LIFETIME = timedelta(hours=24)
 IN_FLIGHT_TIMEOUT = timedelta(seconds=60)
-# The draft makes the key a Structured Field string: printable ASCII, no quotes needed here.
-KEY_SHAPE = re.compile(r"^[\x21-\x7e]{1,255}$")
+HEADER = "Idempotency-Key"
+# A bare key is the whole field value: visible ASCII but for what would make it a list (","),
+# an item with parameters (";") or a string ('"', "\\").
+BARE_KEY = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+$")
+# What an sf-string may hold (RFC 9651 section 3.3.3), at most as long as the stored column.
+KEY_SHAPE = re.compile(r"^[\x20-\x7e]{1,255}$")
 
 
 class BadKey(ValueError):
-    """The header is not 1-255 printable ASCII characters."""
+    """The ``Idempotency-Key`` field is not one key: the request is malformed (400)."""
+
+
+def parse_key(field_value: str) -> str:
+    """The key an ``Idempotency-Key`` field value names: ``"abc"`` and ``abc`` are one key.
+
+    ``field_value`` is the field as the WSGI server hands it over: several header lines
+    arrive joined with commas, and are refused like any list.
+
+    Raises:
+        BadKey: the value is neither one Structured Field string (parameters, which the
+            draft defines none of, are ignored) nor one bare key, or the string is empty.
+    """
+    value = field_value.strip(" \t")
+    if value.startswith('"'):
+        try:
+            parsed = http_sf.parse(value.encode("ascii"), tltype="item")
+        except (UnicodeEncodeError, http_sf.StructuredFieldError) as exc:
+            raise BadKey(
+                f"{HEADER} must be one Structured Field string or one bare key, given once: {exc}"
+            ) from None
+        key = parsed[0] if isinstance(parsed, tuple) else None  # (value, parameters)
+        if not isinstance(key, str):
+            raise BadKey(f"{HEADER} must be one Structured Field string or one bare key")
+    elif BARE_KEY.match(value):
+        key = value
+    else:
+        raise BadKey(
+            f"{HEADER} must be one Structured Field string or one bare key, given once "
+            "(a bare key may not hold spaces, commas, semicolons, quotes or backslashes)"
+        )
+    if not key:
+        raise BadKey(f"{HEADER} must not be empty")
+    return key
 
 
 @dataclass(frozen=True)
@@ -74,15 +117,17 @@ def fingerprint(method: str, path: str, body: Any) -> str:
 
 
 def claim(
-    sessions: sessionmaker[Session], owner_id: uuid.UUID, key: str, request_hash: str
+    sessions: sessionmaker[Session], owner_id: uuid.UUID, field_value: str, request_hash: str
 ) -> Claim:
-    """Claim ``key`` for this request, or say what to answer instead.
+    """Claim the key ``field_value`` names (see `parse_key`) for this request, or say what
+    to answer instead.
 
     Raises:
-        BadKey: the key is empty, too long or not printable ASCII.
+        BadKey: ``field_value`` does not name one key of at most 255 characters.
     """
+    key = parse_key(field_value)
     if not KEY_SHAPE.match(key):
-        raise BadKey("Idempotency-Key must be 1-255 printable ASCII characters")
+        raise BadKey(f"{HEADER} must name a key of 1-255 printable ASCII characters")
     for _ in range(2):  # a second pass after clearing an expired or abandoned claim
         now = utcnow()
         try:

@@ -6,7 +6,7 @@ from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
 
 from api.pagination import BadCursor, decode_cursor, encode_cursor
-from api.problems import bad_cursor_problem, problem
+from api.problems import bad_cursor_problem, problem, problem_responses
 from api.schemas import (
     BulkRetryRequest,
     BulkRetryResult,
@@ -20,7 +20,7 @@ from api.schemas import (
     RetryResult,
 )
 from api.service import Owner
-from api.tasks import SECURITY, json_response, problem_responses
+from api.tasks import SECURITY, json_response
 from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
 
 
@@ -41,11 +41,14 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
         abp_tags=[Tag(name="operators", description="Dead letters and queues (operator tokens)")],
         abp_security=SECURITY,
     )
-    errors = problem_responses(401, 403, 422)
+    # 401, 403, 429 and 503 come from the app's hooks; api.openapi documents them.
+    errors = problem_responses(422)
+    missing = problem_responses(404, 422, descriptions={404: "No such dead letter"})
 
     @api.get(
         "/dead-letters",
         summary="Dead letters, newest failure first",
+        operation_id="listDeadLetters",
         responses={200: DeadLetterPage, **errors},
     )
     def list_dead_letters(query: DeadLetterQuery) -> Response:
@@ -67,7 +70,8 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
     @api.get(
         "/dead-letters/<uuid:message_id>",
         summary="One dead letter, with its traceback",
-        responses={200: DeadLetterDetail, **problem_responses(401, 403, 404, 422)},
+        operation_id="getDeadLetter",
+        responses={200: DeadLetterDetail, **missing},
     )
     def show_dead_letter(path: DeadLetterPath) -> Response:
         letter = desk.show(path.message_id)
@@ -78,7 +82,8 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
     @api.post(
         "/dead-letters/<uuid:message_id>/retry",
         summary="Enqueue a dead letter again with its retries reset (still exactly once)",
-        responses={200: RetryResult, **problem_responses(401, 403, 404, 422)},
+        operation_id="retryDeadLetter",
+        responses={200: RetryResult, **missing},
     )
     def retry_dead_letter(path: DeadLetterPath) -> Response:
         outcome = desk.retry(path.message_id, operator().name)
@@ -89,7 +94,8 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
     @api.post(
         "/dead-letters/retry",
         summary="Retry every dead letter matching a filter",
-        responses={200: BulkRetryResult, **problem_responses(400, 401, 403, 413, 415, 422)},
+        operation_id="retryDeadLetters",
+        responses={200: BulkRetryResult, **errors},
     )
     def retry_dead_letters(body: BulkRetryRequest) -> Response:
         chosen = DeadLetterFilter.by_age(body.error_type, body.older_than_seconds)
@@ -99,7 +105,8 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
     @api.delete(
         "/dead-letters/<uuid:message_id>",
         summary="Discard a dead letter (the occurrence stays failed, marked discarded)",
-        responses={204: None, **problem_responses(401, 403, 404, 422)},
+        operation_id="discardDeadLetter",
+        responses={204: None, **missing},
     )
     def discard_dead_letter(path: DeadLetterPath) -> Response:
         if not desk.discard(path.message_id, operator().name):
@@ -109,7 +116,8 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
     @api.get(
         "/queues",
         summary="Ready, delayed, in-flight and dead messages per queue",
-        responses={200: QueueList, **problem_responses(401, 403)},
+        operation_id="listQueues",
+        responses={200: QueueList},
     )
     def list_queues() -> Response:
         items = [QueueOut.model_validate(depth, from_attributes=True) for depth in desk.queues()]

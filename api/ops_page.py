@@ -15,8 +15,8 @@ from flask import Response, g, redirect, render_template, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
+from api.problems import problem_responses
 from api.schemas import DeadLetterPath, ErrorType, RequestModel
-from api.tasks import problem_responses
 from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
 
 COOKIE = "reminders_ops_token"
@@ -31,7 +31,7 @@ PAGE_RESPONSES: dict[str | int, Any] = {
     403: {"description": "Not an operator", "content": HTML},
     404: {"description": "No such page (e.g. a malformed message ID)"},
     **problem_responses(422),
-}
+}  # 429, 503 and the 413 of a form over 64 KiB come from the app's hooks (api.openapi)
 
 
 class PageQuery(RequestModel):
@@ -74,7 +74,9 @@ def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
         abp_tags=[Tag(name="operator page", description="Server-rendered operations page")],
     )
 
-    @page.get("", summary="The operations page", responses=PAGE_RESPONSES)
+    @page.get(
+        "", summary="The operations page", operation_id="showOpsPage", responses=PAGE_RESPONSES
+    )
     def dashboard(query: PageQuery) -> Response:
         letters, _ = desk.page(DeadLetterFilter.by_age(query.error_type, None), limit=PAGE_SIZE)
         notice = request.cookies.get(NOTICE_COOKIE)
@@ -96,11 +98,21 @@ def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
             response.delete_cookie(NOTICE_COOKIE, path="/ops")
         return response
 
-    @page.get("/sign-in", summary="Operator sign-in form", responses=PAGE_RESPONSES)
+    @page.get(
+        "/sign-in",
+        summary="Operator sign-in form",
+        operation_id="showSignInForm",
+        responses=PAGE_RESPONSES,
+    )
     def sign_in() -> str:
         return render_template("sign_in.html", error=None)
 
-    @page.post("/sign-in", summary="Sign in with an operator token", responses=PAGE_RESPONSES)
+    @page.post(
+        "/sign-in",
+        summary="Sign in with an operator token",
+        operation_id="signIn",
+        responses={**PAGE_RESPONSES, **problem_responses(503)},
+    )
     def sign_in_submit(form: SignInForm) -> Response | tuple[str, int]:
         owner = authenticate(f"Bearer {form.token}")
         if owner is None:
@@ -119,7 +131,7 @@ def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
         )
         return response  # type: ignore[return-value]
 
-    @page.post("/sign-out", summary="Sign out", responses=PAGE_RESPONSES)
+    @page.post("/sign-out", summary="Sign out", operation_id="signOut", responses=PAGE_RESPONSES)
     def sign_out() -> Response:
         response = to_sign_in()
         response.delete_cookie(COOKIE, path="/ops")
@@ -128,6 +140,7 @@ def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
     @page.post(
         "/page/dead-letters/<uuid:message_id>/retry",
         summary="Retry (page form)",
+        operation_id="retryDeadLetterFromPage",
         responses=PAGE_RESPONSES,
     )
     def retry(path: DeadLetterPath) -> Response:
@@ -142,6 +155,7 @@ def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
     @page.post(
         "/page/dead-letters/<uuid:message_id>/discard",
         summary="Discard (page form)",
+        operation_id="discardDeadLetterFromPage",
         responses=PAGE_RESPONSES,
     )
     def discard(path: DeadLetterPath) -> Response:

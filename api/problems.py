@@ -21,6 +21,40 @@ VALIDATION_TYPE = "urn:reminders:problem:validation-error"
 # Which part of the request a pydantic model validates, by the model's name.
 _LOCATION_BY_MODEL_SUFFIX = {"Query": "query", "Path": "path", "Headers": "header"}
 
+# OpenAPI: the headers that always come with a status, whichever operation answers it.
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+WWW_AUTHENTICATE = {
+    "WWW-Authenticate": {
+        "description": "The scheme to authenticate with: Bearer",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^Bearer "},
+    }
+}
+PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
+    401: WWW_AUTHENTICATE,
+    409: RETRY_AFTER,
+    429: RETRY_AFTER,
+    503: RETRY_AFTER,
+}
+PROBLEM_DESCRIPTIONS = {
+    400: "Malformed request: the body is not JSON",
+    401: "No valid bearer token",
+    403: "The token is not an operator's",
+    404: "No such resource",
+    409: "A request with this Idempotency-Key is still in progress",
+    413: "The body is over 64 KiB",
+    415: "The body is not application/json",
+    422: "Invalid fields, each named in errors",
+    429: "Rate limit exceeded",
+    503: "The database connection was lost; retry",
+}
+
 
 def problem(
     status: int,
@@ -43,6 +77,24 @@ def problem(
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def problem_responses(
+    *statuses: int, descriptions: dict[int, str] | None = None
+) -> dict[str | int, Any]:
+    """OpenAPI entries for error statuses: a problem document, with the status's headers."""
+    content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    described = {**PROBLEM_DESCRIPTIONS, **(descriptions or {})}
+    entries: dict[str | int, Any] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {
+            "description": described.get(status, HTTPStatus(status).phrase),
+            "content": content,
+        }
+        if status in PROBLEM_HEADERS:
+            entry["headers"] = PROBLEM_HEADERS[status]
+        entries[status] = entry
+    return entries
 
 
 def field_errors(error: ValidationError) -> list[dict[str, str]]:
@@ -105,6 +157,11 @@ def http_problem(exc: HTTPException) -> Response:
     headers = dict(exc.get_headers())
     headers.pop("Content-Type", None)
     return problem(status, exc.description or HTTPStatus(status).phrase, headers=headers)
+
+
+def bad_idempotency_key_problem(exc: ValueError) -> Response:
+    """400 for an ``Idempotency-Key`` field that does not name one key (``BadKey``)."""
+    return problem(400, str(exc), type_="urn:reminders:problem:bad-idempotency-key")
 
 
 def lost_database_problem(exc: DBAPIError) -> Response:

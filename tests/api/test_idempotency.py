@@ -1,4 +1,9 @@
-"""Idempotency-Key on POST /tasks: replay, conflicting body, in flight, expiry (SPEC §6)."""
+"""Idempotency-Key on POST /tasks: replay, conflicting body, in flight, expiry (SPEC §6).
+
+The field is a Structured Field string (the IETF draft's ``Idempotency-Key: "abc"``); the
+bare key many clients send (``abc``) names the same key. Several header lines, which the
+server joins with commas, and values that are neither are a 400 problem.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlparse
 
 import psycopg
+import pytest
 from sqlalchemy import func, select, update
 
+from api.idempotency import BadKey, parse_key
 from shared.db import make_session_factory, unit_of_work
 from shared.housekeeping import purge_expired_idempotency_keys
 from shared.models import IdempotencyKey, Task
@@ -24,6 +31,11 @@ def task_count(api: ApiHarness) -> int:
 
 def post(api: ApiHarness, headers: dict[str, str], key: str, body: dict[str, object] = BODY):
     return api.client.post("/tasks", json=body, headers={**headers, "Idempotency-Key": key})
+
+
+def stored_keys(api: ApiHarness) -> list[str]:
+    with unit_of_work(make_session_factory(api.engine)) as session:
+        return list(session.scalars(select(IdempotencyKey.key)))
 
 
 def test_same_key_and_body_replay_the_first_response_without_a_second_task(api: ApiHarness) -> None:
@@ -125,3 +137,92 @@ def test_a_malformed_key_is_422_naming_the_header(api: ApiHarness) -> None:
     assert [error["field"] for error in response.json["errors"]] == ["Idempotency-Key"]
     assert response.json["errors"][0]["in"] == "header"
     assert task_count(api) == 0
+
+
+# --- the field's syntax --------------------------------------------------------------------
+
+
+def test_the_draft_s_string_form_and_the_bare_key_are_the_same_key(api: ApiHarness) -> None:
+    alice = api.account("alice")
+    first = post(api, alice.headers, '"8e03978e-40d5-43e8-bc93-6894a57f9324"')
+    bare = post(api, alice.headers, "8e03978e-40d5-43e8-bc93-6894a57f9324")
+
+    assert first.status_code == bare.status_code == 201
+    assert bare.json == first.json
+    assert task_count(api) == 1
+    assert stored_keys(api) == ["8e03978e-40d5-43e8-bc93-6894a57f9324"]
+
+
+def test_a_string_with_an_escaped_quote_is_the_key_it_spells(api: ApiHarness) -> None:
+    alice = api.account("alice")
+
+    assert post(api, alice.headers, r'"say-\"hi\""').status_code == 201
+    assert post(api, alice.headers, 'say-"hi"').status_code == 400  # a bare key has no quotes
+    assert stored_keys(api) == ['say-"hi"']
+
+
+def test_two_idempotency_key_lines_are_400_and_create_nothing(api: ApiHarness) -> None:
+    alice = api.account("alice")
+    for lines in (["k-1", "k-2"], ["k-1", "k-1"], ['"k-1"', '"k-1"']):
+        headers = [*alice.headers.items(), *(("Idempotency-Key", line) for line in lines)]
+
+        response = api.client.post("/tasks", json=BODY, headers=headers)
+
+        assert response.status_code == 400, (lines, response.get_data(as_text=True))
+        assert response.content_type == "application/problem+json"
+        assert response.json["status"] == 400 and "Idempotency-Key" in response.json["detail"]
+    assert task_count(api) == 0
+    assert stored_keys(api) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"unterminated',  # a string without its closing quote
+        '"k-1" "k-2"',  # two items
+        '"k-1",',  # a list's trailing comma
+        '""',  # an empty string: no key
+        '"tab\there"',  # an escape other than \" and \\
+        "k-1,k-2",  # two keys, as gunicorn joins two lines
+        "k-1;p=1",  # a bare key cannot carry parameters
+        "back\\slash",
+    ],
+)
+def test_a_value_that_is_not_one_key_is_400(api: ApiHarness, value: str) -> None:
+    alice = api.account("alice")
+
+    response = post(api, alice.headers, value)
+
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.content_type == "application/problem+json"
+    assert response.json["type"] == "urn:reminders:problem:bad-idempotency-key"
+    assert task_count(api) == 0
+
+
+def test_the_key_is_checked_after_the_token(api: ApiHarness) -> None:
+    response = api.client.post("/tasks", json=BODY, headers={"Idempotency-Key": '"open'})
+
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        ('"abc"', "abc"),
+        ("abc", "abc"),
+        ('"a b"', "a b"),  # a string may hold spaces
+        ('"abc";version=2', "abc"),  # parameters, which the draft defines none of, are ignored
+        (r'"a\\b"', "a\\b"),
+        ("8e03978e-40d5-43e8-bc93-6894a57f9324", "8e03978e-40d5-43e8-bc93-6894a57f9324"),
+        ("YWJj+/=", "YWJj+/="),  # base64 keys, sent bare
+        ("  abc\t", "abc"),  # optional whitespace around the value
+    ],
+)
+def test_parse_key(value: str, key: str) -> None:
+    assert parse_key(value) == key
+
+
+@pytest.mark.parametrize("value", ["", " ", '"abc', "a b", "a,b", 'a"b', "a;b", "é", '"é"', '""'])
+def test_parse_key_refuses(value: str) -> None:
+    with pytest.raises(BadKey):
+        parse_key(value)

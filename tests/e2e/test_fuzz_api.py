@@ -11,6 +11,7 @@ operator's for ``/ops``), and checks every answer:
 - no 5xx (``not_a_server_error``);
 - the status code is documented for the operation (``status_code_conformance``);
 - the content type is documented for that status (``content_type_conformance``);
+- the headers documented as required are there and match (``response_headers_conformance``);
 - the body validates against the documented schema (``response_schema_conformance``).
 
 Data is seeded first (the caller's tasks, one of them done, and a dead letter made by a
@@ -20,6 +21,10 @@ ids, so reads, updates, deletes, retries and discards that *hit* are fuzzed, not
 Generation is bounded (``MAX_EXAMPLES`` per operation and mode) and derandomized, so a run
 is reproducible and a failure names the operation and the request (as ``curl``).
 
+Answers that generated requests rarely or never provoke, because the app-wide hooks give
+them before an operation runs (401, 403, 429, 413, 415, 400, and 503 when the database
+connection is lost), are provoked on every operation and checked the same way.
+
 What fuzzing found is pinned by the targeted tests at the end, each with the exact input:
 date-times at the edge of the representable range and NUL characters (both once 500s),
 and operator-page answers the document did not describe.
@@ -27,12 +32,16 @@ and operator-page answers the document did not describe.
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import hypothesis
+import psycopg
 import pytest
 import schemathesis
 from dramatiq import Worker
@@ -42,6 +51,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -50,7 +60,7 @@ from sqlalchemy import Engine, select
 from shared.db import make_session_factory, unit_of_work
 from shared.models import Reminder
 from shared.queue import make_broker
-from tests.conftest import REDIS_URL, Account, create_account, make_settings
+from tests.conftest import PG_URL, REDIS_URL, Account, create_account, make_settings
 from workers.actors import Pipeline, declare_actors
 from workers.channels import make_channel
 from workers.producer import scan_due_tasks
@@ -62,6 +72,7 @@ CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
 ]
 # Nothing listens on the discard port: the delivery fails and, with no retries, the seeded
@@ -272,6 +283,143 @@ def test_every_operation_of_the_document_is_fuzzed() -> None:
         ("GET", "/ops"),
     }
     assert expected <= operations, sorted(expected - operations)
+
+
+# -- the hooks' answers, provoked on every operation -------------------------------------
+
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/ops/sign-in"),
+    ("POST", "/ops/sign-in"),
+    ("POST", "/ops/sign-out"),
+}
+NOT_RATE_LIMITED = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+OPERATOR_JSON = ("/ops/dead-letters", "/ops/queues")
+OVER_64_KIB = b'{"title": "' + b"t" * 70_000 + b'"}'
+# A provoked 503 is the answer asked for: every check but "no 5xx".
+HOOK_CHECKS = [check for check in CHECKS if check is not not_a_server_error]
+
+
+@dataclass(frozen=True)
+class Hooked:
+    """The app twice on one schema: as configured for fuzzing, and limited to 1 request."""
+
+    app: Any
+    limited_app: Any
+    user: Account
+    operator: Account
+    schema: str  # the PostgreSQL schema, also the application_name of the app's connections
+
+    def headers_for(self, path: str) -> dict[str, str]:
+        return (self.operator if path.startswith("/ops") else self.user).headers
+
+
+@pytest.fixture
+def hooked(pg_engine: Engine, pg_url: str, redis_namespace: str) -> Hooked:
+    from api.app import create_app
+
+    def build(rate_limit: str) -> Any:
+        settings = make_settings(
+            database_url=pg_url,
+            redis_url=REDIS_URL,
+            redis_namespace=redis_namespace,
+            rate_limit=rate_limit,
+        )
+        return create_app(settings, engine=pg_engine)
+
+    return Hooked(
+        app=build(""),
+        limited_app=build("1/hour"),
+        user=create_account(pg_engine, "hooked-user"),
+        operator=create_account(pg_engine, "hooked-operator", operator=True),
+        schema=pg_url.rsplit("application_name=", 1)[1],
+    )
+
+
+def _with_database_connection_lost(schema: str, send: Callable[[], Any]) -> Any:
+    """``send()``'s answer when every connection it uses dies under it.
+
+    The token lookup, every guarded request's first query, waits on a lock held here and its
+    connection is then terminated, as a database restart would; so is the one fresh
+    connection authentication retries on.
+    """
+    answers: list[Any] = []
+    with psycopg.connect(PG_URL, options=f"-csearch_path={schema}") as blocker:
+        blocker.execute("LOCK TABLE api_tokens IN ACCESS EXCLUSIVE MODE")
+        request = threading.Thread(target=lambda: answers.append(send()))
+        request.start()
+        deadline = time.monotonic() + 20
+        while request.is_alive() and time.monotonic() < deadline:
+            with psycopg.connect(PG_URL, autocommit=True) as killer:
+                killer.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    (schema,),
+                )
+            request.join(timeout=0.05)
+        blocker.rollback()
+    request.join(timeout=10)
+    [answer] = answers
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [pytest.param(m, p, id=f"{m} {p}") for m, p, _ in OPERATIONS]
+)
+def test_every_answer_of_the_app_wide_hooks_is_documented(
+    hooked: Hooked, method: str, path: str
+) -> None:
+    """401/303, 403, 429, 413, 415, 400 and 503, where each applies: as documented."""
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", hooked.app)
+    names = [parameter.name for parameter in schema[path][method].path_parameters]
+    path_parameters = {name: str(uuid.uuid4()) for name in names}
+    case = schema[path][method].Case(path_parameters=path_parameters)
+    url = path.format(**path_parameters)
+    json_api = path.startswith(("/tasks", *OPERATOR_JSON))
+    guarded = (method, path) not in PUBLIC
+    takes_body = method in {"POST", "PATCH", "PUT"}
+    own = hooked.headers_for(path)
+
+    def send(app: Any = hooked.app, headers: dict[str, str] = own, **options: Any) -> Any:
+        return app.test_client().open(url, method=method, headers=headers, **options)
+
+    provoked: list[tuple[str, int, Any, dict[str, str]]] = []
+    if guarded:
+        provoked.append(("no token", 401 if json_api else 303, send(headers={}), {}))
+        lost = _with_database_connection_lost(hooked.schema, send)
+        provoked.append(("database connection lost", 503, lost, own))
+    if path.startswith("/ops") and guarded:
+        provoked.append(("a user's token", 403, send(headers=hooked.user.headers), {}))
+    if (method, path) == ("POST", "/ops/sign-in"):
+        form = {"data": {"token": hooked.operator.token}}
+        lost = _with_database_connection_lost(hooked.schema, lambda: send(headers={}, **form))
+        provoked.append(("database connection lost", 503, lost, {}))
+    if (method, path) not in NOT_RATE_LIMITED:
+        send(app=hooked.limited_app)
+        provoked.append(("over the rate limit", 429, send(app=hooked.limited_app), own))
+    if takes_body:
+        big = send(data=OVER_64_KIB, content_type="application/json")
+        provoked.append(("a body over 64 KiB", 413, big, own))
+    if takes_body and json_api:
+        text = send(data="{}", content_type="text/plain")
+        provoked.append(("a text/plain body", 415, text, own))
+        broken = send(data='{"title": ', content_type="application/json")
+        provoked.append(("malformed JSON", 400, broken, own))
+
+    assert provoked or (method, path) in {
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/readyz"),
+    }
+    for what, status, response, headers in provoked:
+        assert response.status_code == status, (what, response.get_data(as_text=True)[:300])
+        try:
+            case.validate_response(response, checks=HOOK_CHECKS, headers=headers)
+        except Exception as exc:
+            raise AssertionError(f"{method} {path}, {what}: {exc}") from exc
 
 
 # -- findings, pinned with the exact input -----------------------------------------------

@@ -1,0 +1,121 @@
+"""``GET /openapi.json`` says what each operation can answer, with its headers (SPEC §6).
+
+The statuses the app-wide hooks give (401, 403, 413, 415, 400, 429, 503) are documented on
+every operation each hook guards, with ``WWW-Authenticate`` on 401 and ``Retry-After`` on
+409, 429 and 503; ``Location`` on 201; and operations have readable IDs. That every answer
+a request provokes is documented is checked with Schemathesis in tests/e2e/test_fuzz_api.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+
+from api.app import create_app
+from tests.conftest import make_settings
+
+OPERATION_IDS = {
+    ("POST", "/tasks"): "createTask",
+    ("GET", "/tasks"): "listTasks",
+    ("GET", "/tasks/{task_id}"): "getTask",
+    ("PATCH", "/tasks/{task_id}"): "updateTask",
+    ("DELETE", "/tasks/{task_id}"): "deleteTask",
+    ("GET", "/tasks/{task_id}/reminders"): "listTaskReminders",
+    ("GET", "/ops/dead-letters"): "listDeadLetters",
+    ("GET", "/ops/dead-letters/{message_id}"): "getDeadLetter",
+    ("POST", "/ops/dead-letters/{message_id}/retry"): "retryDeadLetter",
+    ("POST", "/ops/dead-letters/retry"): "retryDeadLetters",
+    ("DELETE", "/ops/dead-letters/{message_id}"): "discardDeadLetter",
+    ("GET", "/ops/queues"): "listQueues",
+    ("GET", "/ops"): "showOpsPage",
+    ("GET", "/ops/sign-in"): "showSignInForm",
+    ("POST", "/ops/sign-in"): "signIn",
+    ("POST", "/ops/sign-out"): "signOut",
+    ("POST", "/ops/page/dead-letters/{message_id}/retry"): "retryDeadLetterFromPage",
+    ("POST", "/ops/page/dead-letters/{message_id}/discard"): "discardDeadLetterFromPage",
+    ("GET", "/healthz"): "checkLiveness",
+    ("GET", "/readyz"): "checkReadiness",
+    ("GET", "/metrics"): "getMetrics",
+    ("GET", "/openapi.json"): "getOpenApiDocument",
+}
+HTTP_METHODS = {"get", "put", "post", "patch", "delete"}
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    """The served document; building the app and serving it opens no connection."""
+    app = create_app(make_settings(database_url="postgresql+psycopg://doc@127.0.0.1:1/x"))
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200
+    return dict(response.json)
+
+
+def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method.upper(), path): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    }
+
+
+def statuses(document: dict[str, Any], method: str, path: str) -> set[int]:
+    return {int(status) for status in operations(document)[(method, path)]["responses"]}
+
+
+def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
+    validate(document)
+
+
+def test_operations_have_readable_unique_ids(document: dict[str, Any]) -> None:
+    ids = {key: operation["operationId"] for key, operation in operations(document).items()}
+
+    assert ids == OPERATION_IDS
+
+
+def test_every_authenticated_operation_documents_401_429_and_503(document: dict[str, Any]) -> None:
+    for (method, path), operation in operations(document).items():
+        if not path.startswith(("/tasks", "/ops/dead-letters", "/ops/queues")):
+            continue
+        assert {401, 429, 503} <= statuses(document, method, path), (method, path)
+        if path.startswith("/ops"):
+            assert 403 in statuses(document, method, path), (method, path)
+        if method in {"POST", "PATCH"}:
+            assert {400, 413, 415} <= statuses(document, method, path), (method, path)
+        unauthorized = operation["responses"]["401"]
+        assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True
+
+
+def test_create_documents_location_and_the_idempotency_answers(document: dict[str, Any]) -> None:
+    create = operations(document)[("POST", "/tasks")]["responses"]
+
+    assert create["201"]["headers"]["Location"]["required"] is True
+    assert create["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TaskOut"
+    }
+    assert "Idempotency-Key" in create["400"]["description"]
+    assert create["409"]["headers"]["Retry-After"]["required"] is True
+
+
+def test_every_409_429_and_problem_503_carries_retry_after(document: dict[str, Any]) -> None:
+    seen = 0
+    for key, operation in operations(document).items():
+        for status in ("409", "429", "503"):
+            response = operation["responses"].get(status)
+            if response is None or "application/problem+json" not in response.get("content", {}):
+                continue
+            assert response["headers"]["Retry-After"]["schema"]["type"] == "integer", key
+            seen += 1
+    assert seen >= len(OPERATION_IDS)  # 429 on nearly every operation, 503 on most
+
+
+def test_rate_limit_and_health_exemptions(document: dict[str, Any]) -> None:
+    for method, path in [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]:
+        assert 429 not in statuses(document, method, path)
+    assert statuses(document, "GET", "/healthz") == {200}
+    assert statuses(document, "GET", "/readyz") == {200, 503}
+    assert 429 in statuses(document, "GET", "/openapi.json")
+    # The sign-in form reads a token: the database, so 503; and a form over 64 KiB is a 413.
+    assert {413, 429, 503} <= statuses(document, "POST", "/ops/sign-in")
