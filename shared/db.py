@@ -210,5 +210,28 @@ def once_more_if_connection_lost(action: Callable[[], T]) -> T:
     return action()
 
 
+# SQLSTATEs of a connection that failed or that the server shut down (PostgreSQL appendix A).
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable, not that it refused a statement.
+
+    True for a connection that could not be opened or was lost (refused, reset, server shut
+    down or restarting); False for anything the server answered — a deadlock, a constraint,
+    bad SQL — and for SQLite, whose database is a local file.
+    """
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if isinstance(orig, psycopg.InterfaceError):
+        return True  # "the connection is closed"
+    if isinstance(orig, psycopg.OperationalError):
+        return orig.sqlstate is None or orig.sqlstate.startswith(_UNREACHABLE_SQLSTATES)
+    return False
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

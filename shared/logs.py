@@ -39,6 +39,9 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO with its full URL, which may carry a receiver's
+    # credentials; delivery logs its own events with identifiers only.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
 
 def json_formatter() -> logging.Formatter:

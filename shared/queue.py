@@ -9,15 +9,18 @@ database does (see ``workers.delivery``).
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
+from typing import Any
 
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage, Retries
+from dramatiq.middleware import CurrentMessage, Retries, default_middleware
 
 from shared.config import Settings
+from shared.db import database_unreachable
 from shared.redis_broker import GroupAckRedisBroker
 
 QUEUE_NAME = "reminders"
@@ -26,23 +29,48 @@ SEND_REMINDER = "send_reminder"
 SCAN_DUE_TASKS = "scan_due_tasks"
 
 
+class OutageAwareRetries(Retries):
+    """Dramatiq's Retries, except for an attempt that failed because the database is down.
+
+    Such an attempt says nothing about the reminder, so it is put back on the queue after
+    ``min_backoff`` without counting against ``max_retries``; the worker's
+    ``workers.outage.DatabaseGate`` meanwhile holds every message until the database
+    answers. Every other failure is counted and backed off as Dramatiq does.
+    """
+
+    def after_process_message(
+        self,
+        broker: Any,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None or not database_unreachable(exception):
+            super().after_process_message(broker, message, result=result, exception=exception)
+            return
+        message.options["requeue_timestamp"] = int(time.time() * 1000)
+        broker.enqueue(message, delay=self.min_backoff)
+
+
 def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisBroker:
     """A Redis broker with retries, backoff and dead-letter TTL taken from ``settings``.
 
     Passing ``client`` (e.g. a fakeredis client) replaces the connection to ``REDIS_URL``.
     """
+    retries = OutageAwareRetries(
+        max_retries=settings.max_retries,
+        min_backoff=settings.min_backoff_ms,
+        max_backoff=settings.max_backoff_ms,
+    )
     broker = GroupAckRedisBroker(
         url=None if client else settings.redis_url,
         client=client,
         namespace=settings.redis_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         dead_message_ttl=settings.dead_letter_ttl_seconds * 1000,
+        middleware=[retries if kind is Retries else kind() for kind in default_middleware],
     )
-    for middleware in broker.middleware:
-        if isinstance(middleware, Retries):
-            middleware.max_retries = settings.max_retries
-            middleware.min_backoff = settings.min_backoff_ms
-            middleware.max_backoff = settings.max_backoff_ms
     broker.add_middleware(CurrentMessage())
     return broker
 

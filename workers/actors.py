@@ -24,13 +24,13 @@ from typing import Any
 import dramatiq
 from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Retries
+from dramatiq.middleware import Retries, TimeLimit
 from periodiq import PeriodiqMiddleware, cron
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.db import utcnow
+from shared.db import database_unreachable, utcnow
 from shared.housekeeping import purge_expired_idempotency_keys
 from shared.logs import get_logger
 from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
@@ -38,6 +38,7 @@ from shared.rules import describe_error
 from workers import metrics
 from workers.channels import Channel, PermanentDeliveryError
 from workers.delivery import Outcome, deliver_occurrence, parse_occurrence, record_failed_attempt
+from workers.outage import DatabaseGate
 from workers.producer import scan_due_tasks
 
 log = get_logger("worker")
@@ -109,6 +110,11 @@ class RecordFailedAttempts(Middleware):
             "error_type": error_type,
             "error": describe_error(exception),
         }
+        if database_unreachable(exception):
+            # Not the reminder's failure, and nowhere to record it: put back uncounted.
+            metrics.RETRIED.labels(error_type).inc()
+            log.warning("reminder.retrying", delay_ms=delay_ms, counted=False, **fields)
+            return
         try:
             task_id, due_at = parse_occurrence(*message.args)
         except (PermanentDeliveryError, TypeError):
@@ -133,8 +139,8 @@ class DramatiqAttemptLines(logging.Filter):
     ``RecordFailedAttempts`` already logs each failed attempt as one event with the
     reminder's identifiers; Dramatiq's "Retrying message …", "Retries exceeded …",
     "Aborting message …" and "… with expected exception …" lines would say it again in
-    free text. Its "unhandled exception" line (an unexpected error, with the traceback)
-    is kept.
+    free text, as would its "unhandled exception" line for an attempt that met a database
+    outage. That line is kept, with its traceback, for any other (unexpected) error.
     """
 
     TEMPLATES = frozenset(
@@ -145,10 +151,14 @@ class DramatiqAttemptLines(logging.Filter):
             "Failed to process message %s with expected exception %s.",
         }
     )
-    LOGGERS = ("dramatiq.middleware.retries.Retries", "dramatiq.worker.WorkerThread")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.TEMPLATES
+        if record.msg in self.TEMPLATES:
+            return False
+        # A database outage is expected too: ``database.unavailable`` and one
+        # ``reminder.retrying`` per held attempt say it, without a traceback each.
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not database_unreachable(error)
 
 
 _ATTEMPT_LINES = DramatiqAttemptLines()
@@ -157,8 +167,11 @@ _ATTEMPT_LINES = DramatiqAttemptLines()
 def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
     """Bind the actors and the failure middleware to ``broker``."""
     broker.add_middleware(RecordFailedAttempts(pipeline), before=Retries)
-    for name in DramatiqAttemptLines.LOGGERS:
-        logging.getLogger(name).addFilter(_ATTEMPT_LINES)
+    broker.add_middleware(DatabaseGate(pipeline.engine), before=TimeLimit)
+    logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_ATTEMPT_LINES)
+    for middleware in broker.middleware:
+        if isinstance(middleware, Retries):
+            middleware.logger.addFilter(_ATTEMPT_LINES)
     # Skip a periodic message older than this: a scan that late is superseded by the next one.
     broker.add_middleware(PeriodiqMiddleware(skip_delay=30))
     settings = pipeline.settings
@@ -166,10 +179,14 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
     def send_reminder(task_id: str, due_at: str) -> None:
         """Deliver one occurrence exactly once (see ``workers.delivery``)."""
         occurrence_task, occurrence_due = parse_occurrence(task_id, due_at)
-        delivery = deliver_occurrence(
-            pipeline.engine, pipeline.channel, occurrence_task, occurrence_due
-        )
         message = dramatiq.middleware.CurrentMessage.get_current_message()
+        delivery = deliver_occurrence(
+            pipeline.engine,
+            pipeline.channel,
+            occurrence_task,
+            occurrence_due,
+            carried=message.options if message else None,
+        )
         fields = {"task_id": task_id, "message_id": message.message_id if message else None}
         if delivery.outcome is Outcome.SENT:
             assert delivery.sent_at is not None and delivery.remind_at is not None

@@ -14,16 +14,17 @@ the body it sent on the row, and every later attempt sends those bytes again (SP
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import hot_transaction, unit_of_work, utcnow
+from shared.db import database_unreachable, hot_transaction, unit_of_work, utcnow
 from shared.logs import get_logger
 from shared.models import Reminder, Task, User
 from shared.rules import DELIVERABLE_STATES, describe_error
@@ -99,7 +100,7 @@ _MARK_SENT = (
     .values(
         state="sent",
         sent_at=bindparam("b_now"),
-        attempts=Reminder.attempts + 1,
+        attempts=Reminder.attempts + 1 + bindparam("b_unrecorded"),
         updated_at=bindparam("b_now"),
     )
     # Scalar subqueries, not the CTE's columns: SQLite's RETURNING sees only the updated table.
@@ -115,17 +116,25 @@ _MARK_SENT = (
 )
 
 
+# In a message's options: attempts the receiver accepted but whose commit a database outage
+# cut off. The options travel with the message's retries; marking the reminder sent adds them.
+UNRECORDED_ATTEMPTS = "unrecorded_attempts"
+
+
 def deliver_occurrence(
     engine: Engine,
     channel: Channel,
     task_id: uuid.UUID,
     due_at: datetime,
     clock: Callable[[], datetime] = utcnow,
+    carried: MutableMapping[str, Any] | None = None,
 ) -> Delivery:
     """Deliver the occurrence (task_id, due_at) at most once; see the module docstring.
 
     The reminder is marked sent, the channel called, and the transaction committed only if
-    the channel accepted: a failed delivery rolls the mark back.
+    the channel accepted: a failed delivery rolls the mark back. ``carried`` is the
+    message's options: an attempt the channel accepted but the database outage kept from
+    committing is counted there, so the row's ``attempts`` stays true.
 
     Raises:
         TransientDeliveryError, PermanentDeliveryError: from the channel; nothing is recorded
@@ -133,10 +142,16 @@ def deliver_occurrence(
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was recorded.
     """
     now = clock()
+    carried = {} if carried is None else carried
+    unrecorded = carried.get(UNRECORDED_ATTEMPTS, 0)
     body: bytes | None = None  # set once built afresh: kept on the row if the attempt fails
+    accepted = False
     try:
         with hot_transaction(engine) as rows:
-            marked_rows = rows(_MARK_SENT, {"b_task": task_id, "b_due": due_at, "b_now": now})
+            marked_rows = rows(
+                _MARK_SENT,
+                {"b_task": task_id, "b_due": due_at, "b_now": now, "b_unrecorded": unrecorded},
+            )
             marked = marked_rows[0] if marked_rows else None
             if marked is not None:
                 message_id, remind_at, late, attempts, kept_body, title, owner = marked
@@ -160,8 +175,11 @@ def deliver_occurrence(
                         body=body if body is not None else kept_body.encode(),
                     )
                 )
-    except BaseException:
-        if body is not None:
+                accepted = True
+    except BaseException as exc:
+        if accepted and database_unreachable(exc):
+            carried[UNRECORDED_ATTEMPTS] = unrecorded + 1
+        if body is not None and not database_unreachable(exc):
             _keep_body(engine, message_id, body)
         raise
     if marked is None:
@@ -215,7 +233,7 @@ def _not_deliverable(
         db.execute(
             update(Reminder)
             .where(Reminder.message_id == reminder.message_id)
-            .values(state="cancelled", updated_at=now)
+            .values(state="cancelled", cancelled_at=now, updated_at=now)
         )
         return Delivery(Outcome.STALE, state="cancelled")
     return Delivery(Outcome.STALE, state=reminder.state)

@@ -130,6 +130,9 @@ def test_a_stale_message_delivers_nothing_and_cancels_the_row(
     assert (delivery.outcome, delivery.state) == (Outcome.STALE, "cancelled")
     assert channel.delivered == []
     assert state(migrated, task)[0] == "cancelled"
+    with unit_of_work(make_session_factory(migrated)) as session:
+        row = session.scalars(select(Reminder).where(Reminder.task_id == task.id)).one()
+        assert row.cancelled_at is not None  # the history says when
 
 
 def test_a_message_for_an_unknown_occurrence_is_stale(migrated: Engine) -> None:

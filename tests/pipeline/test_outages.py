@@ -7,10 +7,17 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from tests.pipeline.conftest import Stack
+from shared.db import make_engine
+from shared.queue import QUEUE_NAME
+from shared.redis_broker import dead_letters
+from shared.schema import upgrade
+from tests.pipeline.conftest import BIN, FAST_RETRIES, Receiver, Stack
+from tests.private_servers import PrivatePostgres, private_postgres
+from tests.processes import json_lines
 from workers.channels import ReminderPayload, TransientDeliveryError, WebhookChannel
 from workers.producer import scan_due_tasks
 
@@ -118,3 +125,58 @@ def test_slow_drip_attempts_each_end_within_the_timeout_and_dead_letter(
     assert row.attempts == 2 and drip.requests == 2
     assert row.last_error == "TransientDeliveryError: webhook timed out (no answer within 1 s)"
     assert took < 10.0, took  # two attempts of ~1 s each, not two of ~24 s
+
+
+@pytest.fixture
+def private_pg_stack(redis_namespace: str) -> Iterator[tuple[Stack, PrivatePostgres]]:
+    """A `Stack` on a PostgreSQL server of the test's own, which the test may stop."""
+    with private_postgres() as server:
+        engine = make_engine(server.url)
+        upgrade(engine)
+        stack = Stack(
+            engine=engine,
+            database_url=server.url,
+            namespace=redis_namespace,
+            overrides=dict(FAST_RETRIES),
+        )
+        try:
+            yield stack, server
+        finally:
+            stack.close()
+            engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_database_outage_longer_than_the_retries_fails_no_reminder(
+    private_pg_stack: tuple[Stack, PrivatePostgres], receiver: Receiver, tmp_path: Path
+) -> None:
+    stack, server = private_pg_stack
+    count = 300
+    receiver.delay_seconds = 0.01  # deliveries are in flight when the server stops
+    settings = {"webhook_url": receiver.url, "webhook_secret": "s"}
+    stack.add_due_tasks(stack.account(), count)
+    broker, _ = stack.broker(**settings)
+    assert scan_due_tasks(stack.sessions, broker, stack.settings(**settings)).enqueued == count
+    argv = [str(BIN / "dramatiq"), "workers.app", "--processes", "2", "--threads", "4"]
+    stack.spawn_logged(argv, stack.env(**settings), tmp_path / "workers.log")
+    assert stack.wait_for(lambda: stack.states().get("sent", 0) >= 30, 60)
+
+    server.stop("fast")
+    # FAST_RETRIES spend all 4 attempts in well under 5 s: the outage outlasts them.
+    time.sleep(12)
+    server.start()
+
+    assert stack.wait_for(lambda: stack.states() == {"sent": count}, 90, 0.5), stack.states()
+    rows = stack.reminders()
+    receipts: dict[str, int] = {}
+    for receipt in receiver.receipts:
+        receipts[receipt.key] = receipts.get(receipt.key, 0) + 1
+    assert set(receipts) == {str(row.message_id) for row in rows}
+    # Attempts stay true: a delivery whose commit the outage cut off is counted too.
+    assert {str(r.message_id): r.attempts for r in rows} == receipts
+    assert dead_letters(broker, QUEUE_NAME) == []
+    events = json_lines(tmp_path / "workers.log")
+    names = [event.get("event") for event in events]
+    assert "database.unavailable" in names and "database.available" in names
+    assert "reminder.dead_lettered" not in names
+    assert not [e for e in events if "unhandled exception" in str(e.get("message", ""))]
