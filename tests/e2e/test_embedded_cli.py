@@ -440,6 +440,9 @@ def test_an_unreachable_broker_or_database_is_one_line(tmp_path: Path) -> None:
         error = one_line_error(done)
         assert error.startswith(f"Error: cannot reach Redis at redis://127.0.0.1:{closed}/0: ")
         assert done.returncode == 69
+    env["REDIS_URL"] = f"redis://:hunter2@127.0.0.1:{closed}/0"
+    error = one_line_error(run_cli(env, tmp_path, "dlq", "queues"))
+    assert f"redis://:***@127.0.0.1:{closed}/0" in error and "hunter2" not in error
 
     env = service_env(
         tmp_path / "data", DATABASE_URL=f"postgresql://reminders:hunter2@127.0.0.1:{closed}/app"
