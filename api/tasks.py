@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
@@ -11,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from api import idempotency
 from api.pagination import BadCursor
-from api.problems import bad_cursor_problem, problem
+from api.problems import bad_cursor_problem, problem, problem_responses
 from api.schemas import (
     CreateHeaders,
     ReminderHistory,
@@ -27,10 +25,20 @@ from api.service import Owner, TaskService
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-def problem_responses(*statuses: int) -> dict[str | int, type[BaseModel] | dict[Any, Any] | None]:
-    """OpenAPI entries for error statuses, each a problem document."""
-    content = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    return {status: {"description": "Problem document", "content": content} for status in statuses}
+# The decorators document what each view answers. 401, 429, 503 and the body checks' 400,
+# 413 and 415 come from the app's hooks and are added to every operation by api.openapi.
+CREATED = {
+    "description": "Created: the task",
+    "headers": {
+        "Location": {
+            "description": "The task's URL",
+            "required": True,
+            "schema": {"type": "string", "format": "uri-reference"},
+        }
+    },
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskOut"}}},
+}
+NO_TASK = {404: "No such task (or not yours, or deleted)"}
 
 
 def json_response(
@@ -71,7 +79,21 @@ def tasks_api(service: TaskService) -> APIBlueprint:
     @api.post(
         "",
         summary="Create a task",
-        responses={201: TaskOut, **problem_responses(400, 401, 409, 413, 415, 422)},
+        operation_id="createTask",
+        responses={
+            201: CREATED,
+            **problem_responses(
+                400,
+                409,
+                422,
+                descriptions={
+                    400: "The body is not JSON, or Idempotency-Key is not one key: one "
+                    'Structured Field string ("...") or one bare key, in one header line',
+                    409: "A request with this Idempotency-Key is still in progress",
+                    422: "Invalid fields, or this Idempotency-Key was used with another body",
+                },
+            ),
+        },
     )
     def create_task(header: CreateHeaders, body: TaskCreate) -> Response:
         owner = caller()
@@ -114,7 +136,8 @@ def tasks_api(service: TaskService) -> APIBlueprint:
     @api.get(
         "",
         summary="List your tasks, ordered by due date",
-        responses={200: TaskPage, **problem_responses(401, 422)},
+        operation_id="listTasks",
+        responses={200: TaskPage, **problem_responses(422)},
     )
     def list_tasks(query: TaskQuery) -> Response:
         try:
@@ -126,7 +149,8 @@ def tasks_api(service: TaskService) -> APIBlueprint:
     @api.get(
         "/<uuid:task_id>",
         summary="One task, with the reminder of its current due date",
-        responses={200: TaskOut, **problem_responses(401, 404, 422)},
+        operation_id="getTask",
+        responses={200: TaskOut, **problem_responses(404, 422, descriptions=NO_TASK)},
     )
     def get_task(path: TaskPath) -> Response:
         task = service.get(caller(), path.task_id)
@@ -135,7 +159,8 @@ def tasks_api(service: TaskService) -> APIBlueprint:
     @api.patch(
         "/<uuid:task_id>",
         summary="Change a task; a new due date is a new reminder occurrence",
-        responses={200: TaskOut, **problem_responses(400, 401, 404, 413, 415, 422)},
+        operation_id="updateTask",
+        responses={200: TaskOut, **problem_responses(404, 422, descriptions=NO_TASK)},
     )
     def update_task(path: TaskPath, body: TaskPatch) -> Response:
         task = service.update(caller(), path.task_id, body)
@@ -144,17 +169,25 @@ def tasks_api(service: TaskService) -> APIBlueprint:
     @api.delete(
         "/<uuid:task_id>",
         summary="Delete a task; a pending reminder is cancelled",
-        responses={204: None, **problem_responses(401, 404, 422)},
+        operation_id="deleteTask",
+        responses={204: None, **problem_responses(404, 422, descriptions=NO_TASK)},
     )
     def delete_task(path: TaskPath) -> Response:
+        """Pending reminders are cancelled. From then on the task is a 404 for you everywhere,
+        its reminder history included, as a task that never existed; its rows stay in the
+        database for operators (dead letters, audit)."""
         return Response(status=204) if service.delete(caller(), path.task_id) else not_found()
 
     @api.get(
         "/<uuid:task_id>/reminders",
         summary="The task's reminder history, oldest first",
-        responses={200: ReminderHistory, **problem_responses(401, 404, 422)},
+        operation_id="listTaskReminders",
+        responses={200: ReminderHistory, **problem_responses(404, 422, descriptions=NO_TASK)},
     )
     def task_reminders(path: TaskPath) -> Response:
+        """One entry per due date: a cancelled reminder made pending again (the task moved
+        back to that due date, or reopened) is the same entry, with its cancelled_at and
+        reopened_at. A deleted task's history is a 404, as the task is."""
         history = service.reminders(caller(), path.task_id)
         if history is None:
             return not_found()
