@@ -93,11 +93,10 @@ class PrivatePostgres:
 class PrivateRedis:
     """A ``redis-server`` of its own on a free port, nothing kept on disk unless asked."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="reminders-redis-"))
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        root.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
@@ -151,8 +150,8 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 @contextmanager
-def private_redis(root: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(root)
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
     try:
         server.start()
         yield server
