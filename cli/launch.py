@@ -27,6 +27,9 @@ def main() -> None:
     if program == "periodiq":
         from periodiq import entrypoint
 
+        from workers.scheduler import install
+
+        install()  # a tick waits out a broker outage instead of ending the process
         sys.argv = ["periodiq", *arguments]
         entrypoint()
         return

@@ -129,11 +129,11 @@ class Stack:
         return make_session_factory(self.engine)
 
     def settings(self, **more: Any) -> Settings:
+        defaults = {"redis_url": REDIS_URL}  # an override may name a private server
         return make_settings(
             database_url=self.database_url,
-            redis_url=REDIS_URL,
             redis_namespace=self.namespace,
-            **{**self.overrides, **more},
+            **{**defaults, **self.overrides, **more},
         )
 
     def broker(self, channel: Channel | None = None, **more: Any) -> tuple[RedisBroker, Actors]:

@@ -16,8 +16,8 @@ from shared.queue import QUEUE_NAME
 from shared.redis_broker import dead_letters
 from shared.schema import upgrade
 from tests.pipeline.conftest import BIN, FAST_RETRIES, Receiver, Stack
-from tests.private_servers import PrivatePostgres, private_postgres
-from tests.processes import json_lines
+from tests.private_servers import PrivatePostgres, private_postgres, private_redis
+from tests.processes import json_lines, tail
 from workers.channels import ReminderPayload, TransientDeliveryError, WebhookChannel
 from workers.producer import scan_due_tasks
 
@@ -180,3 +180,39 @@ def test_a_database_outage_longer_than_the_retries_fails_no_reminder(
     assert "database.unavailable" in names and "database.available" in names
     assert "reminder.dead_lettered" not in names
     assert not [e for e in events if "unhandled exception" in str(e.get("message", ""))]
+
+
+@pytest.mark.slow
+def test_the_scheduler_rides_out_redis_down_across_a_tick(
+    stack: Stack, receiver: Receiver, tmp_path: Path
+) -> None:
+    with private_redis() as server:
+        settings = {"webhook_url": receiver.url, "webhook_secret": "s", "redis_url": server.url}
+        env = stack.env(**settings)
+        scheduler = stack.spawn_logged(
+            [str(BIN / "python"), "-m", "cli.launch", "periodiq", "workers.app"],
+            {**env, "TZ": "UTC"},
+            tmp_path / "scheduler.log",
+        )
+        worker_argv = [str(BIN / "dramatiq"), "workers.app", "--processes", "1", "--threads", "2"]
+        stack.spawn_logged(worker_argv, env, tmp_path / "workers.log")
+        # periodiq ticks at once on start, then at each minute: these are due for the next one,
+        # added well clear of a tick.
+        time.sleep(3)
+        while not 8 <= datetime.now(UTC).second <= 45:
+            time.sleep(0.5)
+        tasks = stack.add_due_tasks(stack.account(), 20)
+        next_tick = 60 - datetime.now(UTC).second
+        time.sleep(max(0, next_tick - 3))
+        server.kill()  # down from 3 s before the tick to 8 s after it
+        time.sleep(11)
+        assert scheduler.poll() is None, tail(tmp_path / "scheduler.log")
+        server.start()
+
+        assert stack.wait_for(lambda: stack.states() == {"sent": len(tasks)}, 60, 0.5), (
+            stack.states(),
+            tail(tmp_path / "scheduler.log"),
+        )
+        assert scheduler.poll() is None
+        names = [line.get("event") for line in json_lines(tmp_path / "scheduler.log")]
+        assert "scheduler.broker_unavailable" in names and "scheduler.broker_available" in names
