@@ -147,9 +147,14 @@ def private_pg_stack(redis_namespace: str) -> Iterator[tuple[Stack, PrivatePostg
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop_mode", ["fast", "immediate"])
 def test_a_database_outage_longer_than_the_retries_fails_no_reminder(
-    private_pg_stack: tuple[Stack, PrivatePostgres], receiver: Receiver, tmp_path: Path
+    private_pg_stack: tuple[Stack, PrivatePostgres],
+    receiver: Receiver,
+    tmp_path: Path,
+    stop_mode: str,
 ) -> None:
+    """``fast``: connections ended by the server; ``immediate``: as a crash, then recovery."""
     stack, server = private_pg_stack
     count = 300
     receiver.delay_seconds = 0.01  # deliveries are in flight when the server stops
@@ -161,7 +166,7 @@ def test_a_database_outage_longer_than_the_retries_fails_no_reminder(
     stack.spawn_logged(argv, stack.env(**settings), tmp_path / "workers.log")
     assert stack.wait_for(lambda: stack.states().get("sent", 0) >= 30, 60)
 
-    server.stop("fast")
+    server.stop(stop_mode)
     # FAST_RETRIES spend all 4 attempts in well under 5 s: the outage outlasts them.
     time.sleep(12)
     server.start()
