@@ -604,7 +604,7 @@ BAD_REQUESTS = {
     "naive due_at": (422, "due_at"),
     "missing due_at": (422, "due_at"),
     "remind_before_seconds too small": (422, "remind_before_seconds"),
-    "bad Idempotency-Key": (422, "Idempotency-Key"),
+    "bad Idempotency-Key": (400, None),  # not one Structured Field string or bare key
     "PATCH bad status": (422, "status"),
     "body over 64 KiB": (413, None),
     "not JSON": (400, None),
