@@ -33,6 +33,16 @@ def not_a_dead_letter() -> Response:
     return problem(404, "no such dead letter")
 
 
+def not_retryable() -> Response:
+    # 422, not 409: this API's 409 means "try again later" (it carries Retry-After).
+    return problem(
+        422,
+        "this dead letter cannot be retried: the broker could not decode it, or no reminder "
+        "matches it, so there is nothing to send; discard it instead",
+        type_="urn:reminders:problem:not-retryable",
+    )
+
+
 def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
     api = APIBlueprint(
         "ops",
@@ -44,6 +54,15 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
     # 401, 403, 429 and 503 come from the app's hooks; api.openapi documents them.
     errors = problem_responses(422)
     missing = problem_responses(404, 422, descriptions={404: "No such dead letter"})
+    unretryable = problem_responses(
+        404,
+        422,
+        descriptions={
+            404: "No such dead letter",
+            422: "Invalid fields, each named in errors; or a dead letter that cannot be "
+            "retried (undecodable or unmatched: nothing to send, discard it)",
+        },
+    )
 
     @api.get(
         "/dead-letters",
@@ -83,12 +102,14 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
         "/dead-letters/<uuid:message_id>/retry",
         summary="Enqueue a dead letter again with its retries reset (still exactly once)",
         operation_id="retryDeadLetter",
-        responses={200: RetryResult, **missing},
+        responses={200: RetryResult, **unretryable},
     )
     def retry_dead_letter(path: DeadLetterPath) -> Response:
         outcome = desk.retry(path.message_id, operator().name)
         if outcome is RetryOutcome.NOT_FOUND:
             return not_a_dead_letter()
+        if outcome is RetryOutcome.NOT_RETRYABLE:
+            return not_retryable()
         return json_response(RetryResult(message_id=path.message_id, outcome=outcome.value))
 
     @api.post(

@@ -149,6 +149,8 @@ def ops_page(desk: DeadLetterDesk, authenticate: Any) -> APIBlueprint:
             RetryOutcome.REQUEUED: f"Retrying {path.message_id}.",
             RetryOutcome.ALREADY_SENT: f"{path.message_id} was already sent; nothing to retry.",
             RetryOutcome.NOT_FOUND: f"{path.message_id} is not a dead letter.",
+            RetryOutcome.NOT_RETRYABLE: f"{path.message_id} cannot be retried (nothing to send):"
+            " discard it.",
         }
         return back(notices[outcome])
 

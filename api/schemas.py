@@ -310,9 +310,11 @@ class DeadLetterPath(RequestModel):
 
 
 class DeadLetterOut(BaseModel):
-    message_id: uuid.UUID
-    task_id: uuid.UUID
-    due_at: datetime
+    message_id: uuid.UUID = Field(
+        description="The message ID; for an undecodable message, its broker id (`broker_id`)."
+    )
+    task_id: uuid.UUID | None = Field(description="None when the message does not name one.")
+    due_at: datetime | None
     actor: str
     queue: str
     failed_at: datetime | None
@@ -323,6 +325,14 @@ class DeadLetterOut(BaseModel):
     )
     in_broker: bool = Field(
         description="False once the broker's entry expired (REMINDERS_DEAD_LETTER_TTL)."
+    )
+    broker_id: str | None = Field(
+        default=None,
+        description="Set for an entry only the broker knows: an undecodable message "
+        "(error type UndecodableMessage) or one no reminder matches (UnmatchedMessage).",
+    )
+    retryable: bool = Field(
+        default=True, description="False for broker-only entries: discard them instead."
     )
 
 

@@ -1,7 +1,8 @@
 """``reminders dlq``: the dead-letter commands (a table by default, ``--json`` for scripts).
 
 Actions are recorded as done by ``cli:<name>`` (``--as``, default: the login name). Beside a
-running ``reminders dev`` they act on its database and embedded Redis server.
+running ``reminders dev`` they act on its database and embedded Redis server. A dead letter
+is named by its message ID; an undecodable one (``UndecodableMessage``) by its broker id.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import click
 
 from cli.environment import command_settings
 from shared.db import make_engine, make_session_factory
-from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
+from shared.dead_letters import (
+    DeadLetterDesk,
+    DeadLetterFilter,
+    DeadLetterView,
+    RetryOutcome,
+    as_uuid,
+)
 from shared.queue import make_broker
 
 PAGE = 200
@@ -56,10 +63,23 @@ def _operator(name: str | None) -> str:
 
 
 def _message_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a message ID (a UUID)") from None
+    """A message ID, or the broker id of an undecodable dead letter (any non-blank word)."""
+    if not value or len(value) > 200 or not value.isprintable() or " " in value:
+        raise click.BadParameter(f"{value!r} is not a message ID (a UUID) or a broker id")
+    return as_uuid(value)
+
+
+def _identifier(letter: DeadLetterView) -> str:
+    """What operators type to name ``letter``: an undecodable message has only a broker id."""
+    if letter.broker_id is not None and letter.message_id == as_uuid(letter.broker_id):
+        return letter.broker_id
+    return str(letter.message_id)
+
+
+NOT_RETRYABLE = (
+    "{} cannot be retried: the broker could not decode it, or no reminder matches it, so "
+    "there is nothing to send; discard it with `reminders dlq purge {}`"
+)
 
 
 @click.group()
@@ -85,7 +105,10 @@ def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None
             break
     if as_json:
         _emit_json(
-            {"items": [asdict(letter) for letter in letters], "error_types": desk.error_types()}
+            {
+                "items": [{**asdict(x), "message_id": _identifier(x)} for x in letters],
+                "error_types": desk.error_types(),
+            }
         )
         return
     if not letters:
@@ -96,7 +119,7 @@ def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None
             ["message_id", "task_id", "failed_at", "attempts", "in_broker", "error"],
             [
                 [
-                    x.message_id,
+                    _identifier(x),
                     x.task_id,
                     x.failed_at,
                     x.attempts,
@@ -118,10 +141,11 @@ def show(message_id: str, as_json: bool) -> None:
     letter = _desk().show(_message_id(message_id))
     if letter is None:
         raise click.ClickException(f"{message_id} is not a dead letter")
+    shown = {**asdict(letter), "message_id": _identifier(letter)}
     if as_json:
-        _emit_json(asdict(letter))
+        _emit_json(shown)
         return
-    for key, value in asdict(letter).items():
+    for key, value in shown.items():
         if key != "traceback":
             click.echo(f"{key:>11}: {_jsonable(value)}")
     click.echo(f"  traceback (the attempt before the last):\n{letter.traceback or '(expired)'}")
@@ -154,12 +178,19 @@ def retry(
         wanted = _message_id(message_id)
         if dry_run:
             # What retry() would do to a live dead letter; reads only.
-            found = desk.show(wanted) is not None
-            outcome = RetryOutcome.REQUEUED if found else RetryOutcome.NOT_FOUND
+            found = desk.show(wanted)
+            if found is None:
+                outcome = RetryOutcome.NOT_FOUND
+            elif not found.retryable:
+                outcome = RetryOutcome.NOT_RETRYABLE
+            else:
+                outcome = RetryOutcome.REQUEUED
         else:
             outcome = desk.retry(wanted, _operator(name))
         if outcome is RetryOutcome.NOT_FOUND:
             raise click.ClickException(f"{message_id} is not a dead letter")
+        if outcome is RetryOutcome.NOT_RETRYABLE:
+            raise click.ClickException(NOT_RETRYABLE.format(message_id, message_id))
         if as_json:
             _emit_json({"message_id": message_id, "outcome": outcome.value, "dry_run": dry_run})
         elif dry_run:

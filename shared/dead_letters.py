@@ -4,7 +4,10 @@ The database is the record of every failed occurrence (its final error, when, ho
 attempts); the broker's dead-letter entry adds the message as Dramatiq kept it, with the
 traceback of the attempt before the last, until ``REMINDERS_DEAD_LETTER_TTL`` expires it.
 A listing therefore comes from the database and says whether the broker still holds the
-entry. Every action is recorded in ``operator_actions`` (who, what, when) and logged.
+entry. Entries only the broker knows are listed too: a body no worker could decode
+(``UndecodableMessage``, identified by its broker id) and a message no reminder row matches
+(``UnmatchedMessage``). There is nothing to send for those: they can be discarded, not
+retried. Every action is recorded in ``operator_actions`` (who, what, when) and logged.
 
 Retrying stays exactly-once: the occurrence goes back to ``queued`` with a fresh message
 (same message ID, retries reset); if it was meanwhile sent, nothing is enqueued, and a
@@ -14,8 +17,9 @@ message that races a delivery is suppressed by the delivery transaction's re-che
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from dramatiq.brokers.redis import RedisBroker
@@ -27,6 +31,7 @@ from shared.logs import get_logger
 from shared.models import OperatorAction, Reminder
 from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SEND_REMINDER, reminder_message
 from shared.redis_broker import (
+    UNDECODABLE,
     DeadLetter,
     QueueDepth,
     dead_letters,
@@ -37,6 +42,9 @@ from shared.rules import error_type_of
 
 log = get_logger("ops")
 
+UNMATCHED = "UnmatchedMessage"  # a decodable dead letter no reminder row has the ID of
+_BROKER_IDS = uuid.UUID("6f1d7f1e-3c1b-4c9e-9a57-5c0a4b0e8d21")  # names non-UUID broker ids
+
 
 @dataclass(frozen=True)
 class DeadLetterFilter:
@@ -45,6 +53,14 @@ class DeadLetterFilter:
     error_type: str | None = None
     failed_before: datetime | None = None
     failed_after: datetime | None = None
+
+    def matches(self, error_type: str, failed_at: datetime) -> bool:
+        """Whether an entry the database does not know passes the filter."""
+        return (
+            (not self.error_type or error_type == self.error_type)
+            and (self.failed_before is None or failed_at < self.failed_before)
+            and (self.failed_after is None or failed_at >= self.failed_after)
+        )
 
     @classmethod
     def by_age(
@@ -68,9 +84,13 @@ class DeadLetterFilter:
 
 @dataclass(frozen=True)
 class DeadLetterView:
+    """One dead letter. ``broker_id`` is set for an entry only the broker knows (its
+    ``message_id`` is then the message's ID, or for an undecodable body the broker id as a
+    UUID); such an entry is not ``retryable``."""
+
     message_id: uuid.UUID
-    task_id: uuid.UUID
-    due_at: datetime
+    task_id: uuid.UUID | None
+    due_at: datetime | None
     actor: str
     queue: str
     failed_at: datetime | None
@@ -79,6 +99,8 @@ class DeadLetterView:
     error: str
     in_broker: bool
     traceback: str | None = None
+    broker_id: str | None = None
+    retryable: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,79 @@ class RetryOutcome(StrEnum):
     REQUEUED = "requeued"
     ALREADY_SENT = "already_sent"  # sent meanwhile: nothing enqueued, the entry is removed
     NOT_FOUND = "not_found"  # not a (live) dead letter
+    NOT_RETRYABLE = "not_retryable"  # undecodable or unmatched: nothing to send, discard it
+
+
+def as_uuid(identifier: str) -> uuid.UUID:
+    """The UUID an identifier stands for: itself if it is one (any spelling), else a name."""
+    try:
+        return uuid.UUID(identifier)
+    except ValueError:
+        return uuid.uuid5(_BROKER_IDS, identifier)
+
+
+def _first_uuid(args: Iterable[object]) -> uuid.UUID | None:
+    for arg in args:
+        try:
+            return uuid.UUID(str(arg))
+        except ValueError:
+            return None
+    return None
+
+
+def _due_at(args: tuple[object, ...]) -> datetime | None:
+    try:
+        due_at = datetime.fromisoformat(str(args[1]))
+    except (IndexError, ValueError):
+        return None
+    return due_at if due_at.tzinfo else None
+
+
+def _identifier(entry: DeadLetter) -> uuid.UUID:
+    """How operators name a broker entry: its message ID, or an undecodable one's broker id."""
+    return as_uuid(entry.message_id if entry.message_id is not None else entry.broker_id)
+
+
+def _broker_only_view(entry: DeadLetter) -> DeadLetterView:
+    """The view of an entry no reminder row backs."""
+    failed_at = datetime.fromtimestamp(entry.failed_at_ms / 1000, UTC)
+    message = entry.message
+    if message is None:
+        return DeadLetterView(
+            message_id=_identifier(entry),
+            task_id=None,
+            due_at=None,
+            actor="",
+            queue=QUEUE_NAME,
+            failed_at=failed_at,
+            attempts=0,
+            error_type=UNDECODABLE,
+            error=entry.decode_error or UNDECODABLE,
+            in_broker=True,
+            broker_id=entry.broker_id,
+            retryable=False,
+        )
+    retries = message.options.get("retries", 0)
+    return DeadLetterView(
+        message_id=_identifier(entry),
+        task_id=_first_uuid(message.args),
+        due_at=_due_at(message.args),
+        actor=message.actor_name,
+        queue=QUEUE_NAME,
+        failed_at=failed_at,
+        attempts=retries + 1 if isinstance(retries, int) else 1,
+        error_type=UNMATCHED,
+        error=f"{UNMATCHED}: no reminder has this message ID",
+        in_broker=True,
+        traceback=entry.traceback,
+        broker_id=entry.broker_id,
+        retryable=False,
+    )
+
+
+def _key(view: DeadLetterView) -> tuple[datetime, uuid.UUID]:
+    """Listing order (newest failure first) and cursor key."""
+    return (view.failed_at or datetime.min.replace(tzinfo=UTC), view.message_id)
 
 
 def _failed(query_filter: DeadLetterFilter) -> Select[Reminder]:
@@ -133,15 +228,37 @@ class DeadLetterDesk:
     def _entries(self) -> dict[str, DeadLetter]:
         entries: dict[str, DeadLetter] = {}
         for entry in dead_letters(self.broker, QUEUE_NAME):  # newest first: keep the newest
-            entries.setdefault(entry.message_id, entry)
+            if entry.message_id is not None:
+                entries.setdefault(entry.message_id, entry)
         return entries
+
+    def _broker_only(self, entries: Iterable[DeadLetter] | None = None) -> list[DeadLetterView]:
+        """Entries no reminder row backs (undecodable, or no row has their message ID),
+        one per message ID, newest first."""
+        if entries is None:
+            entries = dead_letters(self.broker, QUEUE_NAME)
+        views: dict[uuid.UUID, DeadLetterView] = {}
+        for entry in entries:  # newest first: keep the newest
+            view = _broker_only_view(entry)
+            views.setdefault(view.message_id, view)
+        claimed = [view.message_id for view in views.values() if view.error_type == UNMATCHED]
+        if claimed:
+            with unit_of_work(self.sessions) as session:
+                known = set(
+                    session.scalars(
+                        select(Reminder.message_id).where(Reminder.message_id.in_(claimed))
+                    )
+                )
+            for message_id in known:
+                del views[message_id]
+        return list(views.values())
 
     def _view(self, row: Reminder, entry: DeadLetter | None, *, traceback: bool) -> DeadLetterView:
         return DeadLetterView(
             message_id=row.message_id,
             task_id=row.task_id,
             due_at=row.due_at,
-            actor=entry.message.actor_name if entry else SEND_REMINDER,
+            actor=entry.message.actor_name if entry and entry.message else SEND_REMINDER,
             queue=QUEUE_NAME,
             failed_at=row.failed_at,
             attempts=row.attempts,
@@ -167,11 +284,23 @@ class DeadLetterDesk:
         statement = statement.order_by(Reminder.failed_at.desc(), Reminder.message_id.desc())
         with unit_of_work(self.sessions) as session:
             rows = list(session.scalars(statement.limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        entries = self._entries() if rows else {}
+        broker_entries = dead_letters(self.broker, QUEUE_NAME)
+        entries: dict[str, DeadLetter] = {}
+        for entry in broker_entries:  # newest first: keep the newest
+            if entry.message_id is not None:
+                entries.setdefault(entry.message_id, entry)
         items = [self._view(row, entries.get(str(row.message_id)), traceback=False) for row in rows]
-        last = rows[-1] if rows else None
+        items += [
+            view
+            for view in self._broker_only(broker_entries)
+            if view.failed_at
+            and query_filter.matches(view.error_type, view.failed_at)
+            and (after is None or _key(view) < after)
+        ]
+        items.sort(key=_key, reverse=True)
+        more = len(items) > limit
+        items = items[:limit]
+        last = items[-1] if items else None
         next_key = (last.failed_at, last.message_id) if (more and last and last.failed_at) else None
         return items, next_key
 
@@ -185,16 +314,22 @@ class DeadLetterDesk:
             for error in errors:
                 name = error_type_of(error)
                 counts[name] = counts.get(name, 0) + 1
+        for view in self._broker_only():
+            counts[view.error_type] = counts.get(view.error_type, 0) + 1
         return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
     def show(self, message_id: uuid.UUID) -> DeadLetterView | None:
+        """One dead letter, by message ID (for an undecodable body: its broker id as a UUID)."""
         with unit_of_work(self.sessions) as session:
             row = session.scalars(
                 _failed(DeadLetterFilter()).where(Reminder.message_id == message_id)
             ).one_or_none()
         if row is None:
-            return None
+            return self._broker_only_entry(message_id)
         return self._view(row, self._entries().get(str(message_id)), traceback=True)
+
+    def _broker_only_entry(self, message_id: uuid.UUID) -> DeadLetterView | None:
+        return next((v for v in self._broker_only() if v.message_id == message_id), None)
 
     def retrying(self, limit: int = 20) -> list[RetryingView]:
         """Recent failures still being retried: queued occurrences with a failed attempt."""
@@ -229,7 +364,7 @@ class DeadLetterDesk:
 
     def _remove_entries(self, message_id: uuid.UUID) -> None:
         for entry in dead_letters(self.broker, QUEUE_NAME):
-            if entry.message_id == str(message_id):
+            if _identifier(entry) == message_id:
                 remove_dead_letter(self.broker, QUEUE_NAME, entry.broker_id)
 
     def _record(
@@ -265,6 +400,8 @@ class DeadLetterDesk:
                 select(Reminder).where(Reminder.message_id == message_id).with_for_update()
             ).one_or_none()
             if row is None:
+                if self._broker_only_entry(message_id) is not None:
+                    return RetryOutcome.NOT_RETRYABLE
                 return RetryOutcome.NOT_FOUND
             if row.state == "sent":
                 outcome = RetryOutcome.ALREADY_SENT
@@ -303,7 +440,10 @@ class DeadLetterDesk:
         return retried
 
     def discard(self, message_id: uuid.UUID, operator: str) -> bool:
-        """Drop a dead letter: the occurrence stays ``failed``, marked discarded (who, when)."""
+        """Drop a dead letter: the occurrence stays ``failed``, marked discarded (who, when).
+
+        An entry only the broker knows is deleted from the broker.
+        """
         with unit_of_work(self.sessions) as session:
             row = session.scalars(
                 _failed(DeadLetterFilter())
@@ -311,7 +451,7 @@ class DeadLetterDesk:
                 .with_for_update()
             ).one_or_none()
             if row is None:
-                return False
+                return self._discard_broker_only(session, message_id, operator)
             row.discarded_at = utcnow()
             row.discarded_by = operator
             row.updated_at = row.discarded_at
@@ -319,9 +459,20 @@ class DeadLetterDesk:
         self._remove_entries(message_id)
         return True
 
+    def _discard_broker_only(self, session: Session, message_id: uuid.UUID, operator: str) -> bool:
+        view = self._broker_only_entry(message_id)
+        if view is None:
+            return False
+        self._remove_entries(message_id)
+        self._record(
+            session, operator, "discard", message_id, f"{view.error} (broker id {view.broker_id})"
+        )
+        return True
+
     def discard_all(self, operator: str) -> int:
         with unit_of_work(self.sessions) as session:
             ids = list(
                 session.scalars(_failed(DeadLetterFilter()).with_only_columns(Reminder.message_id))
             )
+        ids += [view.message_id for view in self._broker_only()]
         return sum(1 for message_id in ids if self.discard(message_id, operator))

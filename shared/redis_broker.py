@@ -12,6 +12,11 @@ each queue?". The answers depend on its key layout (Dramatiq 2.x, namespace ``ns
     ns:__acks__.<broker instance>.<q>   set of ids a worker fetched and has not acked
     ns:__heartbeats__ sorted set of broker instances by last call
 
+A stored body that does not decode to a message Dramatiq can process (`decode_message`)
+would crash Dramatiq's consumer on every fetch. The consumer here moves such a body to
+the dead-letter set instead (kept as is, listed as ``UndecodableMessage``), and every
+reader here skips it.
+
 All knowledge of those keys lives in this module; it is tested against a real Redis.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +34,15 @@ import redis
 from dramatiq import Message, Middleware, get_encoder
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis, dq_name, xq_name
-from dramatiq.errors import ConnectionClosed
+from dramatiq.common import compute_backoff, current_millis, dq_name, q_name, xq_name
+from dramatiq.errors import ConnectionClosed, DecodeError
+
+from shared.logs import get_logger
 
 SCAN_COUNT = 1000
+UNDECODABLE = "UndecodableMessage"  # the error type operators see for such a dead letter
+
+log = get_logger("broker")
 
 
 def _client(broker: RedisBroker) -> Any:
@@ -43,9 +54,44 @@ def _key(broker: RedisBroker, name: str) -> str:
     return f"{broker.namespace}:{name}"
 
 
-def _decoded(broker: RedisBroker, hash_key: str) -> Iterator[tuple[str, Message[Any]]]:
-    for broker_id, data in _client(broker).hscan_iter(hash_key, count=SCAN_COUNT):
-        yield broker_id.decode(), Message.decode(data)
+def decode_message(data: bytes) -> Message[Any]:
+    """The message a stored body encodes, if a worker can process it.
+
+    Raises:
+        DecodeError: ``data`` is not an encoded message (not JSON, a field missing, ``args``
+            not a list), or a field has a type Dramatiq's worker cannot handle (``options``
+            or ``kwargs`` not an object, no ``redis_message_id`` to acknowledge it by).
+    """
+    message: Message[Any] = Message.decode(data)
+    shape = (
+        isinstance(message.queue_name, str)
+        and isinstance(message.actor_name, str)
+        and isinstance(message.message_id, str)
+        and isinstance(message.kwargs, dict)
+        and isinstance(message.options, dict)
+        and isinstance(message.options.get("redis_message_id"), str)
+    )
+    if not shape:
+        raise DecodeError("Message fields have the wrong types.", data, TypeError())
+    return message
+
+
+def describe_decode_error(error: DecodeError) -> str:
+    """One line on why a body did not decode (never the body: it may hold anything)."""
+    cause = error.error
+    detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+    return f"{UNDECODABLE}: {detail}"[:300]
+
+
+def _decoded(
+    broker: RedisBroker, hash_key: str, undecodable: list[str]
+) -> Iterator[tuple[str, Message[Any]]]:
+    """The decodable messages of a hash; the ids of the others are added to ``undecodable``."""
+    for raw_id, data in _client(broker).hscan_iter(hash_key, count=SCAN_COUNT):
+        try:
+            yield raw_id.decode(), decode_message(data)
+        except DecodeError:
+            undecodable.append(raw_id.decode())
 
 
 def enqueue_batch(broker: RedisBroker, messages: Sequence[Message[Any]]) -> None:
@@ -128,6 +174,63 @@ class _GroupAckConsumer(_RedisConsumer):
         self._lock = threading.Lock()
         self._waiting: list[str] = []
         self._sending = False
+        self._set_aside_script = _client(self.broker).register_script(_SET_ASIDE)
+
+    def __next__(self) -> MessageProxy | None:
+        """The next message, or None after an idle wait; as Dramatiq's, except for bodies
+        that do not decode: each is moved to the dead-letter set and the batch goes on."""
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:  # its body vanished between LPOP and HMGET: as Dramatiq
+                        continue
+                    self.misses = 0
+                    try:
+                        message = decode_message(data)
+                    except DecodeError as error:
+                        self._set_aside(data, error)
+                        continue
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                fetched: list[bytes | None] = []
+                if self.outstanding_message_count < self.prefetch:
+                    self.message_cache = fetched = self.broker.do_fetch(
+                        self.queue_name, self.prefetch - self.outstanding_message_count
+                    )
+                if not fetched:
+                    self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
+                    time.sleep(backoff_ms / 1000)
+                    return None
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+
+    def _set_aside(self, data: bytes, error: DecodeError) -> None:
+        """Dead-letter the fetched, unacknowledged entry holding ``data``, as it is.
+
+        The fetch returned bodies, not broker ids: the script finds the id among this
+        consumer's unacknowledged ones by its body, and moves it in the same call.
+        """
+        broker: RedisBroker = self.broker
+        namespace = broker.namespace
+        xq = xq_name(q_name(self.queue_name))
+        broker_id = self._set_aside_script(
+            keys=[
+                f"{namespace}:__acks__.{broker.broker_id}.{self.queue_name}",
+                f"{namespace}:{self.queue_name}.msgs",
+                f"{namespace}:{xq}",
+                f"{namespace}:{xq}.msgs",
+            ],
+            args=[data, current_millis()],
+        )
+        log.error(
+            "message.undecodable",
+            queue=self.queue_name,
+            broker_id=broker_id.decode() if broker_id else None,
+            dead_lettered=bool(broker_id),
+            error=describe_decode_error(error),
+            size=len(data),
+        )
 
     def ack(self, message: MessageProxy) -> None:
         self.queued_message_ids.discard(message.message_id)
@@ -181,16 +284,44 @@ class _GroupAckConsumer(_RedisConsumer):
             raise ConnectionClosed(error) from None
 
 
+# Finds the entry of an undecodable body among a consumer's fetched, unacknowledged ids and
+# moves it to the dead-letter set, as Dramatiq's nack does. KEYS: the consumer's acks set,
+# the queue's messages hash, the dead-letter set and its hash. ARGV: the body, the time (ms).
+# Returns the broker id, or nil if no such entry is held any more.
+_SET_ASIDE = """
+for _, broker_id in ipairs(redis.call("smembers", KEYS[1])) do
+    if redis.call("hget", KEYS[2], broker_id) == ARGV[1] then
+        redis.call("srem", KEYS[1], broker_id)
+        redis.call("hdel", KEYS[2], broker_id)
+        redis.call("zadd", KEYS[3], ARGV[2], broker_id)
+        redis.call("hset", KEYS[4], broker_id, ARGV[1])
+        return broker_id
+    end
+end
+return false
+"""
+
+
 def pending_message_ids(broker: RedisBroker, queue_name: str) -> set[str]:
     """Message IDs the broker still holds for ``queue_name``: ready, in flight or delayed.
 
     A message fetched by a worker that then died stays here until `run_maintenance` gives
-    it back, so it counts as held, not lost.
+    it back, so it counts as held, not lost. Undecodable entries (a worker dead-letters
+    them when it fetches them) are skipped and logged as a count.
     """
     ids: set[str] = set()
+    undecodable: list[str] = []
     for name in (queue_name, dq_name(queue_name)):
         ids.update(
-            message.message_id for _, message in _decoded(broker, _key(broker, f"{name}.msgs"))
+            message.message_id
+            for _, message in _decoded(broker, _key(broker, f"{name}.msgs"), undecodable)
+        )
+    if undecodable:
+        log.warning(
+            "broker.undecodable_skipped",
+            queue=queue_name,
+            count=len(undecodable),
+            broker_ids=undecodable[:10],
         )
     return ids
 
@@ -220,20 +351,35 @@ def run_maintenance(broker: RedisBroker, queue_name: str) -> None:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A dead-lettered message as the broker keeps it."""
+    """A dead-lettered message as the broker keeps it.
+
+    ``message`` is None for a body that does not decode (``decode_error`` says why).
+    """
 
     broker_id: str
-    message: Message[Any]
+    message: Message[Any] | None
     failed_at_ms: int
+    decode_error: str | None = None
 
     @property
-    def message_id(self) -> str:
-        return self.message.message_id
+    def undecodable(self) -> bool:
+        return self.message is None
+
+    @property
+    def message_id(self) -> str | None:
+        return self.message.message_id if self.message else None
 
     @property
     def traceback(self) -> str | None:
-        value = self.message.options.get("traceback")
+        value = self.message.options.get("traceback") if self.message else None
         return str(value) if value else None
+
+
+def _dead_letter(broker_id: str, blob: bytes, score: float) -> DeadLetter:
+    try:
+        return DeadLetter(broker_id, decode_message(blob), int(score))
+    except DecodeError as error:
+        return DeadLetter(broker_id, None, int(score), describe_decode_error(error))
 
 
 def dead_letters(broker: RedisBroker, queue_name: str) -> list[DeadLetter]:
@@ -247,14 +393,19 @@ def dead_letters(broker: RedisBroker, queue_name: str) -> list[DeadLetter]:
     ids = [member.decode() for member, _ in scored]
     blobs = _client(broker).hmget(_key(broker, f"{xq}.msgs"), ids)
     return [
-        DeadLetter(broker_id=broker_id, message=Message.decode(blob), failed_at_ms=int(score))
+        _dead_letter(broker_id, blob, score)
         for (broker_id, (_, score), blob) in zip(ids, scored, blobs, strict=True)
         if blob is not None
     ]
 
 
 def dead_message_ids(broker: RedisBroker, queue_name: str) -> set[str]:
-    return {letter.message_id for letter in dead_letters(broker, queue_name)}
+    """Message IDs of the decodable dead letters of ``queue_name``."""
+    return {
+        letter.message_id
+        for letter in dead_letters(broker, queue_name)
+        if letter.message_id is not None
+    }
 
 
 def remove_dead_letter(broker: RedisBroker, queue_name: str, broker_id: str) -> bool:

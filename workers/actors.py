@@ -118,8 +118,16 @@ class RecordFailedAttempts(Middleware):
         try:
             task_id, due_at = parse_occurrence(*message.args)
         except (PermanentDeliveryError, TypeError):
-            log.error("reminder.dead_lettered", reason="malformed message", **fields)
-            metrics.DEAD_LETTERED.labels(error_type).inc()
+            # No row to record on; a wrong number of arguments is retried like any TypeError,
+            # so only the final attempt is the dead letter.
+            if message.failed:
+                metrics.DEAD_LETTERED.labels(error_type).inc()
+                log.error("reminder.dead_lettered", reason="malformed message", **fields)
+            else:
+                metrics.RETRIED.labels(error_type).inc()
+                log.warning(
+                    "reminder.retrying", reason="malformed message", delay_ms=delay_ms, **fields
+                )
             return
         recorded = record_failed_attempt(
             self.pipeline.sessions, task_id, due_at, exception, final=message.failed

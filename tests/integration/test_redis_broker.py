@@ -241,6 +241,79 @@ def test_the_same_message_id_dead_twice_is_two_entries_removed_one_at_a_time(
     assert left.broker_id == letters[1].broker_id
 
 
+# -- undecodable bodies ----------------------------------------------------------------------
+
+UNDECODABLE_BODIES = {
+    "not JSON": b"\x80 not JSON {",
+    "args null": b'{"queue_name": "reminders", "actor_name": "send_reminder", "args": null, '
+    b'"kwargs": {}, "options": {}, "message_id": "m", "message_timestamp": 0}',
+    "fields missing": b'{"queue_name": "reminders"}',
+    "options not an object": b'{"queue_name": "reminders", "actor_name": "send_reminder", '
+    b'"args": [], "kwargs": {}, "options": null, "message_id": "m", "message_timestamp": 0}',
+}
+
+
+def put_raw(broker: RedisBroker, bodies: dict[str, bytes], queue_name: str = QUEUE_NAME) -> None:
+    """What a foreign producer could write: bodies under broker ids, the ids on the list."""
+    broker.client.hset(f"{broker.namespace}:{queue_name}.msgs", mapping=bodies)
+    broker.client.rpush(f"{broker.namespace}:{queue_name}", *bodies)
+
+
+def test_a_consumer_dead_letters_undecodable_bodies_and_delivers_the_rest_of_its_batch(
+    brokers: BrokerFactory,
+) -> None:
+    broker = brokers()
+    first = broker.enqueue(message())
+    poison = {str(uuid.uuid4()): body for body in UNDECODABLE_BODIES.values()}
+    put_raw(broker, poison)
+    last = broker.enqueue(message())
+    consumer = broker.consume(QUEUE_NAME, prefetch=10, timeout=100)
+
+    got = [next(consumer), next(consumer), next(consumer)]  # one fetch holds all six
+
+    assert [proxy.message_id if proxy else None for proxy in got] == [
+        first.message_id,
+        last.message_id,
+        None,
+    ]
+    letters = dead_letters(broker, QUEUE_NAME)
+    assert {letter.broker_id for letter in letters} == set(poison)
+    assert all(letter.undecodable and letter.message_id is None for letter in letters)
+    assert all((letter.decode_error or "").startswith("UndecodableMessage: ") for letter in letters)
+    stored = broker.client.hgetall(f"{broker.namespace}:{QUEUE_NAME}.XQ.msgs")
+    assert {key.decode(): body for key, body in stored.items()} == poison  # kept as they were
+    assert queue_depth(broker, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 2, len(poison))
+    for proxy in got[:2]:
+        assert proxy is not None
+        consumer.ack(proxy)
+    assert queue_depth(broker, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, len(poison))
+    assert dead_message_ids(broker, QUEUE_NAME) == set()
+
+
+def test_an_undecodable_delayed_body_goes_to_the_queues_dead_letters(
+    brokers: BrokerFactory,
+) -> None:
+    broker = brokers()
+    [broker_id] = poison = {str(uuid.uuid4()): UNDECODABLE_BODIES["args null"]}
+    put_raw(broker, poison, dq_name(QUEUE_NAME))
+    consumer = broker.consume(dq_name(QUEUE_NAME), prefetch=2, timeout=100)
+
+    assert next(consumer) is None
+
+    [letter] = dead_letters(broker, QUEUE_NAME)
+    assert (letter.broker_id, letter.undecodable) == (broker_id, True)
+    assert queue_depth(broker, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 1)
+
+
+def test_pending_ids_skip_undecodable_bodies(brokers: BrokerFactory) -> None:
+    broker = brokers()
+    held = broker.enqueue(message())
+    put_raw(broker, {str(uuid.uuid4()): body for body in UNDECODABLE_BODIES.values()})
+    put_raw(broker, {str(uuid.uuid4()): b"[]"}, dq_name(QUEUE_NAME))
+
+    assert pending_message_ids(broker, QUEUE_NAME) == {held.message_id}
+
+
 # -- queue_depth -----------------------------------------------------------------------------
 
 

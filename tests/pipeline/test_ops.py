@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,31 @@ def test_deleted_tasks_dead_letter_stays_with_operators_while_its_owner_gets_404
     assert [row.state for row in stack.reminders()] == ["failed"]
     discarded = client.delete(f"/ops/dead-letters/{message_id}", headers=ops.headers)
     assert discarded.status_code == 204
+
+
+def test_page_shows_an_undecodable_dead_letter_by_broker_id_with_discard_only(
+    stack: Stack, api_client_for
+) -> None:
+    broker, _ = stack.broker()
+    broker_id = uuid.uuid4().hex  # as enqueue_batch spells broker ids
+    ns = stack.namespace
+    broker.client.hset(f"{ns}:{QUEUE_NAME}.msgs", broker_id, b"not JSON")
+    broker.client.rpush(f"{ns}:{QUEUE_NAME}", broker_id)
+    with stack.run_workers(broker):
+        assert stack.wait_for(lambda: len(dead_letters(broker, QUEUE_NAME)) == 1, 10)
+    ops = create_account(stack.engine, "olivia", operator=True)
+    client = api_client_for(stack)
+    client.set_cookie("reminders_ops_token", ops.token, path="/ops")
+
+    page = client.get("/ops").get_data(as_text=True)
+    row = page.split('id="dead-letters"', 1)[1].split("</tr>", 2)[1]
+    retried = client.post(f"/ops/page/dead-letters/{uuid.UUID(broker_id)}/retry")
+    notice = client.get("/ops").get_data(as_text=True)
+    discarded = client.post(f"/ops/page/dead-letters/{uuid.UUID(broker_id)}/discard")
+
+    assert broker_id in row and "UndecodableMessage" in row
+    assert 'name="discard"' in row and 'name="retry"' not in row
+    assert retried.status_code == 303 and "cannot be retried" in notice
+    assert discarded.status_code == 303
+    assert dead_letters(broker, QUEUE_NAME) == []
+    assert actions(stack)[-1][:2] == ("olivia", "discard")
