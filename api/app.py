@@ -30,10 +30,13 @@ from api.ops import ops_api
 from api.ops_page import COOKIE as OPS_COOKIE
 from api.ops_page import forbidden_page, ops_page, to_sign_in
 from api.problems import (
+    BROKER_UNREACHABLE,
     bad_idempotency_key_problem,
+    broker_unavailable_problem,
+    database_unavailable_problem,
     http_problem,
-    lost_database_problem,
     problem,
+    problem_responses,
     validation_problem,
 )
 from api.schemas import Health, Problem, Readiness
@@ -121,7 +124,9 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     app.extensions["reminders"] = {"settings": settings, "engine": engine, "broker": broker}
 
     app.register_error_handler(HTTPException, http_problem)
-    app.register_error_handler(DBAPIError, lost_database_problem)
+    app.register_error_handler(DBAPIError, database_unavailable_problem)
+    for unreachable in BROKER_UNREACHABLE:
+        app.register_error_handler(unreachable, broker_unavailable_problem)
     app.register_error_handler(idempotency.BadKey, bad_idempotency_key_problem)
 
     @app.before_request
@@ -236,7 +241,9 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
             200: {
                 "description": "Prometheus text format",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
-            }
+            },
+            # Public, so the hooks add no 503; the queue depths are read from the broker.
+            **problem_responses(503, descriptions={503: "The broker cannot be reached; retry"}),
         },
     )
     def metrics() -> Response:

@@ -14,7 +14,10 @@ A request first *claims* its key in a transaction of its own, so a concurrent du
 sees it in flight; the task and the stored response then commit together
 (`store_response` runs inside the task's transaction), so a replay can never return a
 task that does not exist, nor a crash leave a task without its stored response. A claim
-whose request died (no response within ``IN_FLIGHT_TIMEOUT``) may be taken over.
+whose request died (no response within ``IN_FLIGHT_TIMEOUT``) may be taken over. A request
+that fails gives its claim back (`release`); when it failed because the database is
+unreachable, that is done as soon as the database answers again, so a client retrying
+after the 503 is not held off with 409s until the claim counts as abandoned.
 """
 
 from __future__ import annotations
@@ -22,21 +25,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import http_sf
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import unit_of_work, utcnow
+from shared.db import database_unreachable, unit_of_work, utcnow
+from shared.logs import get_logger
 from shared.models import IdempotencyKey
+
+log = get_logger("api.idempotency")
 
 KEY_LIFETIME = timedelta(hours=24)
 IN_FLIGHT_TIMEOUT = timedelta(seconds=60)
+# How often a claim is given back while the database cannot be reached (see `release`).
+RELEASE_RETRY_SECONDS = 0.5
 HEADER = "Idempotency-Key"
 # A bare key is the whole field value: visible ASCII but for what would make it a list (","),
 # an item with parameters (";") or a string ('"', "\\").
@@ -88,6 +98,7 @@ class Claimed:
 
     owner_id: uuid.UUID
     key: str
+    claimed_at: datetime  # the row's created_at: this claim, not a later one of the same key
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,7 @@ def claim(
                         expires_at=now + KEY_LIFETIME,
                     )
                 )
-            return Claimed(owner_id, key)
+            return Claimed(owner_id, key, now)
         except IntegrityError:
             pass
         with unit_of_work(sessions) as session:
@@ -183,12 +194,50 @@ def store_response(
 
 
 def release(sessions: sessionmaker[Session], claimed: Claimed) -> None:
-    """Give the key back when the request failed, so the client may retry with it."""
+    """Give the key back when the request failed, so the client may retry with it.
+
+    If the database cannot be reached (most likely what failed the request), a background
+    thread gives it back as soon as the database answers, trying every
+    ``RELEASE_RETRY_SECONDS`` until the claim would count as abandoned anyway.
+
+    Raises:
+        DBAPIError: the database refused the deletion (not unreachable).
+    """
+    try:
+        _delete_claim(sessions, claimed)
+    except DBAPIError as exc:
+        if not database_unreachable(exc):
+            raise
+        threading.Thread(
+            target=_release_when_reachable,
+            args=(sessions, claimed),
+            name="idempotency-release",
+            daemon=True,
+        ).start()
+
+
+def _release_when_reachable(sessions: sessionmaker[Session], claimed: Claimed) -> None:
+    give_up = claimed.claimed_at + IN_FLIGHT_TIMEOUT
+    while utcnow() < give_up:
+        time.sleep(RELEASE_RETRY_SECONDS)
+        try:
+            _delete_claim(sessions, claimed)
+            return
+        except DBAPIError as exc:
+            if not database_unreachable(exc):
+                log.warning("idempotency.release_failed", error_type=type(exc).__name__)
+                return  # the claim is taken over once abandoned
+
+
+def _delete_claim(sessions: sessionmaker[Session], claimed: Claimed) -> None:
+    # Only this request's claim, still in flight: never a response stored since, nor the
+    # claim of a later request that took over the key.
     with unit_of_work(sessions) as session:
         session.execute(
             delete(IdempotencyKey).where(
                 IdempotencyKey.owner_id == claimed.owner_id,
                 IdempotencyKey.key == claimed.key,
                 IdempotencyKey.state == "in_flight",
+                IdempotencyKey.created_at == claimed.claimed_at,
             )
         )

@@ -6,8 +6,9 @@ operation a hook guards, from the same sets the hooks are configured with, so th
 cannot drift from them:
 
 - authentication: 401 with ``WWW-Authenticate`` (403 for a non-operator on operator
-  operations), and 503 with ``Retry-After`` when the database connection is lost (every
-  authenticated request queries the database);
+  operations), and 503 with ``Retry-After`` when the database cannot be reached (every
+  authenticated request queries the database; the operator operations that read the
+  broker answer the same 503 when it cannot be reached);
 - the rate limit: 429 with ``Retry-After`` on every operation that is not exempt;
 - the body: 413 on every operation that takes one, and 415 and 400 (not JSON) on the JSON
   ones.

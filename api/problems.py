@@ -10,10 +10,13 @@ import json
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from flask import Response
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
+
+from shared.db import database_unreachable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 VALIDATION_TYPE = "urn:reminders:problem:validation-error"
@@ -52,8 +55,15 @@ PROBLEM_DESCRIPTIONS = {
     415: "The body is not application/json",
     422: "Invalid fields, each named in errors",
     429: "Rate limit exceeded",
-    503: "The database connection was lost; retry",
+    503: "The database (or, for the operations that read it, the broker) cannot be reached; "
+    "retry after Retry-After seconds",
 }
+# Seconds a client is asked to wait when a dependency is unreachable: a database restart or
+# failover takes about that long, and an attempt that meets the outage again costs little.
+UNAVAILABLE_RETRY_AFTER = "1"
+# What the Redis client raises for a server it cannot reach or that stopped answering
+# (refused, reset, timed out, still loading its data); an error Redis answered is not one.
+BROKER_UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 
 
 def problem(
@@ -164,14 +174,30 @@ def bad_idempotency_key_problem(exc: ValueError) -> Response:
     return problem(400, str(exc), type_="urn:reminders:problem:bad-idempotency-key")
 
 
-def lost_database_problem(exc: DBAPIError) -> Response:
-    """503 with Retry-After when the database connection was lost under a request.
+def database_unavailable_problem(exc: DBAPIError) -> Response:
+    """503 with Retry-After when the database is unreachable (`shared.db.database_unreachable`).
 
-    The pool has invalidated that connection and every one as old, so a retry gets a fresh
-    one. Any other database error stays a 500.
+    A connection that cannot be opened (the server is down, refusing, shutting down or
+    starting up) is the same outage as one lost under the request; in both cases the pool
+    has let go of the dead connections, so a retry opens fresh ones. Any other database
+    error, one the server answered, stays a 500.
     """
-    if not exc.connection_invalidated:
+    if not database_unreachable(exc):
         raise exc
     return problem(
-        503, "the database connection was lost; retry the request", headers={"Retry-After": "1"}
+        503,
+        "the database cannot be reached; retry the request",
+        headers={"Retry-After": UNAVAILABLE_RETRY_AFTER},
+    )
+
+
+def broker_unavailable_problem(exc: Exception) -> Response:
+    """503 with Retry-After for a request that needs the broker (Redis) while it is unreachable.
+
+    Registered for `BROKER_UNREACHABLE` only: any other Redis error stays a 500.
+    """
+    return problem(
+        503,
+        "the message broker cannot be reached; retry the request",
+        headers={"Retry-After": UNAVAILABLE_RETRY_AFTER},
     )

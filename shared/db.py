@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from shared.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Opening a PostgreSQL connection gives up after this long (libpq's ``connect_timeout``)
+# unless the URL says otherwise: a server that is down refuses at once, but one behind a
+# dropped route would hold a request for minutes instead of letting it fail as unreachable.
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -67,6 +71,11 @@ def make_engine(url: str, **options: Any) -> Engine:
         )
         _serialize_sqlite_writers(engine)
         return engine
+    if "connect_timeout" not in make_url(url).query:
+        options["connect_args"] = {
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            **options.get("connect_args", {}),
+        }
     options.setdefault("pool_pre_ping", True)
     options.setdefault("pool_size", 5)
     options.setdefault("max_overflow", 10)
@@ -133,9 +142,13 @@ def _driver_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
     A psycopg error is raised as SQLAlchemy's ``DBAPIError`` subclass. A lost connection
     marks every pooled connection as old, as SQLAlchemy does (they were all opened to the
     same server), so the next checkout opens a fresh one instead of finding the next dead
-    one. Back in the pool, what was not committed is rolled back.
+    one. Back in the pool, what was not committed is rolled back. A connection that cannot
+    be opened (the pool does not wrap that error) is raised as ``DBAPIError`` too.
     """
-    pooled = engine.raw_connection()
+    try:
+        pooled = engine.raw_connection()
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error, hide_parameters=True) from exc
     try:
         driver = pooled.driver_connection
         assert isinstance(driver, psycopg.Connection)
