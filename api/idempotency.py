@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 import http_sf
@@ -196,8 +198,8 @@ def store_response(
 def release(sessions: sessionmaker[Session], claimed: Claimed) -> None:
     """Give the key back when the request failed, so the client may retry with it.
 
-    If the database cannot be reached (most likely what failed the request), a background
-    thread gives it back as soon as the database answers, trying every
+    If the database cannot be reached (most likely what failed the request), the process's
+    one releaser thread gives it back as soon as the database answers, trying every
     ``RELEASE_RETRY_SECONDS`` until the claim would count as abandoned anyway.
 
     Raises:
@@ -208,25 +210,37 @@ def release(sessions: sessionmaker[Session], claimed: Claimed) -> None:
     except DBAPIError as exc:
         if not database_unreachable(exc):
             raise
-        threading.Thread(
-            target=_release_when_reachable,
-            args=(sessions, claimed),
-            name="idempotency-release",
-            daemon=True,
-        ).start()
+        _releaser().put((sessions, claimed))
 
 
-def _release_when_reachable(sessions: sessionmaker[Session], claimed: Claimed) -> None:
-    give_up = claimed.claimed_at + IN_FLIGHT_TIMEOUT
-    while utcnow() < give_up:
-        time.sleep(RELEASE_RETRY_SECONDS)
-        try:
-            _delete_claim(sessions, claimed)
-            return
-        except DBAPIError as exc:
-            if not database_unreachable(exc):
-                log.warning("idempotency.release_failed", error_type=type(exc).__name__)
-                return  # the claim is taken over once abandoned
+@cache
+def _releaser() -> queue.SimpleQueue[tuple[sessionmaker[Session], Claimed]]:
+    """The queue of claims to give back once the database answers, and its one thread.
+
+    One thread per process, however many requests met the outage: it tries the oldest claim
+    every ``RELEASE_RETRY_SECONDS`` and, once the database answers, gives back the rest.
+    """
+    pending: queue.SimpleQueue[tuple[sessionmaker[Session], Claimed]] = queue.SimpleQueue()
+    threading.Thread(
+        target=_release_when_reachable, args=(pending,), name="idempotency-release", daemon=True
+    ).start()
+    return pending
+
+
+def _release_when_reachable(
+    pending: queue.SimpleQueue[tuple[sessionmaker[Session], Claimed]],
+) -> None:
+    while True:
+        sessions, claimed = pending.get()
+        while utcnow() < claimed.claimed_at + IN_FLIGHT_TIMEOUT:
+            try:
+                _delete_claim(sessions, claimed)
+                break
+            except DBAPIError as exc:
+                if not database_unreachable(exc):
+                    log.warning("idempotency.release_failed", error_type=type(exc).__name__)
+                    break  # the claim is taken over once abandoned
+            time.sleep(RELEASE_RETRY_SECONDS)
 
 
 def _delete_claim(sessions: sessionmaker[Session], claimed: Claimed) -> None:
