@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
+from shared.config import Settings
+
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment of a real service process configured with ``settings``.
+
+    This process's environment without any of the service's variables, then each setting
+    under its variable name, and this virtualenv's scripts first on ``PATH``.
+    """
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("REMINDERS_", "DATABASE_URL", "REDIS_URL"))
+    }
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value not in (None, "") and info.validation_alias is not None:
+            env[str(info.validation_alias)] = str(value)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def procfile() -> dict[str, str]:

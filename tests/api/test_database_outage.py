@@ -36,9 +36,8 @@ from shared.db import make_engine, make_session_factory, unit_of_work
 from shared.models import Task
 from shared.schema import upgrade
 from tests.conftest import REDIS_URL, Account, ApiHarness, create_account, make_settings
-from tests.pipeline.conftest import BIN
 from tests.private_servers import PrivatePostgres, PrivateRedis, private_postgres, private_redis
-from tests.processes import REPO, free_port, procfile, tail
+from tests.processes import REPO, free_port, procfile, service_env, tail
 
 PROBLEM = "application/problem+json"
 DUE = "2030-01-31T09:00:00Z"
@@ -87,28 +86,13 @@ class Deployment:
         return {title: int(count) for title, count in rows}
 
 
-def environment(settings: Settings) -> dict[str, str]:
-    """The process environment that configures ``settings`` (as `Stack.env` builds it)."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("REMINDERS_", "DATABASE_URL", "REDIS_URL"))
-    }
-    for name, info in Settings.model_fields.items():
-        value = getattr(settings, name)
-        if value not in (None, "") and info.validation_alias is not None:
-            env[str(info.validation_alias)] = str(value)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
 @contextlib.contextmanager
 def procfile_web(settings: Settings, log: Path) -> Iterator[str]:
     """The Procfile's ``web`` line under ``bash -c``, bound to 127.0.0.1 on a free port."""
     port = free_port()
     line = procfile()["web"].replace("0.0.0.0:", "127.0.0.1:")
     assert "127.0.0.1:${PORT" in line, line
-    env = {**environment(settings), "PORT": str(port), "WEB_CONCURRENCY": "2"}
+    env = {**service_env(settings), "PORT": str(port), "WEB_CONCURRENCY": "2"}
     with log.open("wb") as out:
         process = subprocess.Popen(
             ["bash", "-c", line],

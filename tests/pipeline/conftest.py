@@ -37,6 +37,7 @@ from shared.models import Reminder, Task
 from shared.occurrences import open_occurrence
 from shared.queue import make_broker
 from tests.conftest import REDIS_URL, Account, create_account, make_settings
+from tests.processes import service_env
 from workers.actors import Actors, Pipeline, declare_actors
 from workers.channels import Channel, make_channel
 
@@ -238,19 +239,7 @@ class Stack:
 
     def env(self, **more: Any) -> dict[str, str]:
         """Environment for real service processes on this test's database and namespace."""
-        settings = self.settings(**more)
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("REMINDERS_", "DATABASE_URL", "REDIS_URL"))
-        }
-        for name, info in Settings.model_fields.items():
-            value = getattr(settings, name)
-            if value in (None, "") or info.validation_alias is None:
-                continue
-            env[str(info.validation_alias)] = str(value)
-        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-        return env
+        return service_env(self.settings(**more))
 
     def spawn(
         self, argv: list[str], env: dict[str, str], **options: Any
