@@ -252,7 +252,13 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     install_openapi_document(app)
 
     desk = DeadLetterDesk(sessions, broker)
-    app.register_api(tasks_api(TaskService(sessions, settings.remind_before_seconds)))
+    tasks = TaskService(
+        sessions,
+        settings.remind_before_seconds,
+        broker=broker,
+        lookahead_seconds=settings.lookahead_seconds,
+    )
+    app.register_api(tasks_api(tasks))
     app.register_api(ops_api(desk))
     app.register_api(ops_page(desk, lambda header: authenticate(sessions, header)))
     complete_document(app, GUARDS)

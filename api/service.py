@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Row, and_, bindparam, insert, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +24,7 @@ from shared.occurrences import (
     first_occurrence,
     open_occurrence,
 )
+from shared.queue import SoonDue, enqueue_if_due_soon
 from shared.rules import normalize_due_at, remind_at
 
 
@@ -93,9 +95,24 @@ def _owned(
 class TaskService:
     """The task use cases; ``default_remind_before`` comes from configuration."""
 
-    def __init__(self, sessions: sessionmaker[Session], default_remind_before: int) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        default_remind_before: int,
+        broker: RedisBroker | None = None,
+        lookahead_seconds: int = 0,
+    ) -> None:
+        """``broker``: where a reminder due before the next scan is enqueued at once."""
         self.sessions = sessions
         self.default_remind_before = default_remind_before
+        self.broker = broker
+        self.lookahead_seconds = lookahead_seconds
+
+    def _enqueue_if_due_soon(self, reminder: SoonDue | None) -> None:
+        if self.broker is not None and reminder is not None:
+            enqueue_if_due_soon(
+                self.sessions.kw["bind"], self.broker, reminder, self.lookahead_seconds
+            )
 
     def create(
         self,
@@ -135,18 +152,20 @@ class TaskService:
                 **reminder, sent_at=None, last_error=None, cancelled_at=None, reopened_at=None
             ),
         )
+        soon = SoonDue(task_id, due_at, reminder["message_id"], reminder["remind_at"])
         engine = self.sessions.kw["bind"]
         if within is None and engine.dialect.name == "postgresql":
             params = {f"task_{name}": value for name, value in task.items()}
             params.update({f"reminder_{name}": value for name, value in reminder.items()})
             hot_statement(engine, _CREATE_TASK, params)
-            return created
-        with unit_of_work(self.sessions) as session:
-            connection = session.connection()
-            connection.execute(insert(Task), task)
-            connection.execute(insert(Reminder), reminder)
-            if within is not None:
-                within(session, created)
+        else:
+            with unit_of_work(self.sessions) as session:
+                connection = session.connection()
+                connection.execute(insert(Task), task)
+                connection.execute(insert(Reminder), reminder)
+                if within is not None:
+                    within(session, created)
+        self._enqueue_if_due_soon(soon)
         return created
 
     def get(self, owner: Owner, task_id: uuid.UUID) -> TaskOut | None:
@@ -177,9 +196,15 @@ class TaskService:
             for name, value in changes.items():
                 setattr(task, name, value)
             task.updated_at = now
+            soon = None
             if task.status == "open":
                 session.flush()
-                open_occurrence(session, task, now)
+                occurrence = open_occurrence(session, task, now)
+                if occurrence.state == "waiting":
+                    soon = SoonDue(
+                        task.id, occurrence.due_at, occurrence.message_id, occurrence.remind_at
+                    )
+        self._enqueue_if_due_soon(soon)
         return self.get(owner, task_id)
 
     def delete(self, owner: Owner, task_id: uuid.UUID) -> bool:

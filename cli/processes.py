@@ -90,12 +90,17 @@ def scheduler_argv() -> list[str]:
 # consumer sleeping in back-off whenever that small window is full of unacknowledged
 # messages, which caps throughput well below what the threads can do.
 PREFETCH_PER_THREAD = 16
+IDLE_POLL_MS = 200
 
 
 def worker_env(settings: Settings, base: dict[str, str], threads: int) -> dict[str, str]:
     """A worker group's environment: prefetch, and Prometheus files when metrics are on."""
     env = dict(base)
     env.setdefault("dramatiq_queue_prefetch", str(threads * PREFETCH_PER_THREAD))
+    # How long an idle consumer may sleep between polls of Redis (Dramatiq's default: 1 s).
+    # A delayed reminder waits for one poll of the delay queue's consumer, then one of the
+    # queue's: a shorter cap keeps it within a fraction of a second of its remind time.
+    env.setdefault("dramatiq_worker_timeout", str(IDLE_POLL_MS))
     if settings.metrics_port:
         metrics_dir = Path(tempfile.gettempdir()) / f"reminders-metrics-{settings.metrics_port}"
         shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files would add old counts

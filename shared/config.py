@@ -73,6 +73,15 @@ class Settings(BaseModel):
         description="After downtime, occurrences due less than this many seconds ago are "
         "still sent (late); older ones are recorded as missed.",
     )
+    lookahead_seconds: int = Field(
+        default=90,
+        ge=0,
+        le=3600,
+        validation_alias="REMINDERS_LOOKAHEAD",
+        description="The producer enqueues reminders whose remind time is less than this "
+        "many seconds away, each delayed until its remind time; keep it above the scan "
+        "interval so every reminder is held by a worker before it is due.",
+    )
     scan_cron: str = Field(
         default="* * * * *",
         validation_alias="REMINDERS_SCAN_CRON",

@@ -70,7 +70,13 @@ def open_occurrence(
         occurrence.planned_at = now
         occurrence.reopened_at = now
         occurrence.updated_at = now
-    elif occurrence.state == "waiting" and occurrence.remind_at != when:
+    elif occurrence.remind_at != when and (
+        occurrence.state == "waiting"
+        # Enqueued ahead and not due yet: planned again. The message already enqueued comes
+        # early (and is put back until the new time) or late (and finds it sent).
+        or (occurrence.state == "queued" and occurrence.remind_at > now)
+    ):
+        occurrence.state = "waiting"
         occurrence.remind_at = when
         occurrence.planned_at = now
         occurrence.updated_at = now

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage, Retries, default_middleware
+from sqlalchemy import Engine, update
 
 from shared.config import Settings
-from shared.db import database_unreachable
-from shared.redis_broker import GroupAckRedisBroker
+from shared.db import database_unreachable, utcnow
+from shared.logs import get_logger
+from shared.models import Reminder
+from shared.redis_broker import GroupAckRedisBroker, enqueue_batch
+
+log = get_logger("queue")
 
 QUEUE_NAME = "reminders"
 SCAN_QUEUE_NAME = "reminders.scan"
@@ -75,16 +82,84 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisB
     return broker
 
 
-def reminder_message(task_id: uuid.UUID, due_at: datetime, message_id: uuid.UUID) -> Message:
-    """The message that asks a worker to deliver one occurrence."""
+def reminder_message(
+    task_id: uuid.UUID, due_at: datetime, message_id: uuid.UUID, eta: datetime | None = None
+) -> Message:
+    """The message that asks a worker to deliver one occurrence.
+
+    With ``eta`` it is a delayed message, as ``RedisBroker.enqueue`` with a delay makes one
+    (on the delay queue, ``eta`` in epoch milliseconds): a worker holds it until then.
+    """
+    if eta is None:
+        return Message(
+            queue_name=QUEUE_NAME,
+            actor_name=SEND_REMINDER,
+            args=(str(task_id), due_at.isoformat()),
+            kwargs={},
+            options={},
+            message_id=str(message_id),
+        )
     return Message(
-        queue_name=QUEUE_NAME,
+        queue_name=dq_name(QUEUE_NAME),
         actor_name=SEND_REMINDER,
         args=(str(task_id), due_at.isoformat()),
         kwargs={},
-        options={},
+        options={"eta": round(eta.timestamp() * 1000)},
         message_id=str(message_id),
     )
+
+
+@dataclass(frozen=True)
+class SoonDue:
+    """A pending reminder just planned by a client (created, rescheduled, reopened)."""
+
+    task_id: uuid.UUID
+    due_at: datetime
+    message_id: uuid.UUID
+    remind_at: datetime
+
+
+def enqueue_if_due_soon(
+    engine: Engine, broker: RedisBroker, reminder: SoonDue, lookahead_seconds: int
+) -> bool:
+    """Enqueue a just-planned reminder now if the next scan might come after its remind time.
+
+    The producer only looks ``lookahead_seconds`` ahead on each scan, so a reminder planned
+    inside that window is enqueued here (delayed to its remind time) and its row marked
+    ``queued``. If Redis cannot be reached the row stays ``waiting`` and the next scan takes
+    it: the client's request succeeds either way. Returns whether it was enqueued.
+    """
+    now = utcnow()
+    if reminder.remind_at > now + timedelta(seconds=lookahead_seconds):
+        return False
+    message = reminder_message(
+        reminder.task_id,
+        reminder.due_at,
+        reminder.message_id,
+        eta=reminder.remind_at if reminder.remind_at > now else None,
+    )
+    try:
+        enqueue_batch(broker, [message])
+    except redis.RedisError as exc:
+        log.warning(
+            "reminder.enqueue_deferred",
+            message_id=str(reminder.message_id),
+            error_type=type(exc).__name__,
+        )
+        return False
+    # A message whose row is still ``waiting`` would be enqueued again by the next scan;
+    # harmless (the delivery suppresses it), but this spares it.
+    with engine.begin() as connection:
+        connection.execute(
+            update(Reminder)
+            .where(
+                Reminder.message_id == reminder.message_id,
+                Reminder.state == "waiting",
+                Reminder.remind_at == reminder.remind_at,
+            )
+            .values(state="queued", updated_at=now)
+        )
+    return True
 
 
 def ping(broker: RedisBroker) -> None:

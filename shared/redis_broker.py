@@ -95,25 +95,24 @@ def _decoded(
 
 
 def enqueue_batch(broker: RedisBroker, messages: Sequence[Message[Any]]) -> None:
-    """Enqueue ``messages`` (all for one queue) in one atomic round trip.
+    """Enqueue ``messages`` in one atomic round trip.
 
     Exactly what Dramatiq's enqueue script does per message (store the encoded message
     under a fresh broker id in ``<q>.msgs``, push the id on ``<q>``), done for the whole
-    batch as one HSET and one RPUSH inside MULTI/EXEC, so a worker never pops an id whose
-    message is not stored yet. The broker's enqueue hooks run for each message as usual.
-    The producer enqueues thousands per scan; a script call each would dominate it.
+    batch as one HSET and one RPUSH per queue inside MULTI/EXEC, so a worker never pops an
+    id whose message is not stored yet. A delayed message is one whose queue is a delay
+    queue (``<q>.DQ``) with an ``eta`` option, as ``RedisBroker.enqueue`` makes it. The
+    broker's enqueue hooks run for each message as usual. The producer enqueues thousands
+    per scan; a script call each would dominate it.
     """
     if not messages:
         return
-    queue_name = messages[0].queue_name
-    if any(message.queue_name != queue_name for message in messages):
-        raise ValueError("enqueue_batch takes messages of one queue")
     # Emitting a signal no middleware listens to still costs a call on each: skip those, and
     # build no Message copy when no hook would see it.
     emit_before = any(_overrides(m, "before_enqueue") for m in broker.middleware)
     emit_after = any(_overrides(m, "after_enqueue") for m in broker.middleware)
     encoder = get_encoder()
-    encoded: dict[str, bytes] = {}
+    encoded: dict[str, dict[str, bytes]] = {}  # by queue
     prepared = []
     # Random 128-bit broker ids, from one getrandom call (Dramatiq makes uuid4 strings; its
     # scripts and this module use them as opaque keys).
@@ -128,10 +127,11 @@ def enqueue_batch(broker: RedisBroker, messages: Sequence[Message[Any]]) -> None
             if emit_before:  # a hook may add options: encoded below, as the same dict
                 broker.emit_before("enqueue", message, None)
             prepared.append(message)
-        encoded[broker_id] = encoder.encode(fields)
+        encoded.setdefault(original.queue_name, {})[broker_id] = encoder.encode(fields)
     with _client(broker).pipeline(transaction=True) as pipe:
-        pipe.hset(_key(broker, f"{queue_name}.msgs"), mapping=encoded)
-        pipe.rpush(_key(broker, queue_name), *encoded)
+        for queue_name, queue_messages in encoded.items():
+            pipe.hset(_key(broker, f"{queue_name}.msgs"), mapping=queue_messages)
+            pipe.rpush(_key(broker, queue_name), *queue_messages)
         pipe.execute()
     if emit_after:
         for message in prepared:

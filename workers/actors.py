@@ -17,8 +17,10 @@ attempt are dropped (`DramatiqAttemptLines`), and only an unexpected error keeps
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import dramatiq
@@ -172,6 +174,22 @@ class DramatiqAttemptLines(logging.Filter):
 _ATTEMPT_LINES = DramatiqAttemptLines()
 
 
+def put_back_until(broker: RedisBroker, message: Any, remind_at: datetime) -> None:
+    """Enqueue ``message`` again, delayed until ``remind_at``: it arrived before its time.
+
+    The copy keeps the message's options (its retry count among them): arriving early is no
+    failure. The original is then acknowledged as usual.
+    """
+    delay_ms = max(0, math.ceil((remind_at - utcnow()).total_seconds() * 1000))
+    broker.enqueue(message.copy(), delay=delay_ms)
+    log.info(
+        "reminder.early",
+        message_id=message.message_id,
+        task_id=message.args[0],
+        delay_ms=delay_ms,
+    )
+
+
 def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
     """Bind the actors and the failure middleware to ``broker``."""
     broker.add_middleware(RecordFailedAttempts(pipeline), before=Retries)
@@ -213,6 +231,9 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         elif delivery.outcome is Outcome.DUPLICATE:
             metrics.DUPLICATES.inc()
             log.info("reminder.duplicate_suppressed", **fields)
+        elif delivery.outcome is Outcome.EARLY and message is not None:
+            assert delivery.remind_at is not None
+            put_back_until(broker, message, delivery.remind_at)
         else:
             metrics.STALE.inc()
             log.info("reminder.stale", state=delivery.state, **fields)

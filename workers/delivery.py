@@ -37,6 +37,7 @@ class Outcome(StrEnum):
     SENT = "sent"
     DUPLICATE = "duplicate"  # already sent: a second message for the same occurrence
     STALE = "stale"  # no longer wanted: cancelled, missed, failed, or the task changed
+    EARLY = "early"  # wanted, but its remind time has not come: to be put back until then
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ _MARK_SENT = (
         Reminder.task_id == _LOCKED_TASK.c.locked_task_id,
         Reminder.due_at == bindparam("b_due"),
         or_(*(Reminder.state == state for state in sorted(DELIVERABLE_STATES))),
+        Reminder.remind_at <= bindparam("b_now"),  # never before its remind time
     )
     .values(
         state="sent",
@@ -212,14 +214,14 @@ def _keep_body(engine: Engine, message_id: uuid.UUID, body: bytes) -> None:
 def _not_deliverable(
     db: Connection, task_id: uuid.UUID, due_at: datetime, now: datetime
 ) -> Delivery:
-    """Why an occurrence was not marked sent: already sent, no longer pending, or stale."""
+    """Why an occurrence was not marked sent: already sent, not due yet, or stale."""
     task = db.execute(
         select(Task.status, Task.due_at, Task.deleted_at)
         .where(Task.id == task_id)
         .with_for_update()
     ).one_or_none()
     reminder = db.execute(
-        select(Reminder.message_id, Reminder.state, Reminder.sent_at)
+        select(Reminder.message_id, Reminder.state, Reminder.sent_at, Reminder.remind_at)
         .where(Reminder.task_id == task_id, Reminder.due_at == due_at)
         .with_for_update()
     ).one_or_none()
@@ -227,6 +229,10 @@ def _not_deliverable(
         return Delivery(Outcome.STALE, state="unknown")
     if reminder.state == "sent":
         return Delivery(Outcome.DUPLICATE, state="sent", sent_at=reminder.sent_at)
+    wanted = task.status == "open" and task.deleted_at is None and task.due_at == due_at
+    if reminder.state in DELIVERABLE_STATES and wanted:
+        # Early: enqueued ahead and released early (clock skew, a redelivery), or sent by hand.
+        return Delivery(Outcome.EARLY, state=reminder.state, remind_at=reminder.remind_at)
     if reminder.state in DELIVERABLE_STATES:
         # Pending, but the task was finished, deleted or moved: the API cancels such rows as it
         # changes the task; this repairs any row left behind.

@@ -33,5 +33,25 @@ SCAN_SECONDS = Histogram(
 LATENESS_SECONDS = Histogram(
     "reminders_lateness_seconds",
     "sent_at - remind_at of each sent reminder.",
-    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400),
+    # Fine below a second (reminders are released at their remind time), coarse after downtime.
+    buckets=(
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        0.75,
+        1,
+        1.5,
+        2,
+        5,
+        10,
+        30,
+        60,
+        300,
+        900,
+        3600,
+        86400,
+    ),
 )

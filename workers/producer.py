@@ -3,10 +3,13 @@
 It works from the database, not from which scheduler tick fired, so it may run any number
 of times, from any number of schedulers, in any time zone, with the same result:
 
-1. Claim due ``waiting`` rows in batches (``FOR UPDATE SKIP LOCKED``: two schedulers split
-   the work instead of doubling it), mark each ``queued`` (or ``missed`` when its catch-up
-   window, from its due date or from when it was planned if later, is over), commit, then
-   enqueue. The next batch is claimed
+1. Claim ``waiting`` rows whose remind time is due or falls within the lookahead
+   (``REMINDERS_LOOKAHEAD``, a little more than one scan interval) in batches (``FOR UPDATE
+   SKIP LOCKED``: two schedulers split the work instead of doubling it), mark each
+   ``queued`` (or ``missed`` when its catch-up window, from its due date or from when it was
+   planned if later, is over), commit, then enqueue: a reminder not yet due as a delayed
+   message with its remind time as ``eta``, so a worker releases it on time rather than at
+   the next scan. The next batch is claimed
    while the current one is enqueued, so the database and Redis work side by side. A crash
    between commit and enqueue leaves ``queued`` rows without a message; step 3 finds them.
 2. Run the broker's dead-worker maintenance, so messages held by a SIGKILLed worker go
@@ -63,11 +66,24 @@ class _Claimed:
     task_id: uuid.UUID
     due_at: datetime
     message_id: uuid.UUID
+    remind_at: datetime
 
 
-def _enqueue(broker: RedisBroker, claimed: list[_Claimed], result: ScanResult) -> None:
+def _enqueue(
+    broker: RedisBroker, claimed: list[_Claimed], result: ScanResult, now: datetime
+) -> None:
+    """Enqueue the claimed rows: due ones at once, the others delayed to their remind time."""
     enqueue_batch(
-        broker, [reminder_message(row.task_id, row.due_at, row.message_id) for row in claimed]
+        broker,
+        [
+            reminder_message(
+                row.task_id,
+                row.due_at,
+                row.message_id,
+                eta=row.remind_at if row.remind_at > now else None,
+            )
+            for row in claimed
+        ],
     )
     result.message_ids.extend(str(row.message_id) for row in claimed)
 
@@ -78,7 +94,10 @@ def _enqueue(broker: RedisBroker, claimed: list[_Claimed], result: ScanResult) -
 _DUE = (
     select(Reminder.message_id)
     # 'waiting' as a literal: the prepared statement's generic plan can then use the index.
-    .where(Reminder.state == literal_column("'waiting'"), Reminder.remind_at <= bindparam("b_now"))
+    .where(
+        Reminder.state == literal_column("'waiting'"),
+        Reminder.remind_at <= bindparam("b_horizon"),
+    )
     .order_by(Reminder.remind_at)
     .limit(bindparam("b_limit"))
     .with_for_update(skip_locked=True)
@@ -101,7 +120,9 @@ _CLAIM_DUE = (
         late=and_(Reminder.due_at <= bindparam("b_now"), Reminder.planned_at < Reminder.due_at),
         updated_at=bindparam("b_now"),
     )
-    .returning(Reminder.task_id, Reminder.due_at, Reminder.message_id, Reminder.state)
+    .returning(
+        Reminder.task_id, Reminder.due_at, Reminder.message_id, Reminder.state, Reminder.remind_at
+    )
 )
 
 
@@ -118,15 +139,16 @@ def _claim_due(sessions: sessionmaker[Session], settings: Settings, now: datetim
     """Claim and commit one batch of due waiting rows."""
     params = {
         "b_now": now,
+        "b_horizon": now + timedelta(seconds=settings.lookahead_seconds),
         "b_cutoff": missed_before(now, settings.catchup_seconds),
         "b_limit": settings.scan_batch_size,
     }
     with hot_transaction(sessions.kw["bind"]) as rows:
         claimed_rows = rows(_CLAIM_DUE, params)
     batch = _Batch(queued=[], missed=[])
-    for task_id, due_at, message_id, state in claimed_rows:
+    for task_id, due_at, message_id, state, remind_at in claimed_rows:
         # astimezone: the driver's rows are in the session's zone; messages carry UTC.
-        claimed = _Claimed(task_id, due_at.astimezone(UTC), message_id)
+        claimed = _Claimed(task_id, due_at.astimezone(UTC), message_id, remind_at.astimezone(UTC))
         (batch.queued if state == "queued" else batch.missed).append(claimed)
     return batch
 
@@ -143,7 +165,7 @@ def _enqueue_due(
         next_batch = claimer.submit(_claim_due, sessions, settings, now)
         while batch := next_batch.result():
             next_batch = claimer.submit(_claim_due, sessions, settings, now)
-            _enqueue(broker, batch.queued, result)
+            _enqueue(broker, batch.queued, result, now)
             result.enqueued += len(batch.queued)
             result.missed += len(batch.missed)
             for row in batch.missed:
@@ -191,8 +213,8 @@ def _requeue_lost(
                     row.last_error = row.last_error or LOST_MESSAGE_ERROR
                     result.repaired_failed += 1
                     continue
-                lost.append(_Claimed(row.task_id, row.due_at, row.message_id))
-        _enqueue(broker, lost, result)
+                lost.append(_Claimed(row.task_id, row.due_at, row.message_id, row.remind_at))
+        _enqueue(broker, lost, result, now)
         result.requeued += len(lost)
         for row_claim in lost:
             log.warning(

@@ -95,7 +95,7 @@ def test_a_failed_delivery_records_nothing(migrated: Engine) -> None:
     task = add_task(migrated)
 
     with pytest.raises(PermanentDeliveryError):
-        deliver_occurrence(migrated, Recorder(fail=True), task.id, task.due_at)
+        deliver_occurrence(migrated, Recorder(fail=True), task.id, task.due_at, clock=lambda: NOW)
 
     assert state(migrated, task) == ("waiting", 0)
 
@@ -135,6 +135,22 @@ def test_a_stale_message_delivers_nothing_and_cancels_the_row(
         assert row.cancelled_at is not None  # the history says when
 
 
+def test_an_occurrence_before_its_remind_time_is_early_and_delivers_nothing(
+    migrated: Engine,
+) -> None:
+    task = add_task(migrated)  # remind time: NOW - 30 minutes
+    channel = Recorder()
+    before = NOW - timedelta(minutes=30, seconds=1)
+
+    delivery = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: before)
+
+    assert (delivery.outcome, delivery.remind_at) == (Outcome.EARLY, NOW - timedelta(minutes=30))
+    assert channel.delivered == []
+    assert state(migrated, task) == ("waiting", 0)
+    on_time = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: NOW)
+    assert on_time.outcome is Outcome.SENT
+
+
 def test_a_message_for_an_unknown_occurrence_is_stale(migrated: Engine) -> None:
     delivery = deliver_occurrence(migrated, Recorder(), uuid.uuid4(), NOW)
 
@@ -152,18 +168,18 @@ def test_a_connection_lost_between_deliveries_fails_one_attempt_and_is_replaced(
         upgrade(engine)
         first, second = add_task(engine), add_task(engine)
         channel = Recorder()
-        deliver_occurrence(engine, channel, first.id, first.due_at)
+        deliver_occurrence(engine, channel, first.id, first.due_at, clock=lambda: NOW)
         with engine.connect() as pooled:  # the pool's one connection, which delivered
             backend = pooled.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
         with killer.connect() as other:
             other.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")
 
         with pytest.raises(OperationalError) as lost:
-            deliver_occurrence(engine, channel, second.id, second.due_at)
+            deliver_occurrence(engine, channel, second.id, second.due_at, clock=lambda: NOW)
         assert lost.value.connection_invalidated
         assert state(engine, second) == ("waiting", 0)
 
-        retried = deliver_occurrence(engine, channel, second.id, second.due_at)
+        retried = deliver_occurrence(engine, channel, second.id, second.due_at, clock=lambda: NOW)
         assert retried.outcome is Outcome.SENT
         assert [r.task_id for r in channel.delivered] == [str(first.id), str(second.id)]
     finally:

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,11 +26,12 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 from dramatiq.errors import ConnectionClosed
 
-from shared.queue import QUEUE_NAME, make_broker
+from shared.queue import QUEUE_NAME, make_broker, reminder_message
 from shared.redis_broker import (
     QueueDepth,
     dead_letters,
     dead_message_ids,
+    decode_message,
     enqueue_batch,
     pending_message_ids,
     queue_depth,
@@ -449,11 +451,28 @@ def test_a_batch_is_enqueued_in_order_and_consumed_like_single_enqueues(
     assert queue_depth(broker, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
 
 
-def test_a_batch_takes_one_queue(brokers: BrokerFactory) -> None:
-    other = Message(queue_name="elsewhere", actor_name="x", args=(), kwargs={}, options={})
+def test_a_batch_puts_delayed_messages_on_the_delay_queue_with_their_eta(
+    brokers: BrokerFactory,
+) -> None:
+    broker = brokers()
+    eta = datetime.now(UTC) + timedelta(minutes=5)
+    now_message = reminder_message(uuid.uuid4(), eta, uuid.uuid4())
+    later_message = reminder_message(uuid.uuid4(), eta, uuid.uuid4(), eta=eta)
 
-    with pytest.raises(ValueError, match="one queue"):
-        enqueue_batch(brokers(), [message(), other])
+    enqueue_batch(broker, [now_message, later_message])
+
+    def stored(queue_name: str) -> list[Message[Any]]:
+        blobs = broker.client.hgetall(f"{broker.namespace}:{queue_name}.msgs").values()
+        return [decode_message(blob) for blob in blobs]
+
+    ready, delayed = stored(QUEUE_NAME), stored(dq_name(QUEUE_NAME))
+    assert [msg.message_id for msg in ready] == [now_message.message_id]
+    assert [msg.message_id for msg in delayed] == [later_message.message_id]
+    assert delayed[0].options["eta"] == round(eta.timestamp() * 1000)
+    assert pending_message_ids(broker, QUEUE_NAME) == {
+        now_message.message_id,
+        later_message.message_id,
+    }
 
 
 # -- acknowledgements, sent in groups ----------------------------------------------------------

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from shared.keys import message_id
 from shared.occurrences import cancel_pending
 from shared.queue import QUEUE_NAME
-from shared.redis_broker import pending_message_ids, queue_depth
+from shared.redis_broker import decode_message, pending_message_ids, queue_depth
 from tests.pipeline.conftest import Receiver, Stack
 from workers.producer import scan_due_tasks
 
@@ -33,7 +34,7 @@ def test_selection_boundaries_remind_time_now_before_and_after(stack: Stack) -> 
     just_before = stack.add_task(alice, NOW + timedelta(hours=1) - timedelta(seconds=1), 3600)
     just_after = stack.add_task(alice, NOW + timedelta(hours=1, seconds=1), 3600)
 
-    result = scan(stack, broker)
+    result = scan(stack, broker, lookahead_seconds=0)
 
     states = {row.task_id: row.state for row in stack.reminders()}
     assert states[exactly_now.id] == "queued"
@@ -43,6 +44,35 @@ def test_selection_boundaries_remind_time_now_before_and_after(stack: Stack) -> 
     assert pending_message_ids(broker, QUEUE_NAME) == {
         str(row.message_id) for row in stack.reminders() if row.state == "queued"
     }
+
+
+def test_reminders_within_the_lookahead_are_enqueued_delayed_to_their_remind_time(
+    stack: Stack,
+) -> None:
+    alice = stack.account()
+    broker, _ = stack.broker()
+    lead = 3600
+    due_now = stack.add_task(alice, NOW + timedelta(seconds=lead), lead)
+    at_horizon = stack.add_task(alice, NOW + timedelta(seconds=lead + 90), lead)
+    beyond = stack.add_task(alice, NOW + timedelta(seconds=lead + 91), lead)
+
+    result = scan(stack, broker, lookahead_seconds=90)
+
+    states = {row.task_id: row.state for row in stack.reminders()}
+    assert (states[due_now.id], states[at_horizon.id], states[beyond.id]) == (
+        "queued",
+        "queued",
+        "waiting",
+    )
+    assert result.enqueued == 2
+    depth = queue_depth(broker, QUEUE_NAME)
+    assert (depth.ready, depth.delayed) == (1, 1)
+    [delayed] = [
+        decode_message(blob)
+        for blob in broker.client.hgetall(f"{broker.namespace}:{QUEUE_NAME}.DQ.msgs").values()
+    ]
+    assert delayed.message_id == str(message_id(at_horizon.id, at_horizon.due_at))
+    assert delayed.options["eta"] == round((NOW + timedelta(seconds=90)).timestamp() * 1000)
 
 
 def test_catch_up_window_sends_late_within_and_records_missed_beyond(stack: Stack) -> None:
@@ -65,7 +95,7 @@ def test_catch_up_window_sends_late_within_and_records_missed_beyond(stack: Stac
     assert queue_depth(broker, QUEUE_NAME).ready == 3
 
 
-def test_tasks_planned_after_their_remind_time_are_sent_by_the_next_scan(
+def test_tasks_planned_after_their_remind_time_are_sent_at_once(
     stack: Stack, api_client_for, receiver: Receiver
 ) -> None:
     """Created or rescheduled with the remind time long past: due at once, not missed or late.
@@ -100,10 +130,11 @@ def test_tasks_planned_after_their_remind_time_are_sent_by_the_next_scan(
 
     result = scan(stack, broker, now + timedelta(minutes=1))
 
+    # Due at once, so the API enqueued each as it was planned; the scan found nothing to do.
     expected = {week_lead, past_due, moved_past, lead_changed}
     pending = {str(row.task_id): (row.state, row.late) for row in stack.reminders()}
     assert {task: pending[task] for task in expected} == dict.fromkeys(expected, ("queued", False))
-    assert (result.enqueued, result.missed) == (4, 0)
+    assert (result.enqueued, result.missed) == (0, 0)
     with stack.run_workers(broker):
         assert stack.wait_for(lambda: len(receiver.keys()) >= 4, timeout=30)
     sent = {str(row.task_id): row for row in stack.reminders() if row.state == "sent"}
@@ -149,7 +180,7 @@ def test_claim_of_due_reminders_is_a_range_of_the_waiting_index(stack: Stack) ->
     alice = stack.account()
     stack.add_due_tasks(alice, 20)
     sql, constants = _driver_sql(_CLAIM_DUE, stack.engine.dialect)
-    params = {**constants, "b_now": NOW, "b_cutoff": NOW, "b_limit": 1000}
+    params = {**constants, "b_now": NOW, "b_horizon": NOW, "b_cutoff": NOW, "b_limit": 1000}
     names: list[str] = []
 
     def positional(match: re.Match[str]) -> str:
