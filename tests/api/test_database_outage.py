@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from sqlalchemy import Engine, func, select, text
 from api.app import create_app
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, unit_of_work
-from shared.models import Task
+from shared.models import Reminder, Task
 from shared.schema import upgrade
 from tests.conftest import REDIS_URL, Account, ApiHarness, create_account, make_settings
 from tests.private_servers import PrivatePostgres, PrivateRedis, private_postgres, private_redis
@@ -250,12 +251,23 @@ def test_with_redis_down_tasks_are_created_and_broker_reads_answer_503(
         deployment.redis.kill()
 
         created = deployment.create(http, "while-redis-is-down")
+        # Due at once (its remind time has passed): the API would enqueue it right away, but
+        # cannot; the client gets its 201 and the row stays waiting for the next scan.
+        soon = {"title": "due-now", "due_at": datetime.now(UTC).isoformat()}
+        due_now = http.post("/tasks", json=soon, headers=deployment.user.headers)
         status, ready = readiness(http)
         broker_reads = {
             path: http.get(path, headers=operator) for path in ("/ops/queues", "/ops", "/metrics")
         }
 
         assert created.status == 201, created  # the rate limiter fails open
+        assert due_now.status_code == 201, due_now.text
+        assert due_now.json()["reminder"]["state"] == "waiting"
+        with unit_of_work(make_session_factory(deployment.engine)) as session:
+            [state] = session.scalars(
+                select(Reminder.state).where(Reminder.task_id == uuid.UUID(due_now.json()["id"]))
+            ).all()
+        assert state == "waiting"
         assert status == 503 and ready["checks"]["database"] == "ok", ready
         assert ready["checks"]["broker"] != "ok", ready
         for path, response in broker_reads.items():
