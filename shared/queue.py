@@ -19,7 +19,7 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
-from dramatiq.middleware import CurrentMessage, Retries, default_middleware
+from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
 from shared.config import Settings
@@ -63,7 +63,12 @@ class OutageAwareRetries(Retries):
 def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisBroker:
     """A Redis broker with retries, backoff and dead-letter TTL taken from ``settings``.
 
-    Passing ``client`` (e.g. a fakeredis client) replaces the connection to ``REDIS_URL``.
+    Of Dramatiq's default middleware only what the service uses: TimeLimit (a hung delivery
+    is interrupted) and Retries (as `OutageAwareRetries`). AgeLimit, ShutdownNotifications,
+    Callbacks and Pipelines act only on options no actor or message here sets (``max_age``,
+    ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
+    hooks on every message. Passing ``client`` (e.g. a fakeredis client) replaces the
+    connection to ``REDIS_URL``.
     """
     retries = OutageAwareRetries(
         max_retries=settings.max_retries,
@@ -76,7 +81,7 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisB
         namespace=settings.redis_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         dead_message_ttl=settings.dead_letter_ttl_seconds * 1000,
-        middleware=[retries if kind is Retries else kind() for kind in default_middleware],
+        middleware=[TimeLimit(), retries],
     )
     broker.add_middleware(CurrentMessage())
     return broker

@@ -36,6 +36,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.middleware import MiddlewareError
 
 from shared.logs import get_logger
 
@@ -142,15 +143,58 @@ _MESSAGE_FIELDS = tuple(field.name for field in dataclasses.fields(Message))
 
 
 def _overrides(middleware: Middleware, hook: str) -> bool:
-    return getattr(type(middleware), hook) is not getattr(Middleware, hook)
+    # An instance attribute counts too (a hook set on one middleware object).
+    return hook in getattr(middleware, "__dict__", {}) or getattr(
+        type(middleware), hook
+    ) is not getattr(Middleware, hook)
 
 
 class GroupAckRedisBroker(RedisBroker):
-    """Dramatiq's Redis broker, whose consumers acknowledge messages in groups."""
+    """Dramatiq's Redis broker, whose consumers acknowledge messages in groups.
+
+    A signal is emitted only to the middleware whose class overrides its hook: Dramatiq
+    calls every middleware's hook for each of a message's signals (``process_message``,
+    ``ack``, ...) though most are the base class's no-op, which cost the worker more than
+    the hooks that do something. Errors are handled as Dramatiq does.
+    """
+
+    _listeners: tuple[tuple[Middleware, ...], dict[str, list[Middleware]]] = ((), {})
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _GroupAckConsumer
+
+    def _listening(self, hook: str) -> list[Middleware]:
+        stack, by_hook = self._listeners
+        if stack != tuple(self.middleware):  # added or removed since: start again
+            stack, by_hook = tuple(self.middleware), {}
+            self._listeners = (stack, by_hook)
+        listening = by_hook.get(hook)
+        if listening is None:
+            listening = by_hook[hook] = [m for m in stack if _overrides(m, hook)]
+        return listening
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        hook = "before_" + signal
+        for middleware in self._listening(hook):
+            try:
+                getattr(middleware, hook)(self, *args, **kwargs)
+            except MiddlewareError:
+                raise
+            except Exception:
+                self.logger.critical(
+                    "Unexpected failure in %s of %r.", hook, middleware, exc_info=True
+                )
+
+    def emit_after(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        hook = "after_" + signal
+        for middleware in reversed(self._listening(hook)):
+            try:
+                getattr(middleware, hook)(self, *args, **kwargs)
+            except Exception:
+                self.logger.critical(
+                    "Unexpected failure in %s of %r.", hook, middleware, exc_info=True
+                )
 
 
 class _GroupAckConsumer(_RedisConsumer):
