@@ -9,11 +9,14 @@ through the same renderer so a log shipper sees one format.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from dramatiq.compat import StreamablePipe
 
 _SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
@@ -34,7 +37,11 @@ def configure_logging(level: str = "INFO") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = (
+        WholeLinesToStderr(sys.stderr)
+        if isinstance(sys.stderr, StreamablePipe)
+        else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(json_formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -42,6 +49,35 @@ def configure_logging(level: str = "INFO") -> None:
     # httpx logs every request at INFO with its full URL, which may carry a receiver's
     # credentials; delivery logs its own events with identifiers only.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+
+
+class WholeLinesToStderr(logging.StreamHandler):
+    """In a Dramatiq worker process: each line written to the inherited stderr at once.
+
+    Dramatiq's command line gives each worker process a pipe as ``sys.stderr`` and a thread
+    of its main process copies every line from it to the real stderr: per line, a
+    ``send_bytes`` here, then a wake-up, two reads, a write and a flush there — for the log
+    channel, once per reminder. The inherited file descriptor 2 is where those lines end up
+    anyway. A line of at most ``PIPE_BUF`` bytes written in one ``write`` is never
+    interleaved with another process's on a pipe (nor on a file, whose offset the
+    processes share), so those go there directly; a longer one (a traceback) still goes
+    through Dramatiq's relay, which copies it whole. The line is written before ``emit``
+    returns, as before: the log channel's delivery is done when its line is.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            data = line.encode("utf-8", errors="backslashreplace")
+            if len(data) > select.PIPE_BUF:
+                self.stream.write(line)
+                return
+            while data:
+                data = data[os.write(2, data) :]
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def json_formatter() -> logging.Formatter:
