@@ -43,6 +43,12 @@ def configure_logging(level: str = "INFO") -> None:
         else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(json_formatter())
+    # Nothing rendered reads where a record was logged from, or its thread or process (the
+    # logging HOWTO's "Optimization"): each would cost a stack walk or a lookup per line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -82,7 +88,7 @@ class WholeLinesToStderr(logging.StreamHandler):
 
 def json_formatter() -> logging.Formatter:
     """The formatter that renders any log record, ours or a library's, as one JSON line."""
-    return structlog.stdlib.ProcessorFormatter(
+    return _JsonFormatter(
         foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.ExtraAdder()],
         processors=[
             _name_library_events,
@@ -91,6 +97,27 @@ def json_formatter() -> logging.Formatter:
             structlog.processors.JSONRenderer(),
         ],
     )
+
+
+class _JsonFormatter(structlog.stdlib.ProcessorFormatter):
+    """structlog's ProcessorFormatter, without its copy of the record for our own events.
+
+    For an event logged through structlog (``record.msg`` is its event dict) and carrying
+    no exception or stack, the same processors render the same line from a copy of the
+    dict; the record itself is not changed, so it needs no copy (a second ``LogRecord``
+    per line, and the base formatter's pass over it, cost more than the rendering). Any
+    other record takes the general path.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = getattr(record, "_name", None)
+        event = record.msg
+        if name is None or type(event) is not dict or record.exc_info or record.stack_info:
+            return super().format(record)
+        rendered: Any = {**event, "_record": record, "_from_structlog": True}
+        for processor in self.processors:
+            rendered = processor(self.logger, name, rendered)
+        return str(rendered)
 
 
 def gunicorn_log_config(level: str) -> dict[str, Any]:
