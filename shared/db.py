@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
+from psycopg.pq import ExecStatus
 from sqlalchemy import DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -125,6 +126,7 @@ def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
 # parameters psycopg adapts as they are (UUIDs, aware datetimes, ints) and whose rows need
 # no type processing (timestamps come in the session's zone). SQLite keeps plain Core.
 
+TUPLES_OK = ExecStatus.TUPLES_OK
 Rows = Callable[[Executable, Mapping[str, Any]], Sequence[Sequence[Any]]]
 
 
@@ -170,7 +172,10 @@ def _driver_rows(
 ) -> list[Any]:
     sql, constants = _driver_sql(statement, dialect)
     cursor.execute(sql, {**constants, **params}, prepare=True)
-    return cursor.fetchall() if cursor.description is not None else []  # [] without RETURNING
+    # [] without RETURNING; the result's status, not ``description``, which builds a column
+    # object per returned column on each call.
+    result = cursor.pgresult
+    return cursor.fetchall() if result is not None and result.status == TUPLES_OK else []
 
 
 @contextmanager
