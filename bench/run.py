@@ -1,7 +1,15 @@
-"""Benchmarks on real PostgreSQL and Redis: end to end, producer, API, worker memory.
+"""Benchmarks on real PostgreSQL and Redis: anchors, lateness, end to end, producer, API.
 
-    .venv/bin/python bench/run.py                 # everything, defaults below
+    .venv/bin/python bench/run.py                       # everything, defaults below
+    .venv/bin/python bench/run.py --only steady,burst   # lateness (anchors come along)
     .venv/bin/python bench/run.py --only e2e --tasks 20000
+
+Parts (``--only``, comma-separated): ``anchors`` (the single loop, the no-op ceiling plain
+and with the real worker's middleware, pgbench's one-insert rate with 1 and 8 clients),
+``steady`` and ``burst`` (lateness, ``bench.lateness``), ``e2e`` (pipeline with 1 and 2
+worker processes, worker memory), ``producer``, ``api``. The anchors are measured in every
+run that measures anything else too (``--no-anchors`` to skip), so each figure comes with
+the machine it came from and yardsticks from the same run.
 
 Each run uses its own PostgreSQL schema and Redis key namespace and removes them after.
 Results are printed as a table and written to bench/results/latest.json. Timing is
@@ -11,230 +19,43 @@ measured here, never asserted in the test suite.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import psutil
-import psycopg
-import redis
-from dramatiq import Message
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.noop_app import NOOP_QUEUE  # noqa: E402
-from cli.processes import web_argv, worker_env  # noqa: E402
-from shared.config import Settings  # noqa: E402
-from shared.db import make_engine, make_session_factory  # noqa: E402
-from shared.keys import hash_token, message_id, new_token  # noqa: E402
+from bench.anchors import bench_anchors, bench_noop_ceiling  # noqa: E402
+from bench.harness import (  # noqa: E402
+    BIN,
+    Env,
+    PeakRss,
+    count_sent,
+    free_port,
+    load_tasks,
+    machine,
+    make_user,
+    wait_until,
+    worker_group,
+)
+from bench.lateness import bench_burst, bench_steady  # noqa: E402
+from cli.processes import web_argv  # noqa: E402
 from shared.queue import QUEUE_NAME, make_broker  # noqa: E402
 from shared.redis_broker import queue_depth  # noqa: E402
-from shared.schema import upgrade  # noqa: E402
 from workers.producer import scan_due_tasks  # noqa: E402
 
-BIN = Path(sys.executable).parent
-PG = os.environ.get("REMINDERS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("REMINDERS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-# -- environment ---------------------------------------------------------------------------
-
-
-class Env:
-    """One schema and one Redis namespace for the whole run."""
-
-    def __init__(self) -> None:
-        self.schema = f"bench_{uuid.uuid4().hex[:10]}"
-        self.namespace = f"bench-{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{self.schema}"')
-        self.url = (
-            f"{PG}?options=-csearch_path%3D{self.schema}&application_name={self.schema}"
-        ).replace("postgresql://", "postgresql+psycopg://", 1)
-        self.settings = Settings.model_validate(
-            {
-                "database_url": self.url,
-                "redis_url": REDIS,
-                "redis_namespace": self.namespace,
-                "rate_limit": "",
-                "log_level": "WARNING",
-            }
-        )
-        self.engine = make_engine(self.url, pool_size=4)
-        upgrade(self.engine)
-        self.sessions = make_session_factory(self.engine)
-
-    def connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(PG, options=f"-csearch_path={self.schema}")
-
-    def process_env(self, **more: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REMINDERS_")}
-        env.update(
-            DATABASE_URL=self.url,
-            REDIS_URL=REDIS,
-            REMINDERS_REDIS_NAMESPACE=self.namespace,
-            REMINDERS_RATE_LIMIT="",
-            REMINDERS_LOG_LEVEL="WARNING",
-        )
-        env.update(more)
-        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-        return env
-
-    def reset(self) -> None:
-        """Empty every table and the namespace between measurements."""
-        with self.connect() as conn:
-            conn.execute(
-                "TRUNCATE reminders, tasks, api_tokens, idempotency_keys, operator_actions, "
-                "users CASCADE"
-            )
-        self.flush_redis()
-
-    def flush_redis(self) -> None:
-        client = redis.Redis.from_url(REDIS)
-        keys = list(client.scan_iter(match=f"{self.namespace}*", count=5000))
-        for start in range(0, len(keys), 5000):
-            client.delete(*keys[start : start + 5000])
-
-    def close(self) -> None:
-        self.engine.dispose()
-        self.flush_redis()
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = %s",
-                (self.schema,),
-            )
-            conn.execute(f'DROP SCHEMA "{self.schema}" CASCADE')
-
-
-def make_user(env: Env, name: str = "bench") -> tuple[uuid.UUID, str]:
-    user_id, token = uuid.uuid4(), new_token()
-    with env.connect() as conn:
-        conn.execute(
-            "INSERT INTO users (id, name, is_operator, created_at) VALUES (%s, %s, false, now())",
-            (user_id, name),
-        )
-        conn.execute(
-            "INSERT INTO api_tokens (id, user_id, token_hash, created_at) "
-            "VALUES (%s, %s, %s, now())",
-            (uuid.uuid4(), user_id, hash_token(token)),
-        )
-    return user_id, token
-
-
-def load_tasks(env: Env, owner: uuid.UUID, total: int, due: int) -> None:
-    """COPY ``total`` tasks with their waiting reminder rows; ``due`` of them are due now."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    tasks, reminders = io.StringIO(), io.StringIO()
-    for n in range(total):
-        task_id = uuid.uuid4()
-        # Due tasks: reminded an hour before a due time 30 min ahead. Others: next year.
-        due_at = now + timedelta(minutes=30) if n < due else now + timedelta(days=365, seconds=n)
-        remind_at = due_at - timedelta(hours=1)
-        stamp, remind, created = due_at.isoformat(), remind_at.isoformat(), now.isoformat()
-        tasks.write(f"{task_id}\t{owner}\tbench task\t{stamp}\t3600\topen\t{created}\t{created}\n")
-        key = message_id(task_id, due_at)
-        reminders.write(
-            f"{key}\t{task_id}\t{stamp}\t{remind}\twaiting\t0\tf\t{created}\t{created}\n"
-        )
-    with env.connect() as conn, conn.cursor() as cur:
-        with cur.copy(
-            "COPY tasks (id, owner_id, title, due_at, remind_before_seconds, status, "
-            "created_at, updated_at) FROM STDIN"
-        ) as copy:
-            copy.write(tasks.getvalue())
-        with cur.copy(
-            "COPY reminders (message_id, task_id, due_at, remind_at, state, attempts, late, "
-            "created_at, updated_at) FROM STDIN"
-        ) as copy:
-            copy.write(reminders.getvalue())
-        conn.commit()
-        cur.execute("ANALYZE tasks")
-        cur.execute("ANALYZE reminders")
-        conn.commit()
-
-
-def count_sent(env: Env) -> int:
-    with env.connect() as conn:
-        row = conn.execute("SELECT count(*) FROM reminders WHERE state = 'sent'").fetchone()
-        return int(row[0]) if row else 0
-
-
-# -- process helpers -----------------------------------------------------------------------
-
-
-@contextmanager
-def worker_group(env: Env, module: str, processes: int, threads: int) -> Iterator[psutil.Process]:
-    """A worker group as ``reminders worker`` runs it (same prefetch), loading ``module``."""
-    argv = [str(BIN / "dramatiq"), module, "--processes", str(processes), "--threads", str(threads)]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the group
-    # INFO, as in production: the log channel's delivery *is* its ``reminder.sent`` line.
-    group_env = worker_env(env.settings, env.process_env(REMINDERS_LOG_LEVEL="INFO"), threads)
-    proc = subprocess.Popen(
-        argv, env=group_env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
-    )
-    try:
-        group = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 30
-        while len(group.children()) < processes and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)  # let every worker import, connect and start consuming
-        yield group
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-class PeakRss:
-    """Samples the RSS of every worker process of a group while running."""
-
-    def __init__(self, group: psutil.Process) -> None:
-        self.group, self.peak, self._stop = group, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                for child in self.group.children():
-                    self.peak = max(self.peak, child.memory_info().rss)
-            except psutil.Error:
-                pass
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark did not finish in time")
-        time.sleep(interval)
+PARTS = ("anchors", "steady", "burst", "e2e", "producer", "api")
 
 
 # -- 1. end to end -------------------------------------------------------------------------
@@ -252,78 +73,6 @@ def bench_pipeline(env: Env, tasks: int, processes: int, threads: int) -> dict[s
         elapsed = time.perf_counter() - started
     broker.close()
     return {"seconds": elapsed, "per_second": tasks / elapsed, "peak_rss_mb": rss.peak / 2**20}
-
-
-def bench_noop_ceiling(env: Env, tasks: int, processes: int, threads: int) -> dict[str, float]:
-    env.reset()
-    broker = make_broker(env.settings)
-    messages = [
-        Message(
-            queue_name=NOOP_QUEUE,
-            actor_name="noop",
-            args=(str(uuid.uuid4()), "x"),
-            kwargs={},
-            options={},
-            message_id=str(uuid.uuid4()),
-        )
-        for _ in range(tasks)
-    ]
-    with worker_group(env, "bench.noop_app", processes, threads):
-        started = time.perf_counter()
-        for message in messages:
-            broker.enqueue(message)
-
-        def drained() -> bool:
-            depth = queue_depth(broker, NOOP_QUEUE)
-            return depth.ready == 0 and depth.in_flight == 0
-
-        wait_until(drained, timeout=1800, interval=0.1)
-        elapsed = time.perf_counter() - started
-    broker.close()
-    return {"seconds": elapsed, "per_second": tasks / elapsed}
-
-
-def bench_seed_loop(env: Env, tasks: int) -> dict[str, float]:
-    """The seeds' design: one process, one loop, one transaction per task."""
-    with env.connect() as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS seed_tasks (id uuid PRIMARY KEY, title text, "
-            "due_at timestamptz, reminder_sent_at timestamptz)"
-        )
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS seed_reminder_log (task_id uuid, sent_at timestamptz)"
-        )
-        conn.execute("TRUNCATE seed_tasks, seed_reminder_log")
-        with conn.cursor().copy("COPY seed_tasks (id, title, due_at) FROM STDIN") as copy:
-            due = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
-            for _ in range(tasks):
-                copy.write_row((uuid.uuid4(), "bench task", due))
-        conn.commit()
-        ids = [
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM seed_tasks WHERE due_at < now() + interval '24 hours'"
-            )
-        ]
-        conn.commit()
-        started = time.perf_counter()
-        for task_id in ids:
-            claimed = conn.execute(
-                "UPDATE seed_tasks SET reminder_sent_at = now() WHERE id = %s AND "
-                "(reminder_sent_at IS NULL OR reminder_sent_at < now() - interval '24 hours') "
-                "RETURNING id",
-                (task_id,),
-            ).fetchone()
-            if claimed:
-                conn.execute(
-                    "INSERT INTO seed_reminder_log (task_id, sent_at) VALUES (%s, now())",
-                    (task_id,),
-                )
-            conn.commit()
-        elapsed = time.perf_counter() - started
-        conn.execute("DROP TABLE seed_tasks, seed_reminder_log")
-        conn.commit()
-    return {"seconds": elapsed, "per_second": tasks / elapsed}
 
 
 # -- 2. producer ---------------------------------------------------------------------------
@@ -453,14 +202,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- report --------------------------------------------------------------------------------
 
 
@@ -470,63 +211,182 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        default="e2e,producer,api",
-        help="comma-separated: e2e, producer, api (memory is measured in e2e)",
+        default=",".join(PARTS),
+        help=f"comma-separated parts: {', '.join(PARTS)} (memory is measured in e2e)",
     )
-    parser.add_argument("--tasks", type=int, default=50_000, help="due tasks for the e2e run")
+    parser.add_argument(
+        "--no-anchors",
+        action="store_true",
+        help="do not add the anchors to a run of other parts",
+    )
+    parser.add_argument(
+        "--tasks", type=int, default=50_000, help="tasks for e2e, the single loop, the ceiling"
+    )
     parser.add_argument("--threads", type=int, default=8, help="threads per worker process")
+    parser.add_argument(
+        "--ceiling-messages", type=int, default=100_000, help="messages for the no-op ceilings"
+    )
+    parser.add_argument("--pgbench-seconds", type=int, default=10)
+    parser.add_argument(
+        "--scheduler",
+        choices=("loop", "periodiq"),
+        default="loop",
+        help="steady/burst: call the producer every scan interval from here (loop), or run "
+        "the real scheduler (periodiq) and wait for the wall clock's ticks",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=2, help="worker processes for steady/burst"
+    )
+    parser.add_argument("--steady-rate", type=int, default=100, help="reminders per second")
+    parser.add_argument("--steady-spread", type=int, default=120, help="seconds of remind times")
+    parser.add_argument(
+        "--steady-lead", type=int, default=12, help="seconds from creation to the first"
+    )
+    parser.add_argument("--burst-count", type=int, default=20_000)
+    parser.add_argument("--burst-lead", type=int, default=15, help="seconds from creation")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of steady and of burst")
     parser.add_argument("--producer-total", type=int, default=1_000_000)
     parser.add_argument("--producer-due", type=int, default=100_000)
     parser.add_argument("--api-seconds", type=int, default=10)
     parser.add_argument("--web-workers", type=int, default=2)
     args = parser.parse_args()
-    parts = set(args.only.split(","))
+    parts = {part.strip() for part in args.only.split(",") if part.strip()}
+    if unknown := parts - set(PARTS):
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    if not args.no_anchors:
+        parts.add("anchors")
     env = Env()
-    report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30),
-            "python": platform.python_version(),
-            "when": datetime.now(UTC).isoformat(),
-        },
-        "settings": vars(args),
-    }
+    report: dict[str, Any] = {"machine": machine(), "settings": vars(args)}
+    lateness = {"mode": args.scheduler, "processes": args.processes, "threads": args.threads}
     try:
+        if "anchors" in parts:
+            report["anchors"] = bench_anchors(
+                env, args.tasks, args.ceiling_messages, args.threads, args.pgbench_seconds
+            )
         if "e2e" in parts:
             n, t = args.tasks, args.threads
-            report["seed_loop"] = bench_seed_loop(env, n)
             for p in (1, 2):
                 report[f"pipeline_{p}p"] = bench_pipeline(env, n, p, t)
-                report[f"noop_{p}p"] = bench_noop_ceiling(env, n, p, t)
+            for variant in ("plain", "real"):
+                report[f"noop_{variant}_1p"] = bench_noop_ceiling(
+                    env, args.ceiling_messages, 1, t, variant
+                )
+        for _ in range(args.repeat):
+            if "steady" in parts:
+                report.setdefault("steady", []).append(
+                    bench_steady(
+                        env, args.steady_rate, args.steady_spread, args.steady_lead, **lateness
+                    )
+                )
+            if "burst" in parts:
+                report.setdefault("burst", []).append(
+                    bench_burst(env, args.burst_count, args.burst_lead, **lateness)
+                )
         if "producer" in parts:
             report["producer"] = bench_producer(env, args.producer_total, args.producer_due)
         if "api" in parts:
             report["api"] = bench_api(env, args.api_seconds, args.web_workers)
     finally:
         env.close()
+        report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        for name in ("latest.json", f"run-{stamp}.json"):
+            (out / name).write_text(json.dumps(report, indent=2, default=str))
     print_report(report)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _s(seconds: float | None) -> str:
+    return "n/a (none sent)" if seconds is None else f"{seconds:.2f} s"
+
+
+def _spread(values: list[float], unit: str = " s", digits: int = 2) -> str:
+    """One figure, or min / median / max over repeats."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}{unit}"
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:.{digits}f}{unit} (min {low:.{digits}f}, max {high:.{digits}f})"
 
 
 def print_report(report: dict[str, Any]) -> None:
     rows: list[tuple[str, str]] = []
-    if "seed_loop" in report:
-        seed = report["seed_loop"]["per_second"]
-        rows.append(("seeds' loop (1 process)", f"{seed:,.0f} reminders/s"))
-        for p in (1, 2):
-            pipe, noop = report[f"pipeline_{p}p"], report[f"noop_{p}p"]
-            rate, ceiling = pipe["per_second"], noop["per_second"]
+    box = report["machine"]
+    anchors = report.get("anchors", {})
+    seed = anchors.get("seed_loop", {}).get("per_second")
+    ceiling_real = anchors.get("noop_real_2p", {}).get("per_second")
+    ceiling_plain = anchors.get("noop_plain_2p", {}).get("per_second")
+    if anchors:
+        rows.append(("single loop (1 process)", f"{seed:,.0f} reminders/s"))
+        rows.append(
+            (
+                "no-op ceiling, 2 processes",
+                f"real middleware {ceiling_real:,.0f}/s, plain {ceiling_plain:,.0f}/s "
+                f"(real = {ceiling_real / ceiling_plain:.0%} of plain)",
+            )
+        )
+        for clients in (1, 8):
+            pg = anchors[f"pgbench_{clients}c"]
             rows.append(
                 (
-                    f"pipeline, {p} worker process(es)",
-                    f"{rate:,.0f} reminders/s  = {rate / seed:.2f}x seeds, "
-                    f"{rate / ceiling:.0%} of no-op ceiling",
+                    f"pgbench one-insert, {clients} client(s)",
+                    f"{pg['per_second']:,.0f} tx/s, latency {pg['latency_ms']:.2f} ms",
                 )
             )
-            rows.append((f"no-op Dramatiq ceiling, {p} process(es)", f"{ceiling:,.0f} messages/s"))
-            rows.append((f"worker peak RSS, {p} process(es)", f"{pipe['peak_rss_mb']:.0f} MB"))
+    for p in (1, 2):
+        pipe = report.get(f"pipeline_{p}p")
+        if pipe is None:
+            continue
+        rate = pipe["per_second"]
+        ratios = []
+        if seed:
+            ratios.append(f"{rate / seed:.2f}x single loop")
+        if p == 2 and ceiling_real and ceiling_plain:
+            ratios.append(
+                f"{rate / ceiling_real:.0%} of real-middleware ceiling, "
+                f"{rate / ceiling_plain:.0%} of plain"
+            )
+        rows.append(
+            (f"pipeline, {p} worker process(es)", f"{rate:,.0f} reminders/s; " + "; ".join(ratios))
+        )
+        rows.append((f"worker peak RSS, {p} process(es)", f"{pipe['peak_rss_mb']:.0f} MB"))
+    for variant in ("plain", "real"):
+        if f"noop_{variant}_1p" in report:
+            rate = report[f"noop_{variant}_1p"]["per_second"]
+            rows.append((f"no-op ceiling ({variant}), 1 process", f"{rate:,.0f} messages/s"))
+    for run in report.get("steady", []):
+        rows.append(
+            (
+                f"steady {run['reminders']:,} ({run['scheduler']})",
+                f"lateness p50 {_s(run['lateness_p50_s'])}, p99 {_s(run['lateness_p99_s'])}, "
+                f"max {_s(run['lateness_max_s'])}, early {run['early']}, "
+                f"not sent {run['not_sent'] or 0}",
+            )
+        )
+    if len(report.get("steady", [])) > 1:
+        runs = report["steady"]
+        for key in ("lateness_p50_s", "lateness_p99_s", "lateness_max_s"):
+            values = [r[key] for r in runs if r[key] is not None]
+            if values:
+                rows.append((f"steady {key[9:12]} over runs", _spread(values)))
+    e2e = report.get("pipeline_2p", {}).get("per_second")
+    for run in report.get("burst", []):
+        target = f"; target last <= {run['reminders'] / e2e + 2:.1f} s" if e2e else ""
+        rows.append(
+            (
+                f"burst {run['reminders']:,} ({run['scheduler']})",
+                f"first {_s(run.get('first_sent_after_remind_s'))}, "
+                f"last {_s(run.get('last_sent_after_remind_s'))} after the "
+                f"remind time ({run.get('send_rate_per_s', 0):,.0f}/s), early {run['early']}, "
+                f"not sent {run['not_sent'] or 0}{target}",
+            )
+        )
+    if len(report.get("burst", [])) > 1:
+        runs = report["burst"]
+        for key in ("first_sent_after_remind_s", "last_sent_after_remind_s"):
+            values = [r[key] for r in runs if key in r]
+            if values:
+                rows.append((f"burst {key.split('_')[0]} over runs", _spread(values)))
     if "producer" in report:
         prod = report["producer"]
         rows.append(
@@ -548,8 +408,14 @@ def print_report(report: dict[str, Any]) -> None:
                     f"p99 {r['p99_ms']:.1f} ms, non-2xx {r['errors']}",
                 )
             )
+    print(
+        f"\nmachine: {box['host']}, {box['cpus']} CPUs ({box['cpu_model']}, "
+        f"{box['virtualisation']}), {box['memory_gb']} GiB, PostgreSQL {box['postgresql']} "
+        f"(synchronous_commit {box['synchronous_commit']}), Redis {box['redis']}, "
+        f"Python {box['python']}, {box['when']}, load {box['load_average_at_start']} -> "
+        f"{box.get('load_average_at_end')}"
+    )
     width = max(len(name) for name, _ in rows) if rows else 0
-    print()
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
     if "producer" in report:
