@@ -581,9 +581,8 @@ def main() -> None:
                         result = run_noop(env, root, mode, args.tasks, args.processes, args.threads)
                         results[f"no-op {mode} [{name}]"].append(result)
                         _print_cpu(f"no-op {mode} [{name}] #{repeat + 1}", result)
-        if args.pyspy:
-            name, root = next(iter(roots.items()))
-            raw = Path(tempfile.mkdtemp(prefix="h7-pyspy-")) / "worker.txt"
+        for name, root in roots.items() if args.pyspy else ():
+            raw = Path(tempfile.mkdtemp(prefix="cpu-pyspy-")) / "worker.txt"
             result = run_pipeline(env, root, args.tasks, args.processes, args.threads, raw)
             _print_cpu(f"pipeline under py-spy [{name}]", result)
             print_parts(raw, result["cpu"]["worker"])
