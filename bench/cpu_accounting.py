@@ -34,7 +34,6 @@ set), it only declares the no-op actor on the chosen broker.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -60,10 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # a worker imports this from its own tree instead
 
+from bench.harness import load_reminders  # noqa: E402
 from cli.processes import worker_env  # noqa: E402
 from shared.config import Settings, load_settings  # noqa: E402
 from shared.db import make_engine, make_session_factory  # noqa: E402
-from shared.keys import message_id  # noqa: E402
 from shared.logs import configure_logging  # noqa: E402
 from shared.queue import QUEUE_NAME, make_broker  # noqa: E402
 from shared.redis_broker import GroupAckRedisBroker, enqueue_batch, queue_depth  # noqa: E402
@@ -169,42 +168,19 @@ class Env:
 
 
 def load_due_tasks(env: Env, count: int) -> None:
-    """COPY ``count`` open tasks, each with a reminder due now (waiting), owned by one user."""
+    """``count`` open tasks, each with a reminder due now (waiting), owned by one user.
+
+    The rows are written by the harness's loader (`bench.harness.load_reminders`) on this
+    script's own connection, so its backend is not counted as a worker's.
+    """
     owner = uuid.uuid4()
-    now = datetime.now(UTC).replace(microsecond=0)
-    due_at = now + timedelta(minutes=30)
-    stamp, remind, created = (
-        due_at.isoformat(),
-        (due_at - timedelta(hours=1)).isoformat(),
-        now.isoformat(),
-    )
-    tasks, reminders = io.StringIO(), io.StringIO()
-    for _ in range(count):
-        task_id = uuid.uuid4()
-        tasks.write(f"{task_id}\t{owner}\tbench task\t{stamp}\t3600\topen\t{created}\t{created}\n")
-        key = message_id(task_id, due_at)
-        reminders.write(
-            f"{key}\t{task_id}\t{stamp}\t{remind}\twaiting\t0\tf\t{created}\t{created}\t{created}\n"
-        )
-    with env.connect() as conn, conn.cursor() as cur:
-        cur.execute(
+    with env.connect() as conn:
+        conn.execute(
             "INSERT INTO users (id, name, is_operator, created_at) VALUES (%s, %s, false, now())",
             (owner, owner.hex),
         )
-        with cur.copy(
-            "COPY tasks (id, owner_id, title, due_at, remind_before_seconds, status, "
-            "created_at, updated_at) FROM STDIN"
-        ) as copy:
-            copy.write(tasks.getvalue())
-        with cur.copy(
-            "COPY reminders (message_id, task_id, due_at, remind_at, state, attempts, late, "
-            "planned_at, created_at, updated_at) FROM STDIN"
-        ) as copy:
-            copy.write(reminders.getvalue())
-        conn.commit()
-        cur.execute("ANALYZE tasks")
-        cur.execute("ANALYZE reminders")
-        conn.commit()
+    now = datetime.now(UTC).replace(microsecond=0)
+    load_reminders(env, owner, [now - timedelta(minutes=30)] * count)  # due in 30 minutes
 
 
 def count_sent(env: Env) -> int:
