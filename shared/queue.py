@@ -26,7 +26,7 @@ from shared.config import Settings
 from shared.db import database_unreachable, utcnow
 from shared.logs import get_logger
 from shared.models import Reminder
-from shared.redis_broker import GroupAckRedisBroker, enqueue_batch
+from shared.redis_broker import BatchedDelayHandOver, GroupAckRedisBroker, enqueue_batch
 
 log = get_logger("queue")
 
@@ -67,7 +67,8 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisB
     is interrupted) and Retries (as `OutageAwareRetries`). AgeLimit, ShutdownNotifications,
     Callbacks and Pipelines act only on options no actor or message here sets (``max_age``,
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
-    hooks on every message. Passing ``client`` (e.g. a fakeredis client) replaces the
+    hooks on every message. `BatchedDelayHandOver` moves due delayed messages to their
+    queue in batches (Dramatiq's worker does it one round trip at a time). Passing ``client`` (e.g. a fakeredis client) replaces the
     connection to ``REDIS_URL``.
     """
     retries = OutageAwareRetries(
@@ -84,6 +85,7 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisB
         middleware=[TimeLimit(), retries],
     )
     broker.add_middleware(CurrentMessage())
+    broker.add_middleware(BatchedDelayHandOver())
     return broker
 
 

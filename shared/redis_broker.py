@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from queue import Empty
 from typing import Any
 
 import redis
@@ -35,7 +36,7 @@ from dramatiq import Message, Middleware, get_encoder
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name, q_name, xq_name
-from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.errors import BrokerConnectionError, ConnectionClosed, DecodeError
 from dramatiq.middleware import MiddlewareError
 
 from shared.logs import get_logger
@@ -197,6 +198,100 @@ class GroupAckRedisBroker(RedisBroker):
                 )
 
 
+HAND_OVER_BATCH = 1000  # due delayed messages moved to their queue per round trip
+ACK_RETRY_SECONDS = 5  # as Dramatiq's worker retries an acknowledgement after a lost connection
+
+
+class BatchedDelayHandOver(Middleware):
+    """Due delayed messages handed over to their queue in batches, not one by one.
+
+    Dramatiq's worker keeps the delayed messages it fetched (``<q>.DQ``) in memory and, once
+    one is due, enqueues it on its queue with one script call and acknowledges it with
+    another, serially in the delay queue's consumer thread. When thousands share a remind
+    time that thread makes two round trips per message while the worker threads hold the
+    GIL, and the last of a burst waits seconds for its turn. This middleware gives each
+    delay-queue consumer thread a hand-over that moves up to `HAND_OVER_BATCH` due messages
+    in one MULTI/EXEC (`enqueue_batch`) and acknowledges them in one pipelined round trip,
+    in the same order as Dramatiq: enqueued first, acknowledged after. A process killed in
+    between leaves the delayed message unacknowledged; it is handed over again after
+    recovery and the second message finds its occurrence sent (a no-op, never a second
+    delivery). Installed through Dramatiq's ``consumer_thread_boot`` signal; a thread of
+    another broker or consumer keeps Dramatiq's own hand-over.
+    """
+
+    def after_consumer_thread_boot(self, broker: Any, thread: Any) -> None:
+        consumer_thread = thread
+        if not isinstance(broker, GroupAckRedisBroker) or not consumer_thread.queue_name.endswith(
+            ".DQ"
+        ):
+            return
+
+        def hand_over_due() -> None:
+            _hand_over_due(broker, consumer_thread)
+
+        consumer_thread.handle_delayed_messages = hand_over_due
+
+
+def _hand_over_due(broker: GroupAckRedisBroker, thread: Any) -> None:
+    """Hand every due message of ``thread``'s in-memory delay queue over to its queue."""
+    delay_queue = thread.delay_queue
+    while True:
+        now = current_millis()
+        due: list[MessageProxy] = []
+        while len(due) < HAND_OVER_BATCH:
+            try:
+                item = delay_queue.get_nowait()
+            except Empty:
+                break
+            if item.priority > now:  # the earliest left is not due: put it back, stop
+                delay_queue.put(item)
+                delay_queue.task_done()
+                break
+            due.append(item.message)
+        if not due:
+            return
+        try:
+            ready = []
+            for message in due:
+                copy = message.copy(queue_name=q_name(message.queue_name))
+                del copy.options["eta"]
+                ready.append(copy)
+            try:
+                enqueue_batch(broker, ready)
+            except redis.ConnectionError as error:
+                # As Dramatiq: the consumer thread drops what it holds and reconnects; the
+                # unacknowledged delayed messages come back from Redis.
+                raise ConnectionClosed(error) from None
+            _acknowledge(broker, thread, due)
+        finally:
+            for _ in due:
+                delay_queue.task_done()
+        if len(due) < HAND_OVER_BATCH:
+            return
+
+
+def _acknowledge(broker: GroupAckRedisBroker, thread: Any, messages: list[MessageProxy]) -> None:
+    """Acknowledge handed-over delayed messages, retrying through a lost connection as
+    Dramatiq's ``post_process_message`` does (the messages are on their queue already)
+    until the thread is told to stop."""
+    consumer: _GroupAckConsumer = thread.consumer
+    for message in messages:
+        broker.emit_before("ack", message)
+    pending = messages
+    while True:
+        try:
+            consumer.ack_many(pending)
+            break
+        except BrokerConnectionError as error:
+            log.warning("broker.ack_failed", queue=thread.queue_name, error=str(error))
+            if not thread.running:  # stopping: left unacknowledged, handed over again later
+                return
+            pending = []  # the group waits in the consumer: send it again
+            time.sleep(ACK_RETRY_SECONDS)
+    for message in messages:
+        broker.emit_after("ack", message)
+
+
 class _GroupAckConsumer(_RedisConsumer):
     """Dramatiq's Redis consumer, with acknowledgements sent as a group.
 
@@ -277,9 +372,17 @@ class _GroupAckConsumer(_RedisConsumer):
         )
 
     def ack(self, message: MessageProxy) -> None:
-        self.queued_message_ids.discard(message.message_id)
+        self.ack_many([message])
+
+    def ack_many(self, messages: Sequence[MessageProxy]) -> None:
+        """Acknowledge ``messages``, with whatever other threads add meanwhile.
+
+        After a connection error the group stays waiting: ``ack_many([])`` sends it again.
+        """
         with self._lock:
-            self._waiting.append(message.options["redis_message_id"])
+            for message in messages:
+                self.queued_message_ids.discard(message.message_id)
+                self._waiting.append(message.options["redis_message_id"])
             if self._sending:
                 return
             self._sending = True

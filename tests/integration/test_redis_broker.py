@@ -18,13 +18,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import dramatiq
 import pytest
 import redis
 from dramatiq import Message
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import dq_name
+from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
+from dramatiq.worker import Worker
 
 from shared.queue import QUEUE_NAME, make_broker, reminder_message
 from shared.redis_broker import (
@@ -473,6 +475,54 @@ def test_a_batch_puts_delayed_messages_on_the_delay_queue_with_their_eta(
         now_message.message_id,
         later_message.message_id,
     }
+
+
+# -- delayed messages handed over when due ----------------------------------------------------
+
+
+def test_due_delayed_messages_are_each_processed_once_and_the_not_due_are_held(
+    brokers: BrokerFactory,
+) -> None:
+    """2,500 delayed messages due together (more than two hand-over batches) and 300 due
+    in ten minutes, through a Dramatiq worker: each due one processed once, none before its
+    eta, every delay-queue entry acknowledged; the others held, unprocessed."""
+    broker = brokers()
+    processed: list[tuple[int, int]] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE_NAME, actor_name="record")
+    def record(number: int) -> None:
+        processed.append((number, current_millis()))
+
+    soon, later = current_millis() + 1500, current_millis() + 600_000
+
+    def delayed(number: int, eta: int) -> Message[Any]:
+        return Message(
+            queue_name=dq_name(QUEUE_NAME),
+            actor_name="record",
+            args=(number,),
+            kwargs={},
+            options={"eta": eta},
+            message_id=str(uuid.uuid4()),
+        )
+
+    enqueue_batch(broker, [delayed(n, soon) for n in range(2500)])
+    enqueue_batch(broker, [delayed(n, later) for n in range(2500, 2800)])
+    worker = Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(processed) < 2500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a duplicate hand-over would show up by now
+        held = queue_depth(broker, QUEUE_NAME)
+    finally:
+        worker.stop()
+
+    assert sorted(number for number, _ in processed) == list(range(2500))
+    assert min(at for _, at in processed) >= soon
+    # The 300 not yet due: fetched by the worker and held (in flight on the delay queue).
+    assert held == QueueDepth(QUEUE_NAME, ready=0, delayed=300, in_flight=0, dead=0)
+    assert len(pending_message_ids(broker, QUEUE_NAME)) == 300
 
 
 # -- acknowledgements, sent in groups ----------------------------------------------------------
