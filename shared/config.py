@@ -82,6 +82,30 @@ class Settings(BaseModel):
         "many seconds away, each delayed until its remind time; keep it above the scan "
         "interval so every reminder is held by a worker before it is due.",
     )
+    min_recurrence_seconds: int = Field(
+        default=3600,
+        ge=1,
+        le=THIRTY_DAYS,
+        validation_alias="REMINDERS_MIN_RECURRENCE_SECONDS",
+        description="A recurring task's occurrences may come no closer than this (its rule's "
+        "local wall times); a rule that fires more often is refused.",
+    )
+    horizon_seconds: int = Field(
+        default=86400,
+        ge=600,
+        le=THIRTY_DAYS,
+        validation_alias="REMINDERS_HORIZON",
+        description="How far ahead a recurring task's reminders exist as rows: the producer "
+        "keeps every reminder whose remind time is less than this away materialised.",
+    )
+    history_days: int = Field(
+        default=90,
+        ge=8,
+        le=36500,
+        validation_alias="REMINDERS_HISTORY_DAYS",
+        description="Final reminder rows (sent, cancelled, missed) older than this are purged "
+        "by housekeeping; more than the dead-letter TTL, so no live message loses its row.",
+    )
     scan_cron: str = Field(
         default="* * * * *",
         validation_alias="REMINDERS_SCAN_CRON",
@@ -193,7 +217,12 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         problems = cross_field_problems(
-            self.webhook_url, self.webhook_secret, self.min_backoff_ms, self.max_backoff_ms
+            self.webhook_url,
+            self.webhook_secret,
+            self.min_backoff_ms,
+            self.max_backoff_ms,
+            self.history_days,
+            self.dead_letter_ttl_seconds,
         )
         if problems:
             raise ValueError("; ".join(problems))
@@ -212,7 +241,12 @@ class Settings(BaseModel):
 
 
 def cross_field_problems(
-    webhook_url: str, webhook_secret: str, min_backoff_ms: object, max_backoff_ms: object
+    webhook_url: str,
+    webhook_secret: str,
+    min_backoff_ms: object,
+    max_backoff_ms: object,
+    history_days: object = None,
+    dead_letter_ttl_seconds: object = None,
 ) -> list[str]:
     """Rules between variables, each problem naming the variables involved."""
     problems = []
@@ -221,6 +255,13 @@ def cross_field_problems(
     comparable = isinstance(min_backoff_ms, int) and isinstance(max_backoff_ms, int)
     if comparable and min_backoff_ms > max_backoff_ms:  # type: ignore[operator]
         problems.append("REMINDERS_MIN_BACKOFF_MS must not exceed REMINDERS_MAX_BACKOFF_MS")
+    kept = isinstance(history_days, int) and isinstance(dead_letter_ttl_seconds, int)
+    if kept and history_days * 86400 <= dead_letter_ttl_seconds:  # type: ignore[operator]
+        # A purged row would leave a live dead letter with nothing to retry it against.
+        problems.append(
+            "REMINDERS_HISTORY_DAYS must be longer than REMINDERS_DEAD_LETTER_TTL "
+            "(rows are kept while their dead letter can still be retried)"
+        )
     return problems
 
 
@@ -259,6 +300,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values.get("REMINDERS_WEBHOOK_SECRET", ""),
             _as_int(values.get("REMINDERS_MIN_BACKOFF_MS"), defaults["min_backoff_ms"].default),
             _as_int(values.get("REMINDERS_MAX_BACKOFF_MS"), defaults["max_backoff_ms"].default),
+            _as_int(values.get("REMINDERS_HISTORY_DAYS"), defaults["history_days"].default),
+            _as_int(
+                values.get("REMINDERS_DEAD_LETTER_TTL"),
+                defaults["dead_letter_ttl_seconds"].default,
+            ),
         )
         lines.extend(f"configuration error: {problem}" for problem in problems)
         raise ConfigError("\n".join(lines)) from None

@@ -28,6 +28,9 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.catchup_seconds == 3600
     assert settings.remind_before_seconds == 86400
     assert settings.webhook_url == ""
+    assert settings.min_recurrence_seconds == 3600
+    assert settings.horizon_seconds == 86400
+    assert settings.history_days == 90
 
 
 def test_default_scan_runs_every_minute() -> None:
@@ -67,6 +70,9 @@ def test_environment_values_are_read_by_variable_name() -> None:
             "REMINDERS_MIN_BACKOFF_MS",
         ),
         ({"REMINDERS_REMIND_BEFORE_SECONDS": "59"}, "REMINDERS_REMIND_BEFORE_SECONDS"),
+        ({"REMINDERS_MIN_RECURRENCE_SECONDS": "0"}, "REMINDERS_MIN_RECURRENCE_SECONDS"),
+        ({"REMINDERS_HORIZON": "60"}, "REMINDERS_HORIZON"),
+        ({"REMINDERS_HISTORY_DAYS": "7"}, "REMINDERS_HISTORY_DAYS"),
     ],
 )
 def test_bad_variable_is_named_in_the_error(environ: dict[str, str], variable: str) -> None:
@@ -85,6 +91,16 @@ def test_backoff_bounds_in_the_wrong_order_name_both_variables() -> None:
 
     assert "REMINDERS_MIN_BACKOFF_MS" in message
     assert "REMINDERS_MAX_BACKOFF_MS" in message
+
+
+def test_history_no_longer_than_the_dead_letter_ttl_names_both_variables() -> None:
+    message = config_error(
+        {"REMINDERS_HISTORY_DAYS": "10", "REMINDERS_DEAD_LETTER_TTL": str(10 * 86400)}
+    )
+
+    assert "REMINDERS_HISTORY_DAYS" in message
+    assert "REMINDERS_DEAD_LETTER_TTL" in message
+    assert load_settings({"REMINDERS_HISTORY_DAYS": "11", "REMINDERS_DEAD_LETTER_TTL": "864000"})
 
 
 def test_two_bad_variables_are_both_named_on_their_own_lines() -> None:

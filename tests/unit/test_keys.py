@@ -9,44 +9,75 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from shared.keys import TOKEN_PREFIX, hash_token, message_id, new_token
+from shared.keys import (
+    TOKEN_PREFIX,
+    hash_token,
+    legacy_message_id,
+    message_id,
+    new_token,
+    snooze_message_id,
+)
 
 TASK_ID = uuid.UUID("0b7c3f3e-6a55-4c1e-9a57-3c1f2e0d4a10")
 DUE = datetime(2030, 3, 14, 15, 9, 26, tzinfo=UTC)
 
 
 def test_message_id_matches_the_documented_formula() -> None:
+    expected = uuid.uuid5(uuid.NAMESPACE_URL, f"reminders:{TASK_ID}:2030-03-14T15:09:26Z:86400")
+
+    assert message_id(TASK_ID, DUE, 86400) == expected
+
+
+def test_each_offset_of_an_occurrence_has_its_own_message_id() -> None:
+    assert message_id(TASK_ID, DUE, 3600) != message_id(TASK_ID, DUE, 86400)
+
+
+def test_a_snooze_id_matches_the_documented_formula_and_differs_per_until() -> None:
+    until = datetime(2030, 3, 14, 16, 0, 0, 250_000, tzinfo=timezone(timedelta(hours=1)))
+    expected = uuid.uuid5(
+        uuid.NAMESPACE_URL, f"reminders:{TASK_ID}:2030-03-14T15:09:26Z:snooze:2030-03-14T15:00:00Z"
+    )
+
+    assert snooze_message_id(TASK_ID, DUE, until) == expected
+    assert snooze_message_id(TASK_ID, DUE, until + timedelta(minutes=5)) != expected
+
+
+def test_rows_made_before_offsets_keep_the_formula_they_were_made_with() -> None:
     expected = uuid.uuid5(uuid.NAMESPACE_URL, f"reminders:{TASK_ID}:2030-03-14T15:09:26Z")
 
-    assert message_id(TASK_ID, DUE) == expected
+    assert legacy_message_id(TASK_ID, DUE) == expected
 
 
 def test_message_id_is_the_same_on_every_call() -> None:
-    assert message_id(TASK_ID, DUE) == message_id(uuid.UUID(str(TASK_ID)), DUE.replace())
+    assert message_id(TASK_ID, DUE, 86400) == message_id(
+        uuid.UUID(str(TASK_ID)), DUE.replace(), 86400
+    )
 
 
 def test_same_instant_in_different_offsets_gets_the_same_message_id() -> None:
     in_tokyo = DUE.astimezone(timezone(timedelta(hours=9)))
     in_new_york = DUE.astimezone(timezone(timedelta(hours=-5)))
 
-    assert message_id(TASK_ID, in_tokyo) == message_id(TASK_ID, DUE)
-    assert message_id(TASK_ID, in_new_york) == message_id(TASK_ID, DUE)
+    assert message_id(TASK_ID, in_tokyo, 86400) == message_id(TASK_ID, DUE, 86400)
+    assert message_id(TASK_ID, in_new_york, 86400) == message_id(TASK_ID, DUE, 86400)
 
 
 def test_message_id_uses_whole_seconds() -> None:
-    assert message_id(TASK_ID, DUE.replace(microsecond=700_000)) == message_id(TASK_ID, DUE)
+    assert message_id(TASK_ID, DUE.replace(microsecond=700_000), 86400) == message_id(
+        TASK_ID, DUE, 86400
+    )
 
 
 def test_different_occurrences_get_different_message_ids() -> None:
     other_task = uuid.UUID("5d1e6a0c-2b1f-4c8e-8f3a-1a2b3c4d5e6f")
 
-    assert message_id(TASK_ID, DUE) != message_id(TASK_ID, DUE + timedelta(seconds=1))
-    assert message_id(TASK_ID, DUE) != message_id(other_task, DUE)
+    assert message_id(TASK_ID, DUE, 86400) != message_id(TASK_ID, DUE + timedelta(seconds=1), 86400)
+    assert message_id(TASK_ID, DUE, 86400) != message_id(other_task, DUE, 86400)
 
 
 def test_message_id_of_a_naive_due_date_is_refused() -> None:
     with pytest.raises(ValueError):
-        message_id(TASK_ID, datetime(2030, 3, 14, 15, 9, 26))
+        message_id(TASK_ID, datetime(2030, 3, 14, 15, 9, 26), 86400)
 
 
 def test_tokens_carry_at_least_32_random_bytes() -> None:
