@@ -40,7 +40,7 @@ from api.problems import (
     validation_problem,
 )
 from api.schemas import Health, Problem, Readiness
-from api.service import TaskService
+from api.service import Planning, TaskService
 from api.tasks import json_response, tasks_api
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, once_more_if_connection_lost
@@ -254,9 +254,13 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     desk = DeadLetterDesk(sessions, broker)
     tasks = TaskService(
         sessions,
-        settings.remind_before_seconds,
+        Planning(
+            default_remind_before=settings.remind_before_seconds,
+            horizon_seconds=settings.horizon_seconds,
+            min_recurrence_seconds=settings.min_recurrence_seconds,
+            lookahead_seconds=settings.lookahead_seconds,
+        ),
         broker=broker,
-        lookahead_seconds=settings.lookahead_seconds,
     )
     app.register_api(tasks_api(tasks))
     app.register_api(ops_api(desk))

@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from flask import Response
 from pydantic import ValidationError
+from shared.recurrence import RecurrenceError
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
@@ -144,6 +145,19 @@ def validation_problem(error: ValidationError) -> Response:
         title="Validation failed",
         type_=VALIDATION_TYPE,
         errors=errors,
+    )
+
+
+def recurrence_problem(error: RecurrenceError) -> Response:
+    """The 422 for a time zone or recurrence rule the schema could not judge alone (a rule
+    that fires more often than the deployment allows, or yields no occurrence from due_at)."""
+    entry = {"in": "body", "field": error.field, "message": str(error), "code": "invalid_rule"}
+    return problem(
+        422,
+        f"invalid fields: {error.field}",
+        title="Validation failed",
+        type_=VALIDATION_TYPE,
+        errors=[entry],
     )
 
 

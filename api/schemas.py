@@ -29,8 +29,10 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
+from shared.recurrence import parse_rule, time_zone
 
 from shared.config import THIRTY_DAYS
 
@@ -125,6 +127,56 @@ RemindBefore = Annotated[
     BeforeValidator(_json_integer),
 ]
 Status = Literal["open", "done"]
+MAX_REMINDERS = 5
+
+
+def _known_zone(value: str) -> str:
+    time_zone(value)  # RecurrenceError (a ValueError): the 422 names the zone
+    return value
+
+
+def _supported_rule(value: str) -> str:
+    return parse_rule(value).text  # stored normalised; RecurrenceError names the problem
+
+
+def _distinct(values: list[int]) -> list[int]:
+    if len(set(values)) != len(values):
+        raise ValueError("offsets must be distinct")
+    return sorted(values, reverse=True)  # the earliest reminder first
+
+
+TimeZoneName = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="IANA time zone (e.g. Europe/Paris) in which a recurring task's local "
+        "wall time repeats, and in which local_due_at is shown.",
+    ),
+    AfterValidator(_known_zone),
+]
+Recurrence = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=500,
+        description="An RFC 5545 RRULE value without the 'RRULE:' prefix (FREQ, INTERVAL, COUNT "
+        "or UNTIL, BYDAY, BYMONTHDAY, BYMONTH, BYSETPOS, BYHOUR, BYMINUTE, WKST), e.g. "
+        "FREQ=WEEKLY;BYDAY=MO. The series starts at due_at; its local wall time in time_zone "
+        "repeats. Returned normalised.",
+    ),
+    AfterValidator(_supported_rule),
+]
+Offsets = Annotated[
+    list[RemindBefore],
+    Field(
+        min_length=1,
+        max_length=MAX_REMINDERS,
+        description="Seconds before each occurrence at which to remind: 1 to 5 distinct "
+        "values, 60 to 2592000 each. Returned sorted, earliest reminder first.",
+    ),
+    AfterValidator(_distinct),
+]
 
 
 def _no_null_defaults(schema: dict[str, Any]) -> None:
@@ -156,15 +208,29 @@ def _cached_schema(
     return schema
 
 
+def _one_form_of_offsets(model: Any) -> Any:
+    if "reminders" in model.model_fields_set and "remind_before_seconds" in model.model_fields_set:
+        raise ValueError("give reminders or remind_before_seconds (its one-offset form), not both")
+    return model
+
+
 class TaskCreate(RequestModel):
     title: Title
     notes: Notes | None = None
-    due_at: Timestamp
-    remind_before_seconds: Omittable[RemindBefore] = Field(
+    due_at: Timestamp = Field(description="The due date; a recurring task's first occurrence.")
+    time_zone: Omittable[TimeZoneName] = Field(default=None, description="Default: UTC.")
+    recurrence: Recurrence | None = Field(default=None, description="null: a one-off task.")
+    reminders: Omittable[Offsets] = Field(
         default=None,
-        description="Seconds before due_at at which to remind; leave it out for the default, "
+        description="Leave it out for one reminder at the default offset, "
         "REMINDERS_REMIND_BEFORE_SECONDS (86400).",
     )
+    remind_before_seconds: Omittable[RemindBefore] = Field(
+        default=None,
+        description="The one-offset form of reminders: [remind_before_seconds].",
+    )
+
+    _check_offsets = model_validator(mode="after")(_one_form_of_offsets)
 
 
 class CreateHeaders(CachedSchemaModel):
@@ -187,8 +253,13 @@ class TaskPatch(RequestModel):
     title: Omittable[Title] = None
     notes: Notes | None = None
     due_at: Omittable[Timestamp] = None
+    time_zone: Omittable[TimeZoneName] = None
+    recurrence: Recurrence | None = Field(default=None, description="null: make it one-off.")
+    reminders: Omittable[Offsets] = None
     remind_before_seconds: Omittable[RemindBefore] = None
     status: Omittable[Status] = None
+
+    _check_offsets = model_validator(mode="after")(_one_form_of_offsets)
 
 
 PageSize = Annotated[StrictInt, Field(ge=1, le=MAX_PAGE_SIZE), BeforeValidator(_query_integer)]
@@ -211,7 +282,11 @@ class TaskPath(RequestModel):
 
 class ReminderOut(BaseModel):
     state: Literal["waiting", "queued", "sent", "failed", "missed", "cancelled"]
-    due_at: datetime
+    kind: Literal["reminder", "snooze"] = "reminder"
+    due_at: datetime = Field(description="The occurrence this reminder is for.")
+    offset_seconds: int | None = Field(
+        default=None, description="Seconds before due_at; null for a snooze."
+    )
     remind_at: datetime
     message_id: uuid.UUID
     sent_at: datetime | None
@@ -230,18 +305,32 @@ class ReminderOut(BaseModel):
     )
 
 
+class OccurrenceOut(BaseModel):
+    due_at: datetime = Field(description="UTC.")
+    local_due_at: datetime = Field(description="The same instant with the task's zone's offset.")
+    remind_at: list[datetime] = Field(description="Its reminders' times, earliest first (UTC).")
+
+
 class TaskOut(BaseModel):
     id: uuid.UUID
     owner: str
     title: str
     notes: str | None
-    due_at: datetime
-    remind_before_seconds: int
-    remind_at: datetime
+    due_at: datetime = Field(description="The due date; a recurring task's first occurrence.")
+    time_zone: str
+    recurrence: str | None
+    reminders: list[int] = Field(description="Offsets in seconds, earliest reminder first.")
+    remind_before_seconds: int = Field(description="The first of reminders (one-offset form).")
+    remind_at: datetime = Field(description="due_at minus remind_before_seconds.")
     status: Status
     created_at: datetime
     updated_at: datetime
-    reminder: ReminderOut | None = Field(description="The reminder of the current due date.")
+    reminder: ReminderOut | None = Field(
+        description="The next reminder due, or, when none is pending, the last one."
+    )
+    next_occurrence: OccurrenceOut | None = Field(
+        default=None, description="A recurring task's next occurrence (null once it ended)."
+    )
 
 
 class TaskPage(BaseModel):
@@ -249,8 +338,53 @@ class TaskPage(BaseModel):
     next_cursor: str | None
 
 
-class ReminderHistory(BaseModel):
+class ReminderPage(BaseModel):
     items: list[ReminderOut]
+    next_cursor: str | None
+
+
+class HistoryQuery(RequestModel):
+    limit: PageSize = DEFAULT_PAGE_SIZE
+    cursor: Omittable[Cursor] = None
+
+
+MAX_OCCURRENCES = 100
+OccurrenceCount = Annotated[
+    StrictInt, Field(ge=1, le=MAX_OCCURRENCES), BeforeValidator(_query_integer)
+]
+
+
+class OccurrenceQuery(RequestModel):
+    after: Omittable[Timestamp] = Field(default=None, description="Default: now.")
+    limit: OccurrenceCount = 10
+
+
+class OccurrenceList(BaseModel):
+    items: list[OccurrenceOut]
+
+
+SNOOZE_MIN_SECONDS = 60
+SNOOZE_MAX_SECONDS = 7 * 86400
+SnoozeSeconds = Annotated[
+    StrictInt,
+    Field(ge=SNOOZE_MIN_SECONDS, le=SNOOZE_MAX_SECONDS, description="From now: 60 s to 7 days."),
+    BeforeValidator(_json_integer),
+]
+
+
+def _one_snooze_time(model: Any) -> Any:
+    if (model.until is None) == (model.seconds is None):
+        raise ValueError("give until or seconds, one of them")
+    return model
+
+
+class SnoozeRequest(RequestModel):
+    until: Omittable[Timestamp] = Field(
+        default=None, description="When to remind again: 60 s to 7 days from now."
+    )
+    seconds: Omittable[SnoozeSeconds] = None
+
+    _check_time = model_validator(mode="after")(_one_snooze_time)
 
 
 class FieldError(BaseModel):

@@ -7,25 +7,42 @@ and never confirms that it exists.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import Row, and_, bindparam, insert, select, tuple_
+from psycopg.types.json import Json
+from sqlalchemy import Row, bindparam, case, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.pagination import decode_cursor, encode_cursor
-from api.schemas import ReminderOut, TaskCreate, TaskOut, TaskPage, TaskPatch, TaskQuery
-from shared.db import hot_statement, unit_of_work, utcnow
-from shared.models import Reminder, Task
-from shared.occurrences import (
-    cancel_pending,
-    first_occurrence,
-    open_occurrence,
+from api.schemas import (
+    HistoryQuery,
+    OccurrenceOut,
+    ReminderOut,
+    ReminderPage,
+    TaskCreate,
+    TaskOut,
+    TaskPage,
+    TaskPatch,
+    TaskQuery,
 )
+from shared.db import hot_statement, unit_of_work, utcnow
+from shared.keys import snooze_message_id
+from shared.models import Reminder, Task
+from shared.occurrences import plan_reminders, reminder_values, series_of
 from shared.queue import SoonDue, enqueue_if_due_soon
-from shared.rules import normalize_due_at, remind_at
+from shared.recurrence import (
+    Occurrence,
+    Series,
+    next_occurrence,
+    occurrences,
+    parse_rule,
+    validate,
+)
+from shared.rules import PENDING_STATES, normalize_due_at, remind_at
 
 
 @dataclass(frozen=True)
@@ -43,7 +60,9 @@ _TASK_COLUMNS = (
     "title",
     "notes",
     "due_at",
-    "remind_before_seconds",
+    "time_zone",
+    "recurrence",
+    "reminder_offsets",
     "status",
     "created_at",
     "updated_at",
@@ -56,6 +75,8 @@ _NEW_TASK = (
 )
 _REMINDER_VALUES = (
     "due_at",
+    "offset_seconds",
+    "kind",
     "remind_at",
     "state",
     "attempts",
@@ -64,8 +85,8 @@ _REMINDER_VALUES = (
     "created_at",
     "updated_at",
 )
-# The task and its first reminder in one statement: the API's busiest path, one round trip
-# and no transaction to open and commit around it (a statement is atomic on its own).
+# A one-off task with one reminder and its row in one statement: the API's busiest path, one
+# round trip and no transaction to open and commit around it (a statement is atomic alone).
 _CREATE_TASK = insert(Reminder).from_select(
     ["message_id", "task_id", *_REMINDER_VALUES],
     select(
@@ -92,27 +113,53 @@ def _owned(
     return session.scalars(query.with_for_update() if lock else query).one_or_none()
 
 
+@dataclass(frozen=True)
+class Planning:
+    """The settings that shape a task's reminders (from `shared.config.Settings`)."""
+
+    default_remind_before: int = 86400
+    horizon_seconds: int = 86400
+    min_recurrence_seconds: int = 3600
+    lookahead_seconds: int = 0
+
+
+class NoTask(Exception):
+    """No such task for this owner (or deleted)."""
+
+
+class TaskDone(Exception):
+    """The task is done: it has no occurrence to complete or snooze."""
+
+
 class TaskService:
-    """The task use cases; ``default_remind_before`` comes from configuration."""
+    """The task use cases, each one transaction scoped to one owner."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        default_remind_before: int,
+        planning: Planning,
         broker: RedisBroker | None = None,
-        lookahead_seconds: int = 0,
     ) -> None:
         """``broker``: where a reminder due before the next scan is enqueued at once."""
         self.sessions = sessions
-        self.default_remind_before = default_remind_before
+        self.planning = planning
         self.broker = broker
-        self.lookahead_seconds = lookahead_seconds
 
-    def _enqueue_if_due_soon(self, reminder: SoonDue | None) -> None:
-        if self.broker is not None and reminder is not None:
+    def _enqueue_soon_due(self, opened: Iterable[Reminder]) -> None:
+        if self.broker is None:
+            return
+        soon = [
+            SoonDue(row.task_id, row.due_at, row.message_id, row.remind_at)
+            for row in opened
+            if row.state == "waiting"
+        ]
+        if soon:
             enqueue_if_due_soon(
-                self.sessions.kw["bind"], self.broker, reminder, self.lookahead_seconds
+                self.sessions.kw["bind"], self.broker, soon, self.planning.lookahead_seconds
             )
+
+    def _validate(self, series: Series) -> None:
+        validate(series, self.planning.min_recurrence_seconds)
 
     def create(
         self,
@@ -120,53 +167,69 @@ class TaskService:
         data: TaskCreate,
         within: Callable[[Session, TaskOut], None] | None = None,
     ) -> TaskOut:
-        """Create the task and its first occurrence; ``within`` runs in the same transaction."""
+        """Create the task and its reminder rows; ``within`` runs in the same transaction.
+
+        Raises:
+            RecurrenceError: the rule fires more often than allowed, or never from due_at.
+        """
         now = utcnow()
         task_id = uuid.uuid4()
         due_at = normalize_due_at(data.due_at)
-        remind_before = data.remind_before_seconds or self.default_remind_before
+        offsets = self._offsets(data.reminders, data.remind_before_seconds)
+        zone_name = data.time_zone or "UTC"
+        series = Series(
+            start=due_at,
+            time_zone=zone_name,
+            rule=parse_rule(data.recurrence) if data.recurrence else None,
+        )
+        self._validate(series)
         task = {
             "id": task_id,
             "owner_id": owner.id,
             "title": data.title,
             "notes": data.notes,
             "due_at": due_at,
-            "remind_before_seconds": remind_before,
+            "time_zone": zone_name,
+            "recurrence": series.rule.text if series.rule else None,
+            "reminder_offsets": offsets,
             "status": "open",
             "created_at": now,
             "updated_at": now,
         }
-        reminder = first_occurrence(task_id, due_at, remind_before, now)
-        created = TaskOut(
-            id=task_id,
-            owner=owner.name,
-            title=data.title,
-            notes=data.notes,
-            due_at=due_at,
-            remind_before_seconds=remind_before,
-            remind_at=reminder["remind_at"],
-            status="open",
-            created_at=now,
-            updated_at=now,
-            reminder=ReminderOut(
-                **reminder, sent_at=None, last_error=None, cancelled_at=None, reopened_at=None
-            ),
-        )
-        soon = SoonDue(task_id, due_at, reminder["message_id"], reminder["remind_at"])
         engine = self.sessions.kw["bind"]
-        if within is None and engine.dialect.name == "postgresql":
+        hot = (
+            within is None
+            and engine.dialect.name == "postgresql"
+            and series.rule is None
+            and len(offsets) == 1
+        )
+        if hot:
+            reminder = reminder_values(task_id, due_at, offsets[0], now, now)
             params = {f"task_{name}": value for name, value in task.items()}
+            params["task_reminder_offsets"] = Json(offsets)
             params.update({f"reminder_{name}": value for name, value in reminder.items()})
             hot_statement(engine, _CREATE_TASK, params)
-        else:
-            with unit_of_work(self.sessions) as session:
-                connection = session.connection()
-                connection.execute(insert(Task), task)
-                connection.execute(insert(Reminder), reminder)
-                if within is not None:
-                    within(session, created)
-        self._enqueue_if_due_soon(soon)
+            row = Reminder(**reminder)
+            created = _task_out(Task(**task), row, owner, now)
+            self._enqueue_soon_due([row])
+            return created
+        with unit_of_work(self.sessions) as session:
+            new_task = Task(**task)
+            session.add(new_task)
+            session.flush()
+            planned = plan_reminders(session, new_task, now, self.planning.horizon_seconds)
+            session.flush()
+            created = _task_out(new_task, _current(planned.opened), owner, now)
+            if within is not None:
+                within(session, created)
+            opened = list(planned.opened)
+        self._enqueue_soon_due(opened)
         return created
+
+    def _offsets(self, reminders: list[int] | None, remind_before: int | None) -> list[int]:
+        if reminders:
+            return sorted(set(reminders), reverse=True)
+        return [remind_before or self.planning.default_remind_before]
 
     def get(self, owner: Owner, task_id: uuid.UUID) -> TaskOut | None:
         statement = _TASK_WITH_REMINDER.where(
@@ -175,10 +238,14 @@ class TaskService:
         with self.sessions() as session:
             row = session.connection().execute(statement).one_or_none()
             session.rollback()
-        return _row_out(row, owner) if row else None
+        return _row_out(row, owner, utcnow()) if row else None
 
     def update(self, owner: Owner, task_id: uuid.UUID, patch: TaskPatch) -> TaskOut | None:
-        """Apply ``patch``; a new due date or lead time re-plans the reminder."""
+        """Apply ``patch``; a change of when or how the task reminds re-plans its reminders.
+
+        Raises:
+            RecurrenceError: the changed rule fires more often than allowed, or never.
+        """
         now = utcnow()
         with unit_of_work(self.sessions) as session:
             task = _owned(session, owner, task_id, lock=True)
@@ -187,25 +254,131 @@ class TaskService:
             changes = patch.model_dump(exclude_unset=True)
             if "due_at" in changes:
                 changes["due_at"] = normalize_due_at(changes["due_at"])
-            replanned = (
-                changes.get("due_at", task.due_at) != task.due_at
-                or changes.get("status", task.status) != task.status
-            )
-            if replanned:
-                cancel_pending(session, task, now)
+            if "reminders" in changes or "remind_before_seconds" in changes:
+                changes["reminder_offsets"] = self._offsets(
+                    changes.pop("reminders", None), changes.pop("remind_before_seconds", None)
+                )
+            replanned = [
+                name
+                for name in _PLANNING_FIELDS
+                if name in changes and changes[name] != getattr(task, name)
+            ]
             for name, value in changes.items():
                 setattr(task, name, value)
             task.updated_at = now
-            soon = None
-            if task.status == "open":
+            opened: list[Reminder] = []
+            if set(replanned) & _SERIES_FIELDS:
+                self._validate(series_of(task))
+                task.series_cursor = None  # a new series: expanded again from its start
+            if replanned:
                 session.flush()
-                occurrence = open_occurrence(session, task, now)
-                if occurrence.state == "waiting":
-                    soon = SoonDue(
-                        task.id, occurrence.due_at, occurrence.message_id, occurrence.remind_at
-                    )
-        self._enqueue_if_due_soon(soon)
+                opened = plan_reminders(session, task, now, self.planning.horizon_seconds).opened
+                session.flush()
+        self._enqueue_soon_due(opened)
         return self.get(owner, task_id)
+
+    def complete(self, owner: Owner, task_id: uuid.UUID) -> TaskOut | None:
+        """Finish the current occurrence: a one-off task is done; a recurring one cancels the
+        pending reminders of its current occurrence (snoozes included) and moves on to the
+        next. A series with no occurrence left is done.
+
+        Raises:
+            TaskDone: the task is already done.
+        """
+        now = utcnow()
+        with unit_of_work(self.sessions) as session:
+            task = _owned(session, owner, task_id, lock=True)
+            if task is None:
+                return None
+            if task.status == "done":
+                raise TaskDone("the task is done")
+            task.updated_at = now
+            current = _current_occurrence(session, task, now)
+            if task.recurrence is None or current is None:
+                task.status = "done"
+                plan_reminders(session, task, now, self.planning.horizon_seconds)
+            else:
+                session.execute(
+                    update(Reminder)
+                    .where(
+                        Reminder.task_id == task.id,
+                        Reminder.due_at <= current,
+                        Reminder.state.in_(sorted(PENDING_STATES)),
+                    )
+                    .values(state="cancelled", cancelled_at=now, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                task.completed_through = current
+                session.flush()
+                opened = plan_reminders(session, task, now, self.planning.horizon_seconds).opened
+                session.flush()
+                self._enqueue_soon_due(opened)
+        return self.get(owner, task_id)
+
+    def snooze(
+        self,
+        owner: Owner,
+        task_id: uuid.UUID,
+        until: datetime,
+        within: Callable[[Session, ReminderOut], None] | None = None,
+    ) -> ReminderOut | None:
+        """One more reminder at ``until`` for the task's latest occurrence: the one whose
+        reminders have started (a remind time passed), else the next one. Its own row and
+        message ID (`shared.keys.snooze_message_id`): the same ``until`` is the same snooze.
+
+        Raises:
+            TaskDone: the task is done (nothing to snooze).
+        """
+        now = utcnow()
+        until = normalize_due_at(until)
+        with unit_of_work(self.sessions) as session:
+            task = _owned(session, owner, task_id, lock=True)
+            if task is None:
+                return None
+            if task.status == "done":
+                raise TaskDone("the task is done")
+            occurrence = _latest_occurrence(session, task, now)
+            key = snooze_message_id(task.id, occurrence, until)
+            row = session.get(Reminder, key)
+            if row is None:
+                row = Reminder(
+                    message_id=key,
+                    task_id=task.id,
+                    due_at=occurrence,
+                    offset_seconds=None,
+                    kind="snooze",
+                    remind_at=until,
+                    state="waiting",
+                    attempts=0,
+                    late=False,
+                    planned_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+                session.flush()
+            snoozed = _reminder_out(row)
+            if within is not None:
+                within(session, snoozed)
+        self._enqueue_soon_due([row])
+        return snoozed
+
+    def occurrences(
+        self, owner: Owner, task_id: uuid.UUID, after: datetime | None, limit: int
+    ) -> list[OccurrenceOut] | None:
+        """The task's next occurrences from ``after`` (default: now), with local times."""
+        with self.sessions() as session:
+            task = _owned(session, owner, task_id)
+            if task is None:
+                return None
+            series = series_of(task)
+            offsets = task.reminder_offsets
+            session.rollback()
+        if series.rule is None:
+            found = list(occurrences(series))
+        else:
+            found = list(occurrences(series, after=after or utcnow(), limit=limit))
+        return [_occurrence_out(o, offsets) for o in found]
 
     def delete(self, owner: Owner, task_id: uuid.UUID) -> bool:
         """Cancel what is pending and hide the task: from then on it is not found, like a task
@@ -216,20 +389,41 @@ class TaskService:
             task = _owned(session, owner, task_id, lock=True)
             if task is None:
                 return False
-            cancel_pending(session, task, now)
             task.deleted_at = now
             task.updated_at = now
+            plan_reminders(session, task, now, self.planning.horizon_seconds)
             return True
 
-    def reminders(self, owner: Owner, task_id: uuid.UUID) -> list[ReminderOut] | None:
-        with unit_of_work(self.sessions) as session:
+    def reminders(
+        self, owner: Owner, task_id: uuid.UUID, query: HistoryQuery
+    ) -> ReminderPage | None:
+        """One page of the task's reminder history, newest remind time first.
+
+        Raises:
+            BadCursor: the cursor does not decode.
+        """
+        with self.sessions() as session:
             task = _owned(session, owner, task_id)
             if task is None:
                 return None
-            rows = session.scalars(
-                select(Reminder).where(Reminder.task_id == task.id).order_by(Reminder.created_at)
-            )
-            return [_reminder_out(row) for row in rows]
+            statement = select(Reminder).where(Reminder.task_id == task.id)
+            if query.cursor:
+                before_at, before_id = decode_cursor(query.cursor)
+                statement = statement.where(
+                    tuple_(Reminder.remind_at, Reminder.message_id) < tuple_(before_at, before_id)
+                )
+            statement = statement.order_by(
+                Reminder.remind_at.desc(), Reminder.message_id.desc()
+            ).limit(query.limit + 1)
+            rows = list(session.scalars(statement))
+            items = [_reminder_out(row) for row in rows[: query.limit]]
+            session.rollback()
+        more = len(rows) > query.limit
+        last = items[-1] if more else None
+        return ReminderPage(
+            items=items,
+            next_cursor=encode_cursor(last.remind_at, last.message_id) if last else None,
+        )
 
     def list(self, owner: Owner, query: TaskQuery) -> TaskPage:
         """One page of the owner's tasks ordered by (due_at, id).
@@ -252,24 +446,124 @@ class TaskService:
             rows = session.connection().execute(statement).all()
             session.rollback()
         more = len(rows) > query.limit
-        items = [_row_out(row, owner) for row in rows[: query.limit]]
+        now = utcnow()
+        items = [_row_out(row, owner, now) for row in rows[: query.limit]]
         last = items[-1] if more else None
         return TaskPage(
             items=items, next_cursor=encode_cursor(last.due_at, last.id) if last else None
         )
 
 
-# A task with the reminder of its current due date, in one query (the listing's shape).
+# Fields whose change re-plans the reminders; of them, those that make another series.
+_PLANNING_FIELDS = ("due_at", "time_zone", "recurrence", "reminder_offsets", "status")
+_SERIES_FIELDS = {"due_at", "time_zone", "recurrence"}
+
+
+def _current(rows: Iterable[Reminder]) -> Reminder | None:
+    """Of the given rows, the first pending one by remind time."""
+    pending = [row for row in rows if row.state in PENDING_STATES]
+    return min(pending, key=lambda row: row.remind_at, default=None)
+
+
+def _current_occurrence(session: Session, task: Task, now: datetime) -> datetime | None:
+    """The occurrence a recurring task is at: the earliest with a pending reminder, else the
+    next one due (None once the series has ended)."""
+    earliest = session.scalar(
+        select(func.min(Reminder.due_at)).where(
+            Reminder.task_id == task.id,
+            Reminder.kind == "reminder",
+            Reminder.state.in_(sorted(PENDING_STATES)),
+        )
+    )
+    if earliest is not None:
+        return earliest
+    after = max(now, task.completed_through or now)
+    upcoming = next_occurrence(series_of(task), after)
+    return upcoming.due_at if upcoming else None
+
+
+def _latest_occurrence(session: Session, task: Task, now: datetime) -> datetime:
+    """The occurrence a snooze is for: the latest whose reminders have started, else the
+    current one, else (a series that ended) the task's last one."""
+    started = session.scalar(
+        select(func.max(Reminder.due_at)).where(
+            Reminder.task_id == task.id, Reminder.kind == "reminder", Reminder.remind_at <= now
+        )
+    )
+    if started is not None:
+        return started
+    return _current_occurrence(session, task, now) or task.due_at
+
+
+def _occurrence_out(occurrence: Occurrence, offsets: Iterable[int]) -> OccurrenceOut:
+    return OccurrenceOut(
+        due_at=occurrence.due_at,
+        local_due_at=occurrence.local_due_at,
+        remind_at=sorted(remind_at(occurrence.due_at, offset) for offset in offsets),
+    )
+
+
+def _next_occurrence_out(task: Any, now: datetime) -> OccurrenceOut | None:
+    if task.recurrence is None:
+        return None
+    series = Series(start=task.due_at, time_zone=task.time_zone, rule=parse_rule(task.recurrence))
+    after = max(now, task.completed_through or now)
+    upcoming = next_occurrence(series, after)
+    return _occurrence_out(upcoming, task.reminder_offsets) if upcoming else None
+
+
+def _task_out(task: Task, reminder: Reminder | None, owner: Owner, now: datetime) -> TaskOut:
+    offsets = list(task.reminder_offsets)
+    return TaskOut(
+        id=task.id,
+        owner=owner.name,
+        title=task.title,
+        notes=task.notes,
+        due_at=task.due_at,
+        time_zone=task.time_zone,
+        recurrence=task.recurrence,
+        reminders=offsets,
+        remind_before_seconds=offsets[0],
+        remind_at=remind_at(task.due_at, offsets[0]),
+        status=task.status,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+        reminder=_reminder_out(reminder) if reminder is not None else None,
+        next_occurrence=_next_occurrence_out(task, now),
+    )
+
+
+_PENDING = Reminder.state.in_(sorted(PENDING_STATES))
+# The reminder a task shows: the next pending one by remind time, else the latest one.
+_SHOWN_REMINDER = (
+    select(Reminder.message_id)
+    .where(Reminder.task_id == Task.id)
+    .order_by(
+        case((_PENDING, 0), else_=1),
+        case((_PENDING, Reminder.remind_at), else_=None),
+        Reminder.remind_at.desc(),
+    )
+    .limit(1)
+    .correlate(Task)
+    .scalar_subquery()
+)
+# A task with the reminder it shows, in one query (the listing's shape).
 _TASK_WITH_REMINDER = select(
     Task.id,
     Task.title,
     Task.notes,
     Task.due_at,
-    Task.remind_before_seconds,
+    Task.time_zone,
+    Task.recurrence,
+    Task.reminder_offsets,
+    Task.completed_through,
     Task.status,
     Task.created_at,
     Task.updated_at,
     Reminder.state.label("r_state"),
+    Reminder.kind.label("r_kind"),
+    Reminder.due_at.label("r_due_at"),
+    Reminder.offset_seconds.label("r_offset_seconds"),
     Reminder.remind_at.label("r_remind_at"),
     Reminder.message_id.label("r_message_id"),
     Reminder.sent_at.label("r_sent_at"),
@@ -278,15 +572,17 @@ _TASK_WITH_REMINDER = select(
     Reminder.last_error.label("r_last_error"),
     Reminder.cancelled_at.label("r_cancelled_at"),
     Reminder.reopened_at.label("r_reopened_at"),
-).outerjoin(Reminder, and_(Reminder.task_id == Task.id, Reminder.due_at == Task.due_at))
+).outerjoin(Reminder, Reminder.message_id == _SHOWN_REMINDER)
 
 
-def _row_out(row: Row[*tuple[Any, ...]], owner: Owner) -> TaskOut:
+def _row_out(row: Row[*tuple[Any, ...]], owner: Owner, now: datetime) -> TaskOut:
     reminder = None
     if row.r_state is not None:
         reminder = ReminderOut(
             state=row.r_state,
-            due_at=row.due_at,
+            kind=row.r_kind,
+            due_at=row.r_due_at,
+            offset_seconds=row.r_offset_seconds,
             remind_at=row.r_remind_at,
             message_id=row.r_message_id,
             sent_at=row.r_sent_at,
@@ -296,16 +592,21 @@ def _row_out(row: Row[*tuple[Any, ...]], owner: Owner) -> TaskOut:
             cancelled_at=row.r_cancelled_at,
             reopened_at=row.r_reopened_at,
         )
+    offsets = list(row.reminder_offsets)
     return TaskOut(
         id=row.id,
         owner=owner.name,
         title=row.title,
         notes=row.notes,
         due_at=row.due_at,
-        remind_before_seconds=row.remind_before_seconds,
-        remind_at=remind_at(row.due_at, row.remind_before_seconds),
+        time_zone=row.time_zone,
+        recurrence=row.recurrence,
+        reminders=offsets,
+        remind_before_seconds=offsets[0],
+        remind_at=remind_at(row.due_at, offsets[0]),
         status=row.status,
         created_at=row.created_at,
         updated_at=row.updated_at,
         reminder=reminder,
+        next_occurrence=_next_occurrence_out(row, now),
     )

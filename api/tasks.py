@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
+
 from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
@@ -9,10 +12,23 @@ from sqlalchemy.orm import Session
 
 from api import idempotency
 from api.pagination import BadCursor
-from api.problems import bad_cursor_problem, problem, problem_responses
+from api.problems import (
+    VALIDATION_TYPE,
+    bad_cursor_problem,
+    problem,
+    problem_responses,
+    recurrence_problem,
+)
 from api.schemas import (
+    SNOOZE_MAX_SECONDS,
+    SNOOZE_MIN_SECONDS,
     CreateHeaders,
-    ReminderHistory,
+    HistoryQuery,
+    OccurrenceList,
+    OccurrenceQuery,
+    ReminderOut,
+    ReminderPage,
+    SnoozeRequest,
     TaskCreate,
     TaskOut,
     TaskPage,
@@ -20,7 +36,9 @@ from api.schemas import (
     TaskPath,
     TaskQuery,
 )
-from api.service import Owner, TaskService
+from api.service import NoTask, Owner, TaskDone, TaskService
+from shared.db import utcnow
+from shared.recurrence import RecurrenceError
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -61,6 +79,22 @@ def not_found() -> Response:
     return problem(404, "no such task")
 
 
+def until_problem() -> Response:
+    entry = {
+        "in": "body",
+        "field": "until",
+        "message": "must be 60 seconds to 7 days from now",
+        "code": "out_of_range",
+    }
+    return problem(
+        422,
+        "invalid fields: until",
+        title="Validation failed",
+        type_=VALIDATION_TYPE,
+        errors=[entry],
+    )
+
+
 def caller() -> Owner:
     owner: Owner = g.owner
     return owner
@@ -76,30 +110,18 @@ def tasks_api(service: TaskService) -> APIBlueprint:
         abp_security=SECURITY,
     )
 
-    @api.post(
-        "",
-        summary="Create a task",
-        operation_id="createTask",
-        responses={
-            201: CREATED,
-            **problem_responses(
-                400,
-                409,
-                422,
-                descriptions={
-                    400: "The body is not JSON, or Idempotency-Key is not one key: one "
-                    'Structured Field string ("...") or one bare key, in one header line',
-                    409: "A request with this Idempotency-Key is still in progress",
-                    422: "Invalid fields, or this Idempotency-Key was used with another body",
-                },
-            ),
-        },
-    )
-    def create_task(header: CreateHeaders, body: TaskCreate) -> Response:
+    def idempotent(
+        header: CreateHeaders,
+        path: str,
+        run: Callable[[Callable[[Session, BaseModel], None] | None], BaseModel],
+        respond: Callable[[BaseModel], Response],
+    ) -> Response:
+        """Run a creating request once per ``Idempotency-Key`` (see `api.idempotency`):
+        ``run(within)`` does the work, calling ``within`` inside its transaction."""
         owner = caller()
         if header.idempotency_key is None:
-            return created(service.create(owner, body))
-        request_hash = idempotency.fingerprint("POST", "/tasks", request.get_json())
+            return respond(run(None))
+        request_hash = idempotency.fingerprint("POST", path, request.get_json())
         outcome = idempotency.claim(
             service.sessions, owner.id, header.idempotency_key, request_hash
         )
@@ -122,16 +144,52 @@ def tasks_api(service: TaskService) -> APIBlueprint:
             )
         claimed = outcome
 
-        def keep_response(session: Session, task: TaskOut) -> None:
+        def keep_response(session: Session, made: BaseModel) -> None:
+            answer = respond(made)
             idempotency.store_response(
-                session, claimed, 201, task.model_dump_json(), location(task)
+                session,
+                claimed,
+                answer.status_code,
+                made.model_dump_json(),
+                answer.headers.get("Location"),
             )
 
         try:
-            return created(service.create(owner, body, within=keep_response))
+            return respond(run(keep_response))
         except Exception:
             idempotency.release(service.sessions, claimed)
             raise
+
+    @api.post(
+        "",
+        summary="Create a task",
+        operation_id="createTask",
+        responses={
+            201: CREATED,
+            **problem_responses(
+                400,
+                409,
+                422,
+                descriptions={
+                    400: "The body is not JSON, or Idempotency-Key is not one key: one "
+                    'Structured Field string ("...") or one bare key, in one header line',
+                    409: "A request with this Idempotency-Key is still in progress",
+                    422: "Invalid fields, or this Idempotency-Key was used with another body",
+                },
+            ),
+        },
+    )
+    def create_task(header: CreateHeaders, body: TaskCreate) -> Response:
+        owner = caller()
+        try:
+            return idempotent(
+                header,
+                "/tasks",
+                lambda within: service.create(owner, body, within=within),
+                lambda task: created(task),  # type: ignore[arg-type]
+            )
+        except RecurrenceError as error:
+            return recurrence_problem(error)
 
     @api.get(
         "",
@@ -148,7 +206,7 @@ def tasks_api(service: TaskService) -> APIBlueprint:
 
     @api.get(
         "/<uuid:task_id>",
-        summary="One task, with the reminder of its current due date",
+        summary="One task, with its next reminder (or its last one) and next occurrence",
         operation_id="getTask",
         responses={200: TaskOut, **problem_responses(404, 422, descriptions=NO_TASK)},
     )
@@ -158,17 +216,115 @@ def tasks_api(service: TaskService) -> APIBlueprint:
 
     @api.patch(
         "/<uuid:task_id>",
-        summary="Change a task; a new due date is a new reminder occurrence",
+        summary="Change a task; a change of when or how it reminds re-plans its reminders",
         operation_id="updateTask",
         responses={200: TaskOut, **problem_responses(404, 422, descriptions=NO_TASK)},
     )
     def update_task(path: TaskPath, body: TaskPatch) -> Response:
-        task = service.update(caller(), path.task_id, body)
+        """Changing due_at, time_zone, recurrence or reminders cancels the pending reminders
+        that no longer match and opens the new ones; an unchanged (occurrence, offset) keeps
+        its reminder, so it is never sent twice. status done ends the task (a recurring one:
+        the whole series)."""
+        try:
+            task = service.update(caller(), path.task_id, body)
+        except RecurrenceError as error:
+            return recurrence_problem(error)
         return json_response(task) if task else not_found()
+
+    @api.post(
+        "/<uuid:task_id>/complete",
+        summary="Complete the current occurrence",
+        operation_id="completeTask",
+        responses={
+            200: TaskOut,
+            **problem_responses(
+                404, 409, 422, descriptions={**NO_TASK, 409: "The task is already done"}
+            ),
+        },
+    )
+    def complete_task(path: TaskPath) -> Response:
+        """A one-off task becomes done. A recurring task's pending reminders for its current
+        occurrence (the earliest with a pending reminder, else the next) are cancelled and
+        it moves on to the next occurrence; a series with none left becomes done."""
+        try:
+            task = service.complete(caller(), path.task_id)
+        except TaskDone as error:
+            return problem(409, str(error))
+        return json_response(task) if task else not_found()
+
+    @api.post(
+        "/<uuid:task_id>/snooze",
+        summary="Remind once more, later",
+        operation_id="snoozeTask",
+        responses={
+            201: ReminderOut,
+            **problem_responses(
+                400,
+                404,
+                409,
+                422,
+                descriptions={
+                    **NO_TASK,
+                    400: "The body is not JSON, or Idempotency-Key is not one key",
+                    409: "The task is done, or a request with this Idempotency-Key is still "
+                    "in progress",
+                    422: "Invalid fields, or this Idempotency-Key was used with another body",
+                },
+            ),
+        },
+    )
+    def snooze_task(path: TaskPath, header: CreateHeaders, body: SnoozeRequest) -> Response:
+        """One more reminder for the task's latest occurrence (the one whose reminders have
+        started, else the next), at ``until`` or ``seconds`` from now: its own reminder with
+        its own message ID. Snoozing again until the same time is the same snooze. With
+        ``seconds``, send an ``Idempotency-Key`` to retry safely: the retry answers the
+        first snooze again instead of adding another."""
+        owner = caller()
+        now = utcnow()
+        until = body.until or now + timedelta(seconds=body.seconds or 0)
+        if (
+            not now + timedelta(seconds=SNOOZE_MIN_SECONDS)
+            <= until
+            <= now + timedelta(seconds=SNOOZE_MAX_SECONDS)
+        ):
+            return until_problem()
+
+        def run(within: Callable[[Session, BaseModel], None] | None) -> BaseModel:
+            snoozed = service.snooze(owner, path.task_id, until, within=within)
+            if snoozed is None:
+                raise NoTask
+            return snoozed
+
+        try:
+            return idempotent(
+                header,
+                f"/tasks/{path.task_id}/snooze",
+                run,
+                lambda snoozed: json_response(snoozed, 201),
+            )
+        except TaskDone as error:
+            return problem(409, str(error))
+        except NoTask:
+            return not_found()
+
+    @api.get(
+        "/<uuid:task_id>/occurrences",
+        summary="Preview the task's next occurrences, with local times",
+        operation_id="listTaskOccurrences",
+        responses={200: OccurrenceList, **problem_responses(404, 422, descriptions=NO_TASK)},
+    )
+    def task_occurrences(path: TaskPath, query: OccurrenceQuery) -> Response:
+        """The occurrences due at or after ``after`` (default: now), at most ``limit``
+        (≤ 100); a one-off task has one. local_due_at is the same instant with the task's
+        zone's offset; remind_at lists its reminders' times."""
+        found = service.occurrences(caller(), path.task_id, query.after, query.limit)
+        if found is None:
+            return not_found()
+        return json_response(OccurrenceList(items=found))
 
     @api.delete(
         "/<uuid:task_id>",
-        summary="Delete a task; a pending reminder is cancelled",
+        summary="Delete a task; its pending reminders are cancelled",
         operation_id="deleteTask",
         responses={204: None, **problem_responses(404, 422, descriptions=NO_TASK)},
     )
@@ -180,17 +336,21 @@ def tasks_api(service: TaskService) -> APIBlueprint:
 
     @api.get(
         "/<uuid:task_id>/reminders",
-        summary="The task's reminder history, oldest first",
+        summary="The task's reminder history, newest first",
         operation_id="listTaskReminders",
-        responses={200: ReminderHistory, **problem_responses(404, 422, descriptions=NO_TASK)},
+        responses={200: ReminderPage, **problem_responses(404, 422, descriptions=NO_TASK)},
     )
-    def task_reminders(path: TaskPath) -> Response:
-        """One entry per due date: a cancelled reminder made pending again (the task moved
-        back to that due date, or reopened) is the same entry, with its cancelled_at and
-        reopened_at. A deleted task's history is a 404, as the task is."""
-        history = service.reminders(caller(), path.task_id)
-        if history is None:
+    def task_reminders(path: TaskPath, query: HistoryQuery) -> Response:
+        """One entry per (occurrence, offset) and per snooze, newest remind time first,
+        paged. A cancelled reminder made pending again (the task moved back to that due
+        date, or reopened) is the same entry, with its cancelled_at and reopened_at. A
+        deleted task's history is a 404, as the task is."""
+        try:
+            page = service.reminders(caller(), path.task_id, query)
+        except BadCursor as exc:
+            return bad_cursor_problem(exc)
+        if page is None:
             return not_found()
-        return json_response(ReminderHistory(items=history))
+        return json_response(page)
 
     return api

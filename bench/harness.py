@@ -179,20 +179,23 @@ def load_reminders(env: Env, owner: uuid.UUID, remind_ats: Sequence[datetime]) -
     for remind_at in remind_ats:
         task_id, due_at = uuid.uuid4(), remind_at + LEAD
         due, remind = due_at.isoformat(), remind_at.isoformat()
-        tasks.write(f"{task_id}\t{owner}\tbench task\t{due}\t3600\topen\t{created}\t{created}\n")
-        key = message_id(task_id, due_at)
+        tasks.write(
+            f"{task_id}\t{owner}\tbench task\t{due}\tUTC\t[3600]\topen\t{created}\t{created}\n"
+        )
+        key = message_id(task_id, due_at, 3600)
         reminders.write(
-            f"{key}\t{task_id}\t{due}\t{remind}\twaiting\t0\tf\t{created}\t{created}\t{created}\n"
+            f"{key}\t{task_id}\t{due}\t3600\t{remind}\twaiting\t0\tf\t"
+            f"{created}\t{created}\t{created}\n"
         )
     with env.connect() as conn, conn.cursor() as cur:
         with cur.copy(
-            "COPY tasks (id, owner_id, title, due_at, remind_before_seconds, status, "
+            "COPY tasks (id, owner_id, title, due_at, time_zone, reminder_offsets, status, "
             "created_at, updated_at) FROM STDIN"
         ) as copy:
             copy.write(tasks.getvalue())
         with cur.copy(
-            "COPY reminders (message_id, task_id, due_at, remind_at, state, attempts, late, "
-            "planned_at, created_at, updated_at) FROM STDIN"
+            "COPY reminders (message_id, task_id, due_at, offset_seconds, remind_at, state, "
+            "attempts, late, planned_at, created_at, updated_at) FROM STDIN"
         ) as copy:
             copy.write(reminders.getvalue())
         conn.commit()

@@ -1,9 +1,11 @@
-"""The tables: users and their API tokens, tasks, and reminders (one row per occurrence).
+"""The tables: users and their API tokens, tasks, and reminders (one row per occurrence
+and offset, and one per snooze).
 
-A reminder row exists for every occurrence from the moment the task is created or
-rescheduled (state ``waiting``), so the producer's scan is an index range over
+A reminder row exists for every (occurrence, offset) from the moment the task is created
+or changed (state ``waiting``) — for a recurring task, for the occurrences within the
+horizon, which the producer extends — so the producer's scan is an index range over
 ``remind_at`` of waiting rows and never an anti-join against the tasks table. The
-database, not application code, enforces one reminder per (task, due date).
+database, not application code, enforces one reminder per (task, due date, offset).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -27,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime, utcnow
-from shared.rules import REMINDER_STATES, TASK_STATUSES
+from shared.rules import REMINDER_KINDS, REMINDER_STATES, TASK_STATUSES
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -81,23 +84,43 @@ class Task(Base):
             postgresql_where=text("deleted_at IS NULL"),
             sqlite_where=text("deleted_at IS NULL"),
         ),
+        # The producer's horizon fill: the recurring tasks whose rows run out soonest.
+        Index(
+            "ix_tasks_refill_at",
+            "refill_at",
+            postgresql_where=text("refill_at IS NOT NULL"),
+            sqlite_where=text("refill_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     title: Mapped[str] = mapped_column(String(200))
     notes: Mapped[str | None] = mapped_column(Text)
-    due_at: Mapped[datetime]
-    remind_before_seconds: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime]  # a recurring task's first occurrence (DTSTART)
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    recurrence: Mapped[str | None] = mapped_column(String(500))  # an RRULE value, normalised
+    reminder_offsets: Mapped[list[int]] = mapped_column(JSON)  # seconds before each occurrence
     status: Mapped[str] = mapped_column(String(8), default="open")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Deleted tasks are kept (hidden from the API) so their reminders stay an audit trail.
     deleted_at: Mapped[datetime | None]
+    # A recurring series' rows (`shared.occurrences`): occurrences due up to
+    # ``series_filled_until`` have theirs; the producer extends them from ``refill_at`` on,
+    # resuming the rule's expansion at ``series_cursor`` (NULL: from the start). Both NULL
+    # for a one-off task and for a series that ended or is done.
+    series_filled_until: Mapped[datetime | None]
+    refill_at: Mapped[datetime | None]
+    series_cursor: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    # Occurrences due up to here were completed (POST /tasks/{id}/complete): never reopened.
+    completed_through: Mapped[datetime | None]
 
 
 class Reminder(Base):
-    """One occurrence of a task's reminder; ``message_id`` is derived from (task_id, due_at).
+    """One reminder of one occurrence of a task, at one offset before it (``kind`` reminder),
+    or a snooze of the occurrence (``kind`` snooze, no offset); ``message_id`` is derived
+    from them (`shared.keys`), and kept as given when the formula changed.
 
     The row is the occurrence's history as well as its state: a cancelled row made pending
     again (the task moved away and back, or was reopened) is the same row, so its message ID
@@ -107,8 +130,9 @@ class Reminder(Base):
 
     __tablename__ = "reminders"
     __table_args__ = (
-        UniqueConstraint("task_id", "due_at"),
+        UniqueConstraint("task_id", "due_at", "offset_seconds"),
         CheckConstraint(_one_of("state", REMINDER_STATES), name="state"),
+        CheckConstraint(_one_of("kind", REMINDER_KINDS), name="kind"),
         # The producer's two scans, each a range over a small partial index.
         Index(
             "ix_reminders_waiting_remind_at",
@@ -133,7 +157,9 @@ class Reminder(Base):
 
     message_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id"))
-    due_at: Mapped[datetime]
+    due_at: Mapped[datetime]  # the occurrence
+    offset_seconds: Mapped[int | None] = mapped_column(Integer)  # NULL for a snooze
+    kind: Mapped[str] = mapped_column(String(8), default="reminder")
     remind_at: Mapped[datetime]
     state: Mapped[str] = mapped_column(String(10), default="waiting")
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,19 +1,34 @@
 """Keeping a task's reminder rows in step with the task, inside the caller's transaction.
 
-Every change of a task that affects its reminder goes through here: creating a task opens
-its first occurrence (``waiting``), rescheduling cancels the pending one and opens another,
-finishing or deleting cancels what is pending. Rows that already reached a final state
-(``sent``, ``failed``, ``missed``) are never touched: they are the audit trail, and the
-UNIQUE (task_id, due_at) constraint keeps a rescheduled-back task from being reminded twice.
-A cancelled row that becomes current again is reopened in place (same row, same message ID)
-and keeps its ``cancelled_at`` beside the new ``reopened_at``. Whenever a row's remind time
-is set, ``planned_at`` records when: the producer's catch-up rule starts from it.
+Every change of a task that affects its reminders goes through `plan_reminders`: it expands
+the task's occurrences (`shared.recurrence`: a one-off task has one, a recurring one every
+instance of its rule within the horizon) and, for each (occurrence, offset), keeps the row
+that exists, opens the one that is missing (``waiting``) and cancels the pending rows that
+no longer match. Rows that reached a final state (``sent``, ``failed``, ``missed``) are
+never touched: they are the audit trail, and the UNIQUE (task_id, due_at, offset_seconds)
+constraint keeps an unchanged (occurrence, offset) from being reminded twice. A cancelled
+row that becomes current again through an edit (the task moved away and back) is reopened
+in place — same row, same message ID — keeping its ``cancelled_at`` beside ``reopened_at``.
+
+``planned_at`` records when a row's remind time was set: the producer's catch-up rule starts
+from it. A row opened by a user's change is planned now (a remind time already past is sent
+at once); a row the producer opens while extending a series' horizon is planned at its remind
+time if that has passed (the series owed it then: after downtime the catch-up rule decides
+between late and missed, never a burst of stale reminders).
+
+A recurring task's rows cover the occurrences due up to ``series_filled_until``: every
+reminder whose remind time is less than the horizon away exists as a row. The producer calls
+`extend_series` for tasks whose ``refill_at`` has come; it resumes the rule's expansion at
+``series_cursor`` (the last occurrence already past), and re-derives the pending rows after
+it, so a time zone whose rules changed (a tzdata update) moves them to their new instants.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -21,70 +36,183 @@ from sqlalchemy.orm import Session
 
 from shared.keys import message_id
 from shared.models import Reminder, Task
+from shared.recurrence import Occurrence, Series, occurrences, parse_rule, time_zone
 from shared.rules import PENDING_STATES, remind_at
 
 
-def current_occurrence(session: Session, task: Task) -> Reminder | None:
-    """The reminder row of the task's current due date, if any."""
-    return session.scalars(
-        select(Reminder).where(Reminder.task_id == task.id, Reminder.due_at == task.due_at)
-    ).one_or_none()
+def series_of(task: Task) -> Series:
+    """The task's occurrences as a `Series` (its rule was validated when it was stored)."""
+    return Series(
+        start=task.due_at,
+        time_zone=task.time_zone,
+        rule=parse_rule(task.recurrence) if task.recurrence else None,
+    )
 
 
-def first_occurrence(
-    task_id: uuid.UUID, due_at: datetime, remind_before_seconds: int, now: datetime
+def reminder_values(
+    task_id: uuid.UUID, due_at: datetime, offset_seconds: int, now: datetime, planned_at: datetime
 ) -> dict[str, Any]:
-    """The column values of a task's first reminder row (state ``waiting``)."""
+    """The column values of a new reminder row (state ``waiting``)."""
     return {
-        "message_id": message_id(task_id, due_at),
+        "message_id": message_id(task_id, due_at, offset_seconds),
         "task_id": task_id,
         "due_at": due_at,
-        "remind_at": remind_at(due_at, remind_before_seconds),
+        "offset_seconds": offset_seconds,
+        "kind": "reminder",
+        "remind_at": remind_at(due_at, offset_seconds),
         "state": "waiting",
         "attempts": 0,
         "late": False,
-        "planned_at": now,
+        "planned_at": planned_at,
         "created_at": now,
         "updated_at": now,
     }
 
 
-def open_occurrence(
-    session: Session, task: Task, now: datetime, *, new_task: bool = False
-) -> Reminder:
-    """Make sure the task's current due date has a reminder row, pending if it can be.
+@dataclass(frozen=True)
+class Planned:
+    """What `plan_reminders` did: the rows it opened or reopened (``waiting``), and how many
+    pending rows it cancelled."""
 
-    A cancelled row for the same due date (the task was finished or moved away and back)
-    is made pending again, recording ``reopened_at``; a row in a final state is left as it is.
+    opened: list[Reminder]
+    cancelled: int
+
+
+def _cursor(occurrence: Occurrence) -> dict[str, object]:
+    return {
+        "due_at": occurrence.due_at.isoformat(),
+        "wall": occurrence.wall.isoformat(),
+        "index": occurrence.index,
+    }
+
+
+def _resume_point(task: Task) -> Occurrence | None:
+    cursor = task.series_cursor
+    if not cursor:
+        return None
+    due_at = datetime.fromisoformat(str(cursor["due_at"])).astimezone(UTC)
+    return Occurrence(
+        due_at=due_at,
+        local_due_at=due_at.astimezone(time_zone(task.time_zone)),
+        wall=datetime.fromisoformat(str(cursor["wall"])),
+        index=int(str(cursor["index"])),
+    )
+
+
+def plan_reminders(
+    session: Session, task: Task, now: datetime, horizon_seconds: int, *, edited: bool = True
+) -> Planned:
+    """Bring the task's reminder rows in step with its occurrences and offsets (see the
+    module docstring). The caller holds the task's row lock (or created it).
+
+    ``edited``: a user's change (create, edit, reopen): the whole plan is derived again from
+    the start of the series, cancelled rows that match again are reopened, and new rows are
+    planned now. Otherwise (the producer extending the horizon) expansion resumes at the
+    task's cursor and new rows are planned at their remind time if it has passed.
     """
-    occurrence = current_occurrence(session, task)
-    when = remind_at(task.due_at, task.remind_before_seconds)
-    if occurrence is None:
-        occurrence = Reminder(
-            **first_occurrence(task.id, task.due_at, task.remind_before_seconds, now)
+    if task.status != "open" or task.deleted_at is not None:
+        cancelled = cancel_pending(session, task, now)
+        task.series_filled_until = task.refill_at = task.series_cursor = None
+        return Planned(opened=[], cancelled=cancelled)
+    series = series_of(task)
+    offsets = sorted(set(task.reminder_offsets), reverse=True)
+    resume = None if edited else _resume_point(task)
+    pending = _pending_rows(session, task, resume)
+    if series.rule is None:
+        expected = list(occurrences(series))
+        upper = None
+    else:
+        upper = now + timedelta(seconds=horizon_seconds + max(offsets))
+        # After the earliest pending occurrence (an overdue reminder still to send keeps its
+        # row if the rule still has it), never before what was completed.
+        earliest = min((row.due_at for row in pending), default=now)
+        after = None if resume is not None else min(now, earliest)
+        done = task.completed_through
+        if done is not None and (after is None or after <= done):
+            after = done + timedelta(seconds=1)
+        expected = list(occurrences(series, after=after, until=upper, resume=resume))
+    wanted = {(o.due_at, offset) for o in expected for offset in offsets}
+    existing = _rows(session, task, {due for due, _ in wanted})
+    opened: list[Reminder] = []
+    for due_at, offset in sorted(wanted):
+        row = existing.get((due_at, offset))
+        if row is None:
+            when = remind_at(due_at, offset)
+            planned_at = now if edited else min(now, when)
+            row = Reminder(**reminder_values(task.id, due_at, offset, now, planned_at))
+            session.add(row)
+            opened.append(row)
+        elif row.state == "cancelled" and edited:
+            row.state = "waiting"
+            row.planned_at = now
+            row.reopened_at = now
+            row.updated_at = now
+            opened.append(row)
+    stale = [row for row in pending if (row.due_at, row.offset_seconds) not in wanted]
+    for row in stale:
+        row.state = "cancelled"
+        row.cancelled_at = now
+        row.updated_at = now
+    if upper is not None:
+        _advance(task, series, expected, upper, now, horizon_seconds)
+    return Planned(opened=opened, cancelled=len(stale))
+
+
+def _advance(
+    task: Task,
+    series: Series,
+    expected: list[Occurrence],
+    upper: datetime,
+    now: datetime,
+    horizon_seconds: int,
+) -> None:
+    """Record how far the series' rows reach, where to resume, and when to extend them."""
+    past = [o for o in expected if o.due_at < now]
+    if past:
+        task.series_cursor = _cursor(past[-1])
+    last = expected[-1] if expected else _resume_point(task)
+    beyond = occurrences(series, after=upper + timedelta(seconds=1), limit=1, resume=last)
+    if next(iter(beyond), None) is None:  # COUNT or UNTIL reached: every row exists
+        task.series_filled_until = task.refill_at = None
+        return
+    task.series_filled_until = upper
+    # Extended when half the horizon has gone by: a scan that is late or fails a few times
+    # still leaves every reminder materialised before its remind time.
+    task.refill_at = now + timedelta(seconds=horizon_seconds // 2)
+
+
+def _pending_rows(session: Session, task: Task, resume: Occurrence | None) -> list[Reminder]:
+    """The task's pending reminder rows (snoozes aside), after ``resume`` if given."""
+    query = select(Reminder).where(
+        Reminder.task_id == task.id,
+        Reminder.kind == "reminder",
+        Reminder.state.in_(sorted(PENDING_STATES)),
+    )
+    if resume is not None:
+        query = query.where(Reminder.due_at > resume.due_at)
+    return list(session.scalars(query))
+
+
+def _rows(
+    session: Session, task: Task, due_dates: Iterable[datetime]
+) -> dict[tuple[datetime, int | None], Reminder]:
+    """The task's reminder rows for these occurrences, by (due_at, offset_seconds)."""
+    wanted = sorted(set(due_dates))
+    if not wanted:
+        return {}
+    rows = session.scalars(
+        select(Reminder).where(
+            Reminder.task_id == task.id,
+            Reminder.kind == "reminder",
+            Reminder.due_at >= wanted[0],
+            Reminder.due_at <= wanted[-1],
         )
-        session.add(occurrence)
-    elif occurrence.state == "cancelled":
-        occurrence.state = "waiting"
-        occurrence.remind_at = when
-        occurrence.planned_at = now
-        occurrence.reopened_at = now
-        occurrence.updated_at = now
-    elif occurrence.remind_at != when and (
-        occurrence.state == "waiting"
-        # Enqueued ahead and not due yet: planned again. The message already enqueued comes
-        # early (and is put back until the new time) or late (and finds it sent).
-        or (occurrence.state == "queued" and occurrence.remind_at > now)
-    ):
-        occurrence.state = "waiting"
-        occurrence.remind_at = when
-        occurrence.planned_at = now
-        occurrence.updated_at = now
-    return occurrence
+    )
+    return {(row.due_at, row.offset_seconds): row for row in rows}
 
 
 def cancel_pending(session: Session, task: Task, now: datetime) -> int:
-    """Cancel every pending reminder of the task; returns how many were cancelled.
+    """Cancel every pending reminder of the task (snoozes too); returns how many.
 
     A message already in the queue for a cancelled row finds it cancelled and does nothing.
     """

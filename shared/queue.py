@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,8 +69,8 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisB
     Callbacks and Pipelines act only on options no actor or message here sets (``max_age``,
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
     hooks on every message. `BatchedDelayHandOver` moves due delayed messages to their
-    queue in batches (Dramatiq's worker does it one round trip at a time). Passing ``client`` (e.g. a fakeredis client) replaces the
-    connection to ``REDIS_URL``.
+    queue in batches (Dramatiq's worker does it one round trip at a time). Passing
+    ``client`` (e.g. a fakeredis client) replaces the connection to ``REDIS_URL``.
     """
     retries = OutageAwareRetries(
         max_retries=settings.max_retries,
@@ -127,46 +128,52 @@ class SoonDue:
 
 
 def enqueue_if_due_soon(
-    engine: Engine, broker: RedisBroker, reminder: SoonDue, lookahead_seconds: int
-) -> bool:
-    """Enqueue a just-planned reminder now if the next scan might come after its remind time.
+    engine: Engine, broker: RedisBroker, reminders: Sequence[SoonDue], lookahead_seconds: int
+) -> int:
+    """Enqueue just-planned reminders now if the next scan might come after their remind time.
 
     The producer only looks ``lookahead_seconds`` ahead on each scan, so a reminder planned
     inside that window is enqueued here (delayed to its remind time) and its row marked
-    ``queued``. If Redis cannot be reached the row stays ``waiting`` and the next scan takes
-    it: the client's request succeeds either way. Returns whether it was enqueued.
+    ``queued``. If Redis cannot be reached the rows stay ``waiting`` and the next scan takes
+    them: the client's request succeeds either way. Returns how many were enqueued.
     """
     now = utcnow()
-    if reminder.remind_at > now + timedelta(seconds=lookahead_seconds):
-        return False
-    message = reminder_message(
-        reminder.task_id,
-        reminder.due_at,
-        reminder.message_id,
-        eta=reminder.remind_at if reminder.remind_at > now else None,
-    )
+    horizon = now + timedelta(seconds=lookahead_seconds)
+    soon = [reminder for reminder in reminders if reminder.remind_at <= horizon]
+    if not soon:
+        return 0
+    messages = [
+        reminder_message(
+            reminder.task_id,
+            reminder.due_at,
+            reminder.message_id,
+            eta=reminder.remind_at if reminder.remind_at > now else None,
+        )
+        for reminder in soon
+    ]
     try:
-        enqueue_batch(broker, [message])
+        enqueue_batch(broker, messages)
     except redis.RedisError as exc:
         log.warning(
             "reminder.enqueue_deferred",
-            message_id=str(reminder.message_id),
+            message_ids=[str(reminder.message_id) for reminder in soon],
             error_type=type(exc).__name__,
         )
-        return False
+        return 0
     # A message whose row is still ``waiting`` would be enqueued again by the next scan;
     # harmless (the delivery suppresses it), but this spares it.
     with engine.begin() as connection:
-        connection.execute(
-            update(Reminder)
-            .where(
-                Reminder.message_id == reminder.message_id,
-                Reminder.state == "waiting",
-                Reminder.remind_at == reminder.remind_at,
+        for reminder in soon:
+            connection.execute(
+                update(Reminder)
+                .where(
+                    Reminder.message_id == reminder.message_id,
+                    Reminder.state == "waiting",
+                    Reminder.remind_at == reminder.remind_at,
+                )
+                .values(state="queued", updated_at=now)
             )
-            .values(state="queued", updated_at=now)
-        )
-    return True
+    return len(soon)
 
 
 def ping(broker: RedisBroker) -> None:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 TASK_STATUSES = ("open", "done")
 REMINDER_STATES = ("waiting", "queued", "sent", "failed", "missed", "cancelled")
+REMINDER_KINDS = ("reminder", "snooze")
 PENDING_STATES = frozenset({"waiting", "queued"})
 DELIVERABLE_STATES = PENDING_STATES
 

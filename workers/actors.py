@@ -118,7 +118,7 @@ class RecordFailedAttempts(Middleware):
             log.warning("reminder.retrying", delay_ms=delay_ms, counted=False, **fields)
             return
         try:
-            task_id, due_at = parse_occurrence(*message.args)
+            named = parse_occurrence(message.message_id, *message.args)
         except (PermanentDeliveryError, TypeError):
             # No row to record on; a wrong number of arguments is retried like any TypeError,
             # so only the final attempt is the dead letter.
@@ -132,7 +132,7 @@ class RecordFailedAttempts(Middleware):
                 )
             return
         recorded = record_failed_attempt(
-            self.pipeline.sessions, task_id, due_at, exception, final=message.failed
+            self.pipeline.sessions, named, exception, final=message.failed
         )
         attempt = recorded.attempts if recorded else message.options.get("retries", 0)
         if message.failed:
@@ -205,17 +205,15 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
     sent_here = metrics.SENT.labels(pipeline.channel.name)
 
     def send_reminder(task_id: str, due_at: str) -> None:
-        """Deliver one occurrence exactly once (see ``workers.delivery``)."""
-        occurrence_task, occurrence_due = parse_occurrence(task_id, due_at)
+        """Deliver one reminder exactly once (see ``workers.delivery``)."""
         message = dramatiq.middleware.CurrentMessage.get_current_message()
+        if message is None:
+            raise PermanentDeliveryError("malformed message: no message ID")
+        named = parse_occurrence(message.message_id, task_id, due_at)
         delivery = deliver_occurrence(
-            pipeline.engine,
-            pipeline.channel,
-            occurrence_task,
-            occurrence_due,
-            carried=message.options if message else None,
+            pipeline.engine, pipeline.channel, named, carried=message.options
         )
-        fields = {"task_id": task_id, "message_id": message.message_id if message else None}
+        fields = {"task_id": task_id, "message_id": message.message_id}
         if delivery.outcome is Outcome.SENT:
             assert delivery.sent_at is not None and delivery.remind_at is not None
             lateness = (delivery.sent_at - delivery.remind_at).total_seconds()
@@ -233,7 +231,7 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         elif delivery.outcome is Outcome.DUPLICATE:
             metrics.DUPLICATES.inc()
             log.info("reminder.duplicate_suppressed", **fields)
-        elif delivery.outcome is Outcome.EARLY and message is not None:
+        elif delivery.outcome is Outcome.EARLY:
             assert delivery.remind_at is not None
             put_back_until(broker, message, delivery.remind_at)
         else:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import httpx
 from dramatiq import Retry
@@ -79,8 +80,12 @@ def reminder_body(
     title: str,
     due_at: datetime,
     remind_at: datetime,
+    time_zone: str = "UTC",
+    offset_seconds: int | None = None,
 ) -> bytes:
-    """The webhook body of one reminder: compact JSON, fixed key order, UTC whole seconds.
+    """The webhook body of one reminder: compact JSON, fixed key order, UTC whole seconds;
+    ``local_due_at`` is the occurrence with its offset in the task's zone, ``offset_seconds``
+    the reminder's (null for a snooze).
 
     A function of the occurrence alone, so every attempt and every redelivery sends the same
     bytes (SPEC §4.8). The delivery keeps the body of a failed attempt on the reminder row,
@@ -93,7 +98,9 @@ def reminder_body(
         "owner": owner,
         "title": title,
         "due_at": _rfc3339(due_at),
+        "local_due_at": due_at.astimezone(ZoneInfo(time_zone)).isoformat(),
         "remind_at": _rfc3339(remind_at),
+        "offset_seconds": offset_seconds,
     }
     return json.dumps(document, separators=(",", ":")).encode()
 

@@ -1,11 +1,12 @@
-"""Delivering one occurrence: the body of the ``send_reminder`` actor, in one transaction.
+"""Delivering one reminder: the body of the ``send_reminder`` actor, in one transaction.
 
-Lock the task row, re-check that the occurrence is still wanted (task open, same due date,
-reminder not already sent), deliver through the channel, record ``sent`` — all or nothing.
-Two messages for the same occurrence (two schedulers, a redelivery after a crash, an
-operator's retry) serialize on the task's row lock; the second finds ``sent`` and does
-nothing. A stale message (task rescheduled, finished or deleted) is acknowledged and does
-nothing.
+Lock the task row, re-check that the reminder is still wanted (task open, the reminder row
+named by the message ID still pending and its remind time come), deliver through the
+channel, record ``sent`` — all or nothing. Two messages for the same reminder (two
+schedulers, a redelivery after a crash, an operator's retry) serialize on the task's row
+lock; the second finds ``sent`` and does nothing. A stale message (the task rescheduled,
+its rule or offsets changed, finished or deleted: the API cancels the rows that no longer
+match under the same lock) is acknowledged and does nothing.
 
 The webhook body is built from the occurrence (``reminder_body``); a failed attempt keeps
 the body it sent on the row, and every later attempt sends those bytes again (SPEC §4.8).
@@ -50,18 +51,28 @@ class Delivery:
     late: bool = False
 
 
-def parse_occurrence(task_id: str, due_at: str) -> tuple[uuid.UUID, datetime]:
-    """The occurrence named by a message's arguments.
+@dataclass(frozen=True)
+class Named:
+    """The reminder a message names: its task, occurrence and message ID."""
+
+    task_id: uuid.UUID
+    due_at: datetime
+    message_id: uuid.UUID
+
+
+def parse_occurrence(message_id: str, task_id: str, due_at: str) -> Named:
+    """The reminder named by a message's ID and arguments.
 
     Raises:
-        PermanentDeliveryError: the arguments are not a UUID and an aware ISO date-time.
+        PermanentDeliveryError: the arguments are not a UUID and an aware ISO date-time, or
+            the message ID is not a UUID.
     """
     try:
         parsed_due = datetime.fromisoformat(due_at)
         if parsed_due.tzinfo is None:
             raise ValueError("naive due_at")
-        return uuid.UUID(task_id), parsed_due
-    except (TypeError, ValueError) as exc:
+        return Named(uuid.UUID(task_id), parsed_due, uuid.UUID(message_id))
+    except (TypeError, ValueError, AttributeError) as exc:
         raise PermanentDeliveryError(f"malformed message: {exc}") from None
 
 
@@ -73,12 +84,14 @@ _LOCKED_TASK = (
         Task.id == bindparam("b_task"),
         Task.status == "open",
         Task.deleted_at.is_(None),
-        Task.due_at == bindparam("b_due"),
     )
     .with_for_update(of=Task)
     .cte("locked_task")
 )
 _TITLE = select(Task.title).where(Task.id == Reminder.task_id).correlate(Reminder).scalar_subquery()
+_ZONE = (
+    select(Task.time_zone).where(Task.id == Reminder.task_id).correlate(Reminder).scalar_subquery()
+)
 _OWNER = (
     select(User.name)
     .where(
@@ -95,7 +108,7 @@ _MARK_SENT = (
     update(Reminder)
     .where(
         Reminder.task_id == _LOCKED_TASK.c.locked_task_id,
-        Reminder.due_at == bindparam("b_due"),
+        Reminder.message_id == bindparam("b_message"),
         or_(*(Reminder.state == state for state in sorted(DELIVERABLE_STATES))),
         Reminder.remind_at <= bindparam("b_now"),  # never before its remind time
     )
@@ -107,13 +120,15 @@ _MARK_SENT = (
     )
     # Scalar subqueries, not the CTE's columns: SQLite's RETURNING sees only the updated table.
     .returning(
-        Reminder.message_id,
+        Reminder.due_at,
         Reminder.remind_at,
         Reminder.late,
         Reminder.attempts,
         Reminder.body,
+        Reminder.offset_seconds,
         _TITLE.label("title"),
         _OWNER.label("owner"),
+        _ZONE.label("time_zone"),
     )
 )
 
@@ -126,12 +141,11 @@ UNRECORDED_ATTEMPTS = "unrecorded_attempts"
 def deliver_occurrence(
     engine: Engine,
     channel: Channel,
-    task_id: uuid.UUID,
-    due_at: datetime,
+    named: Named,
     clock: Callable[[], datetime] = utcnow,
     carried: MutableMapping[str, Any] | None = None,
 ) -> Delivery:
-    """Deliver the occurrence (task_id, due_at) at most once; see the module docstring.
+    """Deliver the reminder ``named`` at most once; see the module docstring.
 
     The reminder is marked sent, the channel called, and the transaction committed only if
     the channel accepted: a failed delivery rolls the mark back. ``carried`` is the
@@ -152,12 +166,19 @@ def deliver_occurrence(
         with hot_transaction(engine) as rows:
             marked_rows = rows(
                 _MARK_SENT,
-                {"b_task": task_id, "b_due": due_at, "b_now": now, "b_unrecorded": unrecorded},
+                {
+                    "b_task": named.task_id,
+                    "b_message": named.message_id,
+                    "b_now": now,
+                    "b_unrecorded": unrecorded,
+                },
             )
             marked = marked_rows[0] if marked_rows else None
             if marked is not None:
-                message_id, remind_at, late, attempts, kept_body, title, owner = marked
-                remind_at = remind_at.astimezone(UTC)  # the driver's rows are in the session zone
+                (due_at, remind_at, late, attempts, kept_body, offset, title, owner, zone) = marked
+                # The driver's rows are in the session's zone.
+                due_at, remind_at = due_at.astimezone(UTC), remind_at.astimezone(UTC)
+                message_id, task_id = named.message_id, named.task_id
                 if kept_body is None:
                     body = reminder_body(
                         message_id=str(message_id),
@@ -166,6 +187,8 @@ def deliver_occurrence(
                         title=title,
                         due_at=due_at,
                         remind_at=remind_at,
+                        time_zone=zone,
+                        offset_seconds=offset,
                     )
                 channel.deliver(
                     ReminderPayload(
@@ -182,11 +205,11 @@ def deliver_occurrence(
         if accepted and database_unreachable(exc):
             carried[UNRECORDED_ATTEMPTS] = unrecorded + 1
         if body is not None and not database_unreachable(exc):
-            _keep_body(engine, message_id, body)
+            _keep_body(engine, named.message_id, body)
         raise
     if marked is None:
         with engine.begin() as db:
-            return _not_deliverable(db, task_id, due_at, now)
+            return _not_deliverable(db, named, now)
     return Delivery(
         Outcome.SENT, state="sent", sent_at=now, remind_at=remind_at, attempts=attempts, late=late
     )
@@ -211,30 +234,26 @@ def _keep_body(engine: Engine, message_id: uuid.UUID, body: bytes) -> None:
         )
 
 
-def _not_deliverable(
-    db: Connection, task_id: uuid.UUID, due_at: datetime, now: datetime
-) -> Delivery:
-    """Why an occurrence was not marked sent: already sent, not due yet, or stale."""
+def _not_deliverable(db: Connection, named: Named, now: datetime) -> Delivery:
+    """Why a reminder was not marked sent: already sent, not due yet, or stale."""
     task = db.execute(
-        select(Task.status, Task.due_at, Task.deleted_at)
-        .where(Task.id == task_id)
-        .with_for_update()
+        select(Task.status, Task.deleted_at).where(Task.id == named.task_id).with_for_update()
     ).one_or_none()
     reminder = db.execute(
         select(Reminder.message_id, Reminder.state, Reminder.sent_at, Reminder.remind_at)
-        .where(Reminder.task_id == task_id, Reminder.due_at == due_at)
+        .where(Reminder.message_id == named.message_id, Reminder.task_id == named.task_id)
         .with_for_update()
     ).one_or_none()
     if reminder is None or task is None:
         return Delivery(Outcome.STALE, state="unknown")
     if reminder.state == "sent":
         return Delivery(Outcome.DUPLICATE, state="sent", sent_at=reminder.sent_at)
-    wanted = task.status == "open" and task.deleted_at is None and task.due_at == due_at
+    wanted = task.status == "open" and task.deleted_at is None
     if reminder.state in DELIVERABLE_STATES and wanted:
         # Early: enqueued ahead and released early (clock skew, a redelivery), or sent by hand.
         return Delivery(Outcome.EARLY, state=reminder.state, remind_at=reminder.remind_at)
     if reminder.state in DELIVERABLE_STATES:
-        # Pending, but the task was finished, deleted or moved: the API cancels such rows as it
+        # Pending, but the task was finished or deleted: the API cancels such rows as it
         # changes the task; this repairs any row left behind.
         db.execute(
             update(Reminder)
@@ -253,8 +272,7 @@ class FailedAttempt:
 
 def record_failed_attempt(
     sessions: sessionmaker[Session],
-    task_id: uuid.UUID,
-    due_at: datetime,
+    named: Named,
     error: BaseException,
     *,
     final: bool,
@@ -268,9 +286,7 @@ def record_failed_attempt(
     """
     with unit_of_work(sessions) as session:
         reminder = session.scalars(
-            select(Reminder)
-            .where(Reminder.task_id == task_id, Reminder.due_at == due_at)
-            .with_for_update()
+            select(Reminder).where(Reminder.message_id == named.message_id).with_for_update()
         ).one_or_none()
         if reminder is None or reminder.state not in DELIVERABLE_STATES:
             return None

@@ -3,6 +3,13 @@
 It works from the database, not from which scheduler tick fired, so it may run any number
 of times, from any number of schedulers, in any time zone, with the same result:
 
+0. Extend the rows of recurring series whose ``refill_at`` has come, in batches of tasks
+   locked ``FOR UPDATE SKIP LOCKED`` (`shared.occurrences.plan_reminders`): every reminder
+   whose remind time is less than ``REMINDERS_HORIZON`` away exists as a ``waiting`` row
+   (never the whole series). An (occurrence, offset) has one row (UNIQUE), so two
+   schedulers cannot open it twice. After downtime the rows of the occurrences that came
+   due meanwhile are opened as planned at their remind times: step 1's catch-up rule then
+   sends the recent ones (late) and records the older ones ``missed``.
 1. Claim ``waiting`` rows whose remind time is due or falls within the lookahead
    (``REMINDERS_LOOKAHEAD``, a little more than one scan interval) in batches (``FOR UPDATE
    SKIP LOCKED``: two schedulers split the work instead of doubling it), mark each
@@ -36,8 +43,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from shared.db import hot_transaction, unit_of_work, utcnow
 from shared.logs import get_logger
-from shared.models import Reminder
+from shared.models import Reminder, Task
+from shared.occurrences import plan_reminders
 from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, reminder_message
+from shared.recurrence import RecurrenceError
 from shared.redis_broker import (
     dead_message_ids,
     enqueue_batch,
@@ -53,6 +62,8 @@ LOST_MESSAGE_ERROR = "DeadLettered: the final error was not recorded"
 
 @dataclass
 class ScanResult:
+    extended: int = 0  # recurring tasks whose rows were extended
+    opened: int = 0  # reminder rows they gained
     enqueued: int = 0
     missed: int = 0
     requeued: int = 0
@@ -224,6 +235,39 @@ def _requeue_lost(
             )
 
 
+REFILL_BATCH = 200  # recurring tasks extended per transaction
+
+
+def _extend_series(
+    sessions: sessionmaker[Session], settings: Settings, now: datetime, result: ScanResult
+) -> None:
+    """Extend the rows of every recurring task whose ``refill_at`` has come (step 0)."""
+    while True:
+        with unit_of_work(sessions) as session:
+            tasks = session.scalars(
+                select(Task)
+                .where(Task.refill_at <= now)
+                .order_by(Task.refill_at)
+                .limit(REFILL_BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for task in tasks:
+                try:
+                    planned = plan_reminders(
+                        session, task, now, settings.horizon_seconds, edited=False
+                    )
+                except RecurrenceError as error:
+                    # Stored rules were validated; a zone this machine's tzdata lacks is not.
+                    # Left alone (its rows so far stay) rather than retried on every scan.
+                    log.error("series.unplannable", task_id=str(task.id), error=str(error))
+                    task.refill_at = None
+                    continue
+                result.opened += len(planned.opened)
+            result.extended += len(tasks)
+        if len(tasks) < REFILL_BATCH:
+            return
+
+
 def scan_due_tasks(
     sessions: sessionmaker[Session],
     broker: RedisBroker,
@@ -234,6 +278,7 @@ def scan_due_tasks(
     started = time.perf_counter()
     now = clock()
     result = ScanResult()
+    _extend_series(sessions, settings, now, result)
     _enqueue_due(sessions, broker, settings, now, result)
     for queue_name in (QUEUE_NAME, SCAN_QUEUE_NAME):
         run_maintenance(broker, queue_name)
@@ -241,6 +286,8 @@ def scan_due_tasks(
     result.seconds = time.perf_counter() - started
     log.info(
         "scan.finished",
+        extended=result.extended,
+        opened=result.opened,
         enqueued=result.enqueued,
         requeued=result.requeued,
         missed=result.missed,

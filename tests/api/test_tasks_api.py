@@ -27,10 +27,10 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def occurrence_id(task_id: str, due_at: datetime) -> str:
+def occurrence_id(task_id: str, due_at: datetime, offset_seconds: int = 86400) -> str:
     """The documented message ID, computed here rather than by the code under test."""
     stamp = due_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"reminders:{task_id}:{stamp}"))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"reminders:{task_id}:{stamp}:{offset_seconds}"))
 
 
 def create(api: ApiHarness, account: Account, **fields: Any) -> dict[str, Any]:
@@ -98,7 +98,9 @@ def test_create_answers_201_with_location_and_a_waiting_reminder(api: ApiHarness
     assert parse_time(task["remind_at"]) == datetime(2030, 1, 31, 7, 0, tzinfo=UTC)
     reminder = task["reminder"]
     assert reminder["state"] == "waiting"
-    assert reminder["message_id"] == occurrence_id(task["id"], datetime(2030, 1, 31, 8, tzinfo=UTC))
+    assert reminder["message_id"] == occurrence_id(
+        task["id"], datetime(2030, 1, 31, 8, tzinfo=UTC), 3600
+    )
     assert parse_time(reminder["remind_at"]) == datetime(2030, 1, 31, 7, 0, tzinfo=UTC)
     assert reminder["attempts"] == 0
     assert reminder["sent_at"] is None
@@ -341,8 +343,8 @@ def test_new_due_at_cancels_the_old_reminder_and_opens_a_new_one(api: ApiHarness
     history = api.client.get(f"/tasks/{task['id']}/reminders", headers=alice.headers)
     assert history.status_code == 200
     assert [(item["message_id"], item["state"]) for item in history.json["items"]] == [
+        (reminder["message_id"], "waiting"),  # newest remind time first
         (old_id, "cancelled"),
-        (reminder["message_id"], "waiting"),
     ]
 
 
@@ -361,19 +363,23 @@ def test_same_due_at_in_another_offset_is_not_a_new_occurrence(api: ApiHarness) 
     )
 
 
-def test_new_lead_time_moves_the_pending_reminder(api: ApiHarness) -> None:
+def test_a_new_lead_time_is_a_new_reminder_and_cancels_the_old_one(api: ApiHarness) -> None:
     alice = api.account("alice")
-    task = create(api, alice, due_at="2030-01-31T09:00:00Z")
+    due = datetime(2030, 1, 31, 9, tzinfo=UTC)
+    task = create(api, alice, due_at=due.isoformat())
 
     response = api.client.patch(
         f"/tasks/{task['id']}", json={"remind_before_seconds": 600}, headers=alice.headers
     )
 
     assert response.status_code == 200
+    assert response.json["reminders"] == [600]
     assert parse_time(response.json["reminder"]["remind_at"]) == datetime(
         2030, 1, 31, 8, 50, tzinfo=UTC
     )
-    assert response.json["reminder"]["message_id"] == task["reminder"]["message_id"]
+    assert response.json["reminder"]["message_id"] == occurrence_id(task["id"], due, 600)
+    rows = {row.offset_seconds: row.state for row in reminder_rows(api.engine, task["id"])}
+    assert rows == {86400: "cancelled", 600: "waiting"}
 
 
 def test_marking_done_cancels_the_pending_reminder(api: ApiHarness) -> None:
@@ -964,7 +970,7 @@ def test_openapi_document_states_the_type_rules_the_server_applies(api: ApiHarne
     for fields in bodies.values():
         for name, field in fields.items():
             nullable = {"type": "null"} in field.get("anyOf", [])
-            assert nullable == (name == "notes"), name
+            assert nullable == (name in ("notes", "recurrence")), name
             assert "default" not in field or field["default"] is not None or nullable, name
     for name in ("remind_before_seconds",):
         for model in ("TaskCreate", "TaskPatch"):

@@ -372,7 +372,7 @@ def _run(stack: Stack, receiver: Receiver, logs: Path, log_level: str) -> Scenar
             created = http.post("/tasks", json=body, headers=user.headers)
             assert created.status_code == 201, created.text
             tasks[kind] = created.json()["id"]
-            message_ids[kind] = str(occurrence_id(uuid.UUID(tasks[kind]), due))
+            message_ids[kind] = str(occurrence_id(uuid.UUID(tasks[kind]), due, 3600))
 
         answers = _bad_requests(http, user.headers, tasks["accepted"], due_text)
         lost_after_413 = _requests_lost_after_413(base, user.headers, due_text)

@@ -28,13 +28,12 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 from werkzeug.serving import make_server
 
-from shared.keys import message_id
 from shared.models import Reminder
 from shared.queue import QUEUE_NAME
 from shared.redis_broker import dead_letters
 from tests.conftest import IN_CI, Account, create_account
 from tests.pipeline import conftest as pipeline_harness
-from tests.pipeline.conftest import Receiver, Stack
+from tests.pipeline.conftest import Receiver, Stack, reminder_id
 from workers.producer import scan_due_tasks
 
 stack = pipeline_harness.stack  # own schema, namespace, workers
@@ -137,7 +136,7 @@ def poison(stack: Stack, receiver: Receiver, count: int = 1) -> Poisoned:
         broker=broker,
         owner=owner,
         task_ids=[task.id for task in tasks],
-        message_ids=[str(message_id(task.id, task.due_at)) for task in tasks],
+        message_ids=[str(reminder_id(task)) for task in tasks],
     )
 
 

@@ -15,12 +15,13 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import OperationalError
 
 from shared.db import make_engine, make_session_factory, unit_of_work
+from shared.keys import message_id
 from shared.models import Reminder, Task
-from shared.occurrences import open_occurrence
+from shared.occurrences import plan_reminders
 from shared.schema import upgrade
 from tests.conftest import create_account
 from workers.channels import PermanentDeliveryError, ReminderPayload
-from workers.delivery import Outcome, deliver_occurrence
+from workers.delivery import Named, Outcome, deliver_occurrence
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -46,7 +47,7 @@ def add_task(engine: Engine, owner_name: str | None = None, **changes: object) -
         owner_id=owner.id,
         title="water plants",
         due_at=NOW + timedelta(minutes=30),
-        remind_before_seconds=3600,
+        reminder_offsets=[3600],
         status="open",
         created_at=NOW,
         updated_at=NOW,
@@ -54,10 +55,15 @@ def add_task(engine: Engine, owner_name: str | None = None, **changes: object) -
     with unit_of_work(sessions) as session:
         session.add(task)
         session.flush()
-        open_occurrence(session, task, NOW)
+        plan_reminders(session, task, NOW, 86400)
         for name, value in changes.items():
             setattr(task, name, value)
     return task
+
+
+def named(task: Task) -> Named:
+    """What the message of the task's one reminder names."""
+    return Named(task.id, task.due_at, message_id(task.id, task.due_at, 3600))
 
 
 def state(engine: Engine, task: Task) -> tuple[str, int]:
@@ -71,8 +77,8 @@ def test_delivers_once_then_suppresses_duplicates(migrated: Engine) -> None:
     task = add_task(migrated, owner_name="maria")
     channel = Recorder()
 
-    first = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: NOW)
-    second = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: NOW)
+    first = deliver_occurrence(migrated, channel, named(task), clock=lambda: NOW)
+    second = deliver_occurrence(migrated, channel, named(task), clock=lambda: NOW)
 
     assert (first.outcome, second.outcome) == (Outcome.SENT, Outcome.DUPLICATE)
     [sent] = channel.delivered
@@ -84,7 +90,9 @@ def test_delivers_once_then_suppresses_duplicates(migrated: Engine) -> None:
         "owner": "maria",
         "title": "water plants",
         "due_at": "2030-01-01T12:30:00Z",
+        "local_due_at": "2030-01-01T12:30:00+00:00",
         "remind_at": "2030-01-01T11:30:00Z",
+        "offset_seconds": 3600,
     }
     assert all(state(migrated, other) == ("waiting", 0) for other in others)
     assert state(migrated, task) == ("sent", 1)
@@ -95,7 +103,7 @@ def test_a_failed_delivery_records_nothing(migrated: Engine) -> None:
     task = add_task(migrated)
 
     with pytest.raises(PermanentDeliveryError):
-        deliver_occurrence(migrated, Recorder(fail=True), task.id, task.due_at, clock=lambda: NOW)
+        deliver_occurrence(migrated, Recorder(fail=True), named(task), clock=lambda: NOW)
 
     assert state(migrated, task) == ("waiting", 0)
 
@@ -105,11 +113,11 @@ def test_the_next_attempt_sends_the_failed_attempts_bytes(migrated: Engine) -> N
     failing, accepting = Recorder(fail=True), Recorder()
 
     with pytest.raises(PermanentDeliveryError):
-        deliver_occurrence(migrated, failing, task.id, task.due_at, clock=lambda: NOW)
+        deliver_occurrence(migrated, failing, named(task), clock=lambda: NOW)
     with unit_of_work(make_session_factory(migrated)) as session:
         session.execute(update(Task).where(Task.id == task.id).values(title="renamed"))
     later = NOW + timedelta(minutes=5)
-    delivery = deliver_occurrence(migrated, accepting, task.id, task.due_at, clock=lambda: later)
+    delivery = deliver_occurrence(migrated, accepting, named(task), clock=lambda: later)
 
     assert delivery.outcome is Outcome.SENT
     [first], [second] = failing.delivered, accepting.delivered
@@ -125,7 +133,7 @@ def test_a_stale_message_delivers_nothing_and_cancels_the_row(
     task = add_task(migrated, **change)
     channel = Recorder()
 
-    delivery = deliver_occurrence(migrated, channel, task.id, task.due_at)
+    delivery = deliver_occurrence(migrated, channel, named(task))
 
     assert (delivery.outcome, delivery.state) == (Outcome.STALE, "cancelled")
     assert channel.delivered == []
@@ -142,17 +150,17 @@ def test_an_occurrence_before_its_remind_time_is_early_and_delivers_nothing(
     channel = Recorder()
     before = NOW - timedelta(minutes=30, seconds=1)
 
-    delivery = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: before)
+    delivery = deliver_occurrence(migrated, channel, named(task), clock=lambda: before)
 
     assert (delivery.outcome, delivery.remind_at) == (Outcome.EARLY, NOW - timedelta(minutes=30))
     assert channel.delivered == []
     assert state(migrated, task) == ("waiting", 0)
-    on_time = deliver_occurrence(migrated, channel, task.id, task.due_at, clock=lambda: NOW)
+    on_time = deliver_occurrence(migrated, channel, named(task), clock=lambda: NOW)
     assert on_time.outcome is Outcome.SENT
 
 
 def test_a_message_for_an_unknown_occurrence_is_stale(migrated: Engine) -> None:
-    delivery = deliver_occurrence(migrated, Recorder(), uuid.uuid4(), NOW)
+    delivery = deliver_occurrence(migrated, Recorder(), Named(uuid.uuid4(), NOW, uuid.uuid4()))
 
     assert delivery.outcome is Outcome.STALE
 
@@ -168,18 +176,18 @@ def test_a_connection_lost_between_deliveries_fails_one_attempt_and_is_replaced(
         upgrade(engine)
         first, second = add_task(engine), add_task(engine)
         channel = Recorder()
-        deliver_occurrence(engine, channel, first.id, first.due_at, clock=lambda: NOW)
+        deliver_occurrence(engine, channel, named(first), clock=lambda: NOW)
         with engine.connect() as pooled:  # the pool's one connection, which delivered
             backend = pooled.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
         with killer.connect() as other:
             other.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")
 
         with pytest.raises(OperationalError) as lost:
-            deliver_occurrence(engine, channel, second.id, second.due_at, clock=lambda: NOW)
+            deliver_occurrence(engine, channel, named(second), clock=lambda: NOW)
         assert lost.value.connection_invalidated
         assert state(engine, second) == ("waiting", 0)
 
-        retried = deliver_occurrence(engine, channel, second.id, second.due_at, clock=lambda: NOW)
+        retried = deliver_occurrence(engine, channel, named(second), clock=lambda: NOW)
         assert retried.outcome is Outcome.SENT
         assert [r.task_id for r in channel.delivered] == [str(first.id), str(second.id)]
     finally:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from shared.db import make_session_factory, unit_of_work
-from shared.keys import message_id
+from shared.keys import legacy_message_id, message_id
 from shared.models import Base, Reminder, Task
 from tests.conftest import create_account
 
@@ -27,7 +27,7 @@ def add_task(engine: Engine, **overrides: object) -> uuid.UUID:
         "owner_id": owner.id,
         "title": "Renew passport",
         "due_at": DUE,
-        "remind_before_seconds": 86400,
+        "reminder_offsets": [86400],
         "status": "open",
         "created_at": NOW,
         "updated_at": NOW,
@@ -40,9 +40,10 @@ def add_task(engine: Engine, **overrides: object) -> uuid.UUID:
 
 def reminder_row(task_id: uuid.UUID, due_at: datetime, **overrides: object) -> Reminder:
     values: dict[str, object] = {
-        "message_id": message_id(task_id, due_at),
+        "message_id": message_id(task_id, due_at, 86400),
         "task_id": task_id,
         "due_at": due_at,
+        "offset_seconds": 86400,
         "remind_at": due_at - timedelta(days=1),
         "state": "waiting",
         "attempts": 0,
@@ -79,12 +80,39 @@ def test_second_reminder_for_the_same_occurrence_is_refused_by_the_database(
         session.add(reminder_row(task_id, DUE))
 
     with pytest.raises(IntegrityError), unit_of_work(sessions) as session:
-        # A different message_id, so only UNIQUE (task_id, due_at) can stop it.
+        # A different message_id, so only UNIQUE (task_id, due_at, offset_seconds) can stop it.
         session.add(reminder_row(task_id, DUE, message_id=uuid.uuid4(), state="queued"))
 
     with unit_of_work(sessions) as session:
         rows = session.scalars(select(Reminder).where(Reminder.task_id == task_id)).all()
     assert [(row.state, row.due_at) for row in rows] == [("waiting", DUE)]
+
+
+def test_another_offset_and_a_snooze_of_the_same_occurrence_coexist(migrated: Engine) -> None:
+    task_id = add_task(migrated)
+    sessions = make_session_factory(migrated)
+    with unit_of_work(sessions) as session:
+        session.add(reminder_row(task_id, DUE))
+        session.add(
+            reminder_row(
+                task_id, DUE, message_id=message_id(task_id, DUE, 3600), offset_seconds=3600
+            )
+        )
+        for minutes in (10, 20):  # snoozes have no offset: NULLs never collide
+            session.add(
+                reminder_row(
+                    task_id,
+                    DUE,
+                    message_id=uuid.uuid4(),
+                    offset_seconds=None,
+                    kind="snooze",
+                    remind_at=DUE + timedelta(minutes=minutes),
+                )
+            )
+
+    with unit_of_work(sessions) as session:
+        count = len(session.scalars(select(Reminder).where(Reminder.task_id == task_id)).all())
+    assert count == 4
 
 
 def test_reminders_for_other_due_dates_of_the_same_task_coexist(migrated: Engine) -> None:
@@ -133,54 +161,107 @@ def test_migrations_match_the_models(migrated: Engine) -> None:
     assert differences == []
 
 
-def test_migration_0005_backfills_planned_and_cancelled_times(any_database_url: str) -> None:
-    """Upgrading a database with reminders in it: each row gets when it was planned, and a
-    cancelled one when it was cancelled; the partial indexes survive (SQLite rebuilds the
-    table)."""
+def _upgrade_to_before(engine: Engine, revision: str) -> None:
     from alembic.script import ScriptDirectory
-    from sqlalchemy import Boolean, Integer, String, Uuid, column, insert, inspect, table
 
-    from shared.db import UTCDateTime, make_engine
     from shared.schema import alembic_config, upgrade
 
-    engine = make_engine(any_database_url)
-    before = ScriptDirectory.from_config(alembic_config(engine)).get_revision("0005").down_revision
-    assert isinstance(before, str)
-    upgrade(engine, before)
-    task_id = add_task(engine)
+    before = ScriptDirectory.from_config(alembic_config(engine)).get_revision(revision)
+    assert isinstance(before.down_revision, str)
+    upgrade(engine, before.down_revision)
+
+
+def _old_task(engine: Engine, remind_before_seconds: int = 86400) -> uuid.UUID:
+    """A task as revisions 0001 to 0005 stored it (one lead time, no time zone)."""
+    from sqlalchemy import Integer, String, Uuid, column, insert, table
+
+    from shared.db import UTCDateTime
+
+    owner = create_account(engine, f"user-{uuid.uuid4().hex[:8]}")
+    old_tasks = table(
+        "tasks",
+        *(column(name, Uuid()) for name in ("id", "owner_id")),
+        *(column(name, String()) for name in ("title", "status")),
+        column("remind_before_seconds", Integer()),
+        *(column(name, UTCDateTime()) for name in ("due_at", "created_at", "updated_at")),
+    )
+    task_id = uuid.uuid4()
+    with engine.begin() as connection:
+        connection.execute(
+            insert(old_tasks),
+            {
+                "id": task_id,
+                "owner_id": owner.id,
+                "title": "Renew passport",
+                "status": "open",
+                "remind_before_seconds": remind_before_seconds,
+                "due_at": DUE,
+                "created_at": NOW,
+                "updated_at": NOW,
+            },
+        )
+    return task_id
+
+
+def _old_reminder(
+    engine: Engine, task_id: uuid.UUID, *, planned: bool = False, **values: object
+) -> None:
+    """A reminder row as revision 0004 stored it (``planned``: 0005, with ``planned_at``)."""
+    from sqlalchemy import Boolean, Integer, String, Uuid, column, insert, table
+
+    from shared.db import UTCDateTime
+
     old_reminders = table(
         "reminders",
         column("message_id", Uuid()),
         column("task_id", Uuid()),
-        column("due_at", UTCDateTime()),
-        column("remind_at", UTCDateTime()),
         column("state", String()),
         column("attempts", Integer()),
         column("late", Boolean()),
-        column("created_at", UTCDateTime()),
-        column("updated_at", UTCDateTime()),
+        *(
+            column(name, UTCDateTime())
+            for name in ("due_at", "remind_at", "created_at", "updated_at", "planned_at")
+        ),
     )
+    due = values.get("due_at", DUE)
+    assert isinstance(due, datetime)
+    row = {
+        "message_id": legacy_message_id(task_id, due),
+        "task_id": task_id,
+        "due_at": due,
+        "remind_at": due - timedelta(days=1),
+        "state": "waiting",
+        "attempts": 0,
+        "late": False,
+        "created_at": NOW,
+        "updated_at": NOW,
+        **({"planned_at": NOW} if planned else {}),
+        **values,
+    }
+    with engine.begin() as connection:
+        connection.execute(insert(old_reminders), row)
+
+
+def test_migration_0005_backfills_planned_and_cancelled_times(any_database_url: str) -> None:
+    """Upgrading a database with reminders in it: each row gets when it was planned, and a
+    cancelled one when it was cancelled; the partial indexes survive (SQLite rebuilds the
+    table)."""
+    from sqlalchemy import inspect
+
+    from shared.db import make_engine
+    from shared.schema import upgrade
+
+    engine = make_engine(any_database_url)
+    _upgrade_to_before(engine, "0005")
+    task_id = _old_task(engine)
     changed = {
         state: NOW + timedelta(hours=n + 1)
         for n, state in enumerate(("waiting", "cancelled", "sent"))
     }
-    with engine.begin() as connection:
-        for n, (state, updated_at) in enumerate(changed.items()):
-            due = DUE + timedelta(days=n)
-            connection.execute(
-                insert(old_reminders),
-                {
-                    "message_id": message_id(task_id, due),
-                    "task_id": task_id,
-                    "due_at": due,
-                    "remind_at": due - timedelta(days=1),
-                    "state": state,
-                    "attempts": 0,
-                    "late": False,
-                    "created_at": NOW,
-                    "updated_at": updated_at,
-                },
-            )
+    for n, (state, updated_at) in enumerate(changed.items()):
+        _old_reminder(
+            engine, task_id, due_at=DUE + timedelta(days=n), state=state, updated_at=updated_at
+        )
 
     upgrade(engine)
 
@@ -203,4 +284,46 @@ def test_migration_0005_backfills_planned_and_cancelled_times(any_database_url: 
     where = "sqlite_where" if engine.dialect.name == "sqlite" else "postgresql_where"
     for name in ("ix_reminders_waiting_remind_at", "ix_reminders_failed_at"):
         assert where in indexes[name]["dialect_options"], name
+    engine.dispose()
+
+
+def test_migration_0006_keeps_existing_tasks_rows_and_message_ids(any_database_url: str) -> None:
+    """Upgrading a database with one-reminder tasks in it: each task gets its lead time as
+    its one offset and the UTC zone, each row its offset (due_at - remind_at) and kind, and
+    keeps its message ID; the task then re-plans without touching the rows that still match,
+    and a second offset is a second row for the same occurrence."""
+    from shared.db import make_engine
+    from shared.occurrences import plan_reminders
+    from shared.schema import upgrade
+
+    engine = make_engine(any_database_url)
+    _upgrade_to_before(engine, "0006")
+    task_id = _old_task(engine, remind_before_seconds=7200)
+    _old_reminder(
+        engine, task_id, planned=True, remind_at=DUE - timedelta(seconds=7200), state="sent"
+    )
+    _old_reminder(engine, task_id, planned=True, due_at=DUE + timedelta(days=1), state="cancelled")
+
+    upgrade(engine)
+
+    sessions = make_session_factory(engine)
+    with unit_of_work(sessions) as session:
+        task = session.get_one(Task, task_id)
+        assert (task.reminder_offsets, task.time_zone, task.recurrence) == ([7200], "UTC", None)
+        rows = {row.due_at: row for row in session.scalars(select(Reminder))}
+        assert {due: (row.offset_seconds, row.kind) for due, row in rows.items()} == {
+            DUE: (7200, "reminder"),
+            DUE + timedelta(days=1): (86400, "reminder"),
+        }
+        assert {row.message_id for row in rows.values()} == {
+            legacy_message_id(task_id, DUE),
+            legacy_message_id(task_id, DUE + timedelta(days=1)),
+        }
+        planned = plan_reminders(session, task, NOW, 86400)
+        assert (planned.opened, planned.cancelled) == ([], 0)  # the sent row still matches
+        task.reminder_offsets = [7200, 600]
+        planned = plan_reminders(session, task, NOW, 86400)
+        assert [(row.offset_seconds, row.message_id) for row in planned.opened] == [
+            (600, message_id(task_id, DUE, 600))
+        ]
     engine.dispose()

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select
 
 from shared.db import make_session_factory, unit_of_work
 from shared.models import Reminder, Task
-from shared.occurrences import open_occurrence
+from shared.occurrences import plan_reminders
 from shared.queue import QUEUE_NAME, make_broker
 from shared.redis_broker import pending_message_ids
 from tests.conftest import REDIS_URL, create_account, make_settings
@@ -31,14 +31,14 @@ def add_tasks(
                 owner_id=owner.id,
                 title=name,
                 due_at=due,
-                remind_before_seconds=remind_before,
+                reminder_offsets=[remind_before],
                 status="open",
                 created_at=planned_at,
                 updated_at=planned_at,
             )
             session.add(task)
             session.flush()
-            open_occurrence(session, task, planned_at)
+            plan_reminders(session, task, planned_at, 86400)
             ids[name] = task.id
     return ids
 

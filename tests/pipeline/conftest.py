@@ -33,8 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import make_session_factory, unit_of_work, utcnow
+from shared.keys import message_id
 from shared.models import Reminder, Task
-from shared.occurrences import open_occurrence
+from shared.occurrences import plan_reminders
 from shared.queue import make_broker
 from tests.conftest import REDIS_URL, Account, create_account, make_settings
 from tests.processes import service_env
@@ -43,6 +44,14 @@ from workers.channels import Channel, make_channel
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
+
+
+HORIZON_SECONDS = 86400  # REMINDERS_HORIZON's default
+
+
+def reminder_id(task: Task) -> uuid.UUID:
+    """The message ID of a one-off task's first (earliest) reminder."""
+    return message_id(task.id, task.due_at, task.reminder_offsets[0])
 
 
 @dataclass
@@ -182,7 +191,7 @@ class Stack:
             title=title,
             notes=notes,
             due_at=due_at.replace(microsecond=0),
-            remind_before_seconds=remind_before_seconds,
+            reminder_offsets=[remind_before_seconds],
             status="open",
             created_at=now,
             updated_at=now,
@@ -190,7 +199,7 @@ class Stack:
         with unit_of_work(self.sessions) as session:
             session.add(task)
             session.flush()
-            open_occurrence(session, task, now)
+            plan_reminders(session, task, now, HORIZON_SECONDS)
         return task
 
     def add_due_tasks(self, owner: Account, count: int) -> list[Task]:
@@ -204,7 +213,7 @@ class Stack:
                     owner_id=owner.id,
                     title="due",
                     due_at=(now + timedelta(minutes=30)).replace(microsecond=0),
-                    remind_before_seconds=3600,
+                    reminder_offsets=[3600],
                     status="open",
                     created_at=now,
                     updated_at=now,
@@ -213,7 +222,7 @@ class Stack:
                 rows.append(task)
             session.flush()
             for task in rows:
-                open_occurrence(session, task, now)
+                plan_reminders(session, task, now, HORIZON_SECONDS)
         return rows
 
     def reminders(self) -> list[Reminder]:

@@ -18,8 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared.keys import message_id
-from tests.pipeline.conftest import BIN, Receiver, Stack
+from tests.pipeline.conftest import BIN, Receiver, Stack, reminder_id
 from workers.producer import scan_due_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,5 +129,5 @@ def test_a_delivery_cut_off_by_sigkill_is_redelivered_with_the_same_bytes(
         release.set()
 
     cut_off, redelivered = receiver.receipts
-    assert cut_off.key == redelivered.key == str(message_id(task.id, task.due_at))
+    assert cut_off.key == redelivered.key == str(reminder_id(task))
     assert redelivered.body == cut_off.body

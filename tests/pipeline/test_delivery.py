@@ -11,11 +11,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from shared.db import unit_of_work
-from shared.keys import message_id
 from shared.models import Task
 from shared.queue import QUEUE_NAME, reminder_message
 from shared.redis_broker import dead_letters, queue_depth
-from tests.pipeline.conftest import Receiver, Stack
+from tests.pipeline.conftest import Receiver, Stack, reminder_id
 from workers.channels import ReminderPayload
 from workers.producer import scan_due_tasks
 
@@ -54,7 +53,7 @@ def test_webhook_receives_signed_reminder_with_idempotency_key(
     assert run_until_settled(stack, broker, 1)
 
     [receipt] = receiver.receipts
-    expected_id = str(message_id(task.id, task.due_at))
+    expected_id = str(reminder_id(task))
     assert receipt.key == expected_id
     assert verify_signature(receipt.headers["X-Reminders-Signature"], receipt.body, SECRET)
     assert not verify_signature(receipt.headers["X-Reminders-Signature"], receipt.body, "wrong")
@@ -164,7 +163,7 @@ def test_expected_failures_are_one_event_each_without_a_traceback(
     events = [line["event"] for line in lines if line["event"].startswith("reminder.")]
     assert events == ["reminder.retrying", "reminder.dead_lettered"], events
     retrying, dead = (line for line in lines if line["event"] in events)
-    assert retrying["message_id"] == dead["message_id"] == str(message_id(task.id, task.due_at))
+    assert retrying["message_id"] == dead["message_id"] == str(reminder_id(task))
     assert retrying["error"] == "TransientDeliveryError: webhook answered 503"
     assert dead["error"] == "PermanentDeliveryError: webhook answered 400"
     # Nothing else about the attempts: no Dramatiq free-text line about it, no traceback.
@@ -224,7 +223,7 @@ def test_webhook_always_500_fails_after_configured_retries_with_final_error(
     assert row.attempts == 4
     assert row.last_error == "TransientDeliveryError: webhook answered 502"
     [letter] = dead_letters(broker, QUEUE_NAME)
-    assert letter.message_id == str(message_id(task.id, task.due_at))
+    assert letter.message_id == str(reminder_id(task))
     # Dramatiq's entry only knows the attempt before the last: the row is the record.
     assert "webhook answered 500" in (letter.traceback or "")
 
@@ -289,7 +288,7 @@ def test_the_same_message_five_times_delivers_once(stack: Stack, receiver: Recei
     task = stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
     broker, _ = webhook(stack, receiver)
     scan_due_tasks(stack.sessions, broker, stack.settings())
-    occurrence = message_id(task.id, task.due_at)
+    occurrence = reminder_id(task)
     for _ in range(4):
         broker.enqueue(reminder_message(task.id, task.due_at, occurrence))
 
@@ -370,6 +369,6 @@ def test_log_channel_writes_one_structured_sent_event(stack: Stack, capfd) -> No
     ]
     sent = [line for line in lines if line.get("event") == "reminder.sent"]
     assert len(sent) == 1
-    assert sent[0]["message_id"] == str(message_id(task.id, task.due_at))
+    assert sent[0]["message_id"] == str(reminder_id(task))
     assert sent[0]["task_id"] == str(task.id)
     assert all("SECRET-TITLE" not in json.dumps(line) for line in lines)

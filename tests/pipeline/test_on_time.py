@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from shared.keys import message_id
 from shared.models import Task
 from shared.queue import QUEUE_NAME, reminder_message
 from shared.redis_broker import enqueue_batch
-from tests.pipeline.conftest import BIN, Receiver, Stack
+from tests.pipeline.conftest import BIN, Receiver, Stack, reminder_id
 from workers.producer import scan_due_tasks
 
 
@@ -111,7 +112,7 @@ def test_enqueued_ahead_then_changed_delivers_nothing_and_moved_back_delivers_on
         assert stack.wait_for(lambda: len(receiver.keys()) == 1, 30)
         time.sleep(1.5)  # the others' messages came due too, and did nothing
 
-    assert receiver.keys() == [str(message_id(moved_back, due))]
+    assert receiver.keys() == [str(message_id(uuid.UUID(moved_back), due, 60))]
     states = {(str(row.task_id), row.due_at): row.state for row in stack.reminders()}
     assert states[(moved_back, due)] == "sent"
     assert states[(rescheduled, due)] == "cancelled"
@@ -129,7 +130,7 @@ def test_a_message_that_arrives_early_is_not_delivered_before_its_remind_time(
         stack, [datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)]
     )
     broker, _ = webhook(stack, receiver)
-    occurrence = message_id(task.id, task.due_at)
+    occurrence = reminder_id(task)
     enqueue_batch(broker, [reminder_message(task.id, task.due_at, occurrence)])  # no delay
 
     with stack.run_workers(broker):

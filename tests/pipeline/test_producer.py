@@ -9,11 +9,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from shared.keys import message_id
 from shared.occurrences import cancel_pending
 from shared.queue import QUEUE_NAME
 from shared.redis_broker import decode_message, pending_message_ids, queue_depth
-from tests.pipeline.conftest import Receiver, Stack
+from tests.pipeline.conftest import Receiver, Stack, reminder_id
 from workers.producer import scan_due_tasks
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -71,7 +70,7 @@ def test_reminders_within_the_lookahead_are_enqueued_delayed_to_their_remind_tim
         decode_message(blob)
         for blob in broker.client.hgetall(f"{broker.namespace}:{QUEUE_NAME}.DQ.msgs").values()
     ]
-    assert delayed.message_id == str(message_id(at_horizon.id, at_horizon.due_at))
+    assert delayed.message_id == str(reminder_id(at_horizon))
     assert delayed.options["eta"] == round((NOW + timedelta(seconds=90)).timestamp() * 1000)
 
 

@@ -172,15 +172,17 @@ def test_document_says_integer_with_bounds_and_no_null(model: type[Any], name: s
     assert "anyOf" not in field and field.get("default", 0) is not None
 
 
-def test_document_marks_only_notes_as_nullable() -> None:
-    """What the server refuses as null, the document does not allow as null, and back."""
+def test_document_marks_only_notes_and_recurrence_as_nullable() -> None:
+    """What the server refuses as null, the document does not allow as null, and back:
+    null clears the notes, and makes a task one-off (recurrence)."""
     for model in (TaskCreate, TaskPatch, TaskQuery, BulkRetryRequest, DeadLetterQuery):
         nullable = {
             name
             for name, field in schema_properties(model).items()
             if {"type": "null"} in field.get("anyOf", []) or field.get("default", 0) is None
         }
-        assert nullable == ({"notes"} if model in (TaskCreate, TaskPatch) else set()), model
+        expected = {"notes", "recurrence"} if model in (TaskCreate, TaskPatch) else set()
+        assert nullable == expected, model
     assert schema_properties(BulkRetryRequest)["dry_run"] == {
         "default": False,
         "description": "true: only list what would be retried.",
