@@ -13,11 +13,11 @@ from typing import Any
 import redis
 from flask import Response
 from pydantic import ValidationError
-from shared.recurrence import RecurrenceError
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from shared.db import database_unreachable
+from shared.recurrence import RecurrenceError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 VALIDATION_TYPE = "urn:reminders:problem:validation-error"
@@ -90,20 +90,29 @@ def problem(
     return response
 
 
+# A 409 that may or may not come with Retry-After (an operation whose 409 is either a key
+# in flight, worth retrying, or a conflict that retrying will not resolve).
+MAYBE_RETRY_AFTER = {"Retry-After": {**RETRY_AFTER["Retry-After"], "required": False}}
+
+
 def problem_responses(
-    *statuses: int, descriptions: dict[int, str] | None = None
+    *statuses: int,
+    descriptions: dict[int, str] | None = None,
+    headers: dict[int, dict[str, Any] | None] | None = None,
 ) -> dict[str | int, Any]:
-    """OpenAPI entries for error statuses: a problem document, with the status's headers."""
+    """OpenAPI entries for error statuses: a problem document, with the status's headers
+    (``headers`` replaces them for this operation; None: none)."""
     content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     described = {**PROBLEM_DESCRIPTIONS, **(descriptions or {})}
+    by_status = {**PROBLEM_HEADERS, **(headers or {})}
     entries: dict[str | int, Any] = {}
     for status in statuses:
         entry: dict[str, Any] = {
             "description": described.get(status, HTTPStatus(status).phrase),
             "content": content,
         }
-        if status in PROBLEM_HEADERS:
-            entry["headers"] = PROBLEM_HEADERS[status]
+        if by_status.get(status):
+            entry["headers"] = by_status[status]
         entries[status] = entry
     return entries
 

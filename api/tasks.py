@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from api import idempotency
 from api.pagination import BadCursor
 from api.problems import (
+    MAYBE_RETRY_AFTER,
     VALIDATION_TYPE,
     bad_cursor_problem,
     problem,
@@ -238,7 +239,11 @@ def tasks_api(service: TaskService) -> APIBlueprint:
         responses={
             200: TaskOut,
             **problem_responses(
-                404, 409, 422, descriptions={**NO_TASK, 409: "The task is already done"}
+                404,
+                409,
+                422,
+                descriptions={**NO_TASK, 409: "The task is already done"},
+                headers={409: None},
             ),
         },
     )
@@ -267,9 +272,10 @@ def tasks_api(service: TaskService) -> APIBlueprint:
                     **NO_TASK,
                     400: "The body is not JSON, or Idempotency-Key is not one key",
                     409: "The task is done, or a request with this Idempotency-Key is still "
-                    "in progress",
+                    "in progress (then with Retry-After)",
                     422: "Invalid fields, or this Idempotency-Key was used with another body",
                 },
+                headers={409: MAYBE_RETRY_AFTER},
             ),
         },
     )

@@ -65,9 +65,15 @@ def test_webhook_receives_signed_reminder_with_idempotency_key(
         "owner",
         "title",
         "due_at",
+        "local_due_at",
         "remind_at",
+        "offset_seconds",
     }
     assert payload["type"] == "reminder"
+    assert (payload["offset_seconds"], payload["local_due_at"]) == (
+        task.reminder_offsets[0],
+        task.due_at.isoformat(),
+    )
     assert (payload["message_id"], payload["task_id"], payload["owner"], payload["title"]) == (
         expected_id,
         str(task.id),
