@@ -118,7 +118,7 @@ def test_procfile_processes_deliver_a_task_created_over_http(stack: Stack, tmp_p
         expected_id = str(
             uuid.uuid5(
                 uuid.NAMESPACE_URL,
-                f"reminders:{task_id}:{due_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}",
+                f"reminders:{task_id}:{due_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}:3600",
             )
         )
         assert reminder["message_id"] == expected_id
