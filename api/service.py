@@ -139,11 +139,14 @@ class TaskService:
         sessions: sessionmaker[Session],
         planning: Planning,
         broker: RedisBroker | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        """``broker``: where a reminder due before the next scan is enqueued at once."""
+        """``broker``: where a reminder due before the next scan is enqueued at once.
+        ``clock``: the time the use cases act at (tests move it)."""
         self.sessions = sessions
         self.planning = planning
         self.broker = broker
+        self.clock = clock
 
     def _enqueue_soon_due(self, opened: Iterable[Reminder]) -> None:
         if self.broker is None:
@@ -172,7 +175,7 @@ class TaskService:
         Raises:
             RecurrenceError: the rule fires more often than allowed, or never from due_at.
         """
-        now = utcnow()
+        now = self.clock()
         task_id = uuid.uuid4()
         due_at = normalize_due_at(data.due_at)
         offsets = self._offsets(data.reminders, data.remind_before_seconds)
@@ -238,7 +241,7 @@ class TaskService:
         with self.sessions() as session:
             row = session.connection().execute(statement).one_or_none()
             session.rollback()
-        return _row_out(row, owner, utcnow()) if row else None
+        return _row_out(row, owner, self.clock()) if row else None
 
     def update(self, owner: Owner, task_id: uuid.UUID, patch: TaskPatch) -> TaskOut | None:
         """Apply ``patch``; a change of when or how the task reminds re-plans its reminders.
@@ -246,7 +249,7 @@ class TaskService:
         Raises:
             RecurrenceError: the changed rule fires more often than allowed, or never.
         """
-        now = utcnow()
+        now = self.clock()
         with unit_of_work(self.sessions) as session:
             task = _owned(session, owner, task_id, lock=True)
             if task is None:
@@ -285,7 +288,7 @@ class TaskService:
         Raises:
             TaskDone: the task is already done.
         """
-        now = utcnow()
+        now = self.clock()
         with unit_of_work(self.sessions) as session:
             task = _owned(session, owner, task_id, lock=True)
             if task is None:
@@ -329,7 +332,7 @@ class TaskService:
         Raises:
             TaskDone: the task is done (nothing to snooze).
         """
-        now = utcnow()
+        now = self.clock()
         until = normalize_due_at(until)
         with unit_of_work(self.sessions) as session:
             task = _owned(session, owner, task_id, lock=True)
@@ -377,14 +380,14 @@ class TaskService:
         if series.rule is None:
             found = list(occurrences(series))
         else:
-            found = list(occurrences(series, after=after or utcnow(), limit=limit))
+            found = list(occurrences(series, after=after or self.clock(), limit=limit))
         return [_occurrence_out(o, offsets) for o in found]
 
     def delete(self, owner: Owner, task_id: uuid.UUID) -> bool:
         """Cancel what is pending and hide the task: from then on it is not found, like a task
         that never existed (its history too). The rows stay in the database (``deleted_at``)
         for operators: a dead letter of the task can still be shown and discarded."""
-        now = utcnow()
+        now = self.clock()
         with unit_of_work(self.sessions) as session:
             task = _owned(session, owner, task_id, lock=True)
             if task is None:
@@ -446,7 +449,7 @@ class TaskService:
             rows = session.connection().execute(statement).all()
             session.rollback()
         more = len(rows) > query.limit
-        now = utcnow()
+        now = self.clock()
         items = [_row_out(row, owner, now) for row in rows[: query.limit]]
         last = items[-1] if more else None
         return TaskPage(

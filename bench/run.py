@@ -7,9 +7,10 @@
 Parts (``--only``, comma-separated): ``anchors`` (the single loop, the no-op ceiling plain
 and with the real worker's middleware, pgbench's one-insert rate with 1 and 8 clients),
 ``steady`` and ``burst`` (lateness, ``bench.lateness``), ``e2e`` (pipeline with 1 and 2
-worker processes, worker memory), ``producer``, ``api``. The anchors are measured in every
-run that measures anything else too (``--no-anchors`` to skip), so each figure comes with
-the machine it came from and yardsticks from the same run.
+worker processes, worker memory), ``producer``, ``recurring`` (100,000 series: the first
+fill of their horizon, a steady scan, end to end; ``bench.recurring``), ``api``. The
+anchors are measured in every run that measures anything else too (``--no-anchors`` to
+skip), so each figure comes with the machine it came from and yardsticks from the same run.
 
 Each run uses its own PostgreSQL schema and Redis key namespace and removes them after.
 Results are printed as a table and written to bench/results/latest.json. Timing is
@@ -50,12 +51,13 @@ from bench.harness import (  # noqa: E402
     worker_group,
 )
 from bench.lateness import bench_burst, bench_steady  # noqa: E402
+from bench.recurring import bench_recurring  # noqa: E402
 from cli.processes import web_argv  # noqa: E402
 from shared.queue import QUEUE_NAME, make_broker  # noqa: E402
 from shared.redis_broker import queue_depth  # noqa: E402
 from workers.producer import scan_due_tasks  # noqa: E402
 
-PARTS = ("anchors", "steady", "burst", "e2e", "producer", "api")
+PARTS = ("anchors", "steady", "burst", "e2e", "producer", "recurring", "api")
 
 
 # -- 1. end to end -------------------------------------------------------------------------
@@ -246,6 +248,8 @@ def main() -> None:
     parser.add_argument("--burst-lead", type=int, default=15, help="seconds from creation")
     parser.add_argument("--repeat", type=int, default=1, help="runs of steady and of burst")
     parser.add_argument("--producer-total", type=int, default=1_000_000)
+    parser.add_argument("--recurring-tasks", type=int, default=100_000)
+    parser.add_argument("--recurring-e2e", type=int, default=20_000)
     parser.add_argument("--producer-due", type=int, default=100_000)
     parser.add_argument("--api-seconds", type=int, default=10)
     parser.add_argument("--web-workers", type=int, default=2)
@@ -284,6 +288,10 @@ def main() -> None:
                 )
         if "producer" in parts:
             report["producer"] = bench_producer(env, args.producer_total, args.producer_due)
+        if "recurring" in parts:
+            report["recurring"] = bench_recurring(
+                env, args.recurring_tasks, args.recurring_e2e, args.threads
+            )
         if "api" in parts:
             report["api"] = bench_api(env, args.api_seconds, args.web_workers)
     finally:
@@ -394,6 +402,30 @@ def print_report(report: dict[str, Any]) -> None:
                 f"producer: {prod['due']:,} due of {prod['tasks']:,}",
                 f"{prod['seconds']:.2f} s = {prod['per_second']:,.0f} enqueued/s; "
                 f"index scan: {'yes' if prod['uses_index'] else 'NO'}",
+            )
+        )
+    if "recurring" in report:
+        rec = report["recurring"]
+        rows.append(
+            (
+                f"recurring: first fill of {rec['tasks']:,} series",
+                f"{rec['first_fill_seconds']:.1f} s = {rec['first_fill_tasks_per_second']:,.0f} "
+                f"series/s, {rec['rows']:,} rows ({rec['rows_per_task']:.1f} per series)",
+            )
+        )
+        rows.append(
+            (
+                f"recurring: steady scan ({rec['steady_tasks_per_scan']:,} extended)",
+                f"{_spread(rec['steady_scan_seconds'])}; "
+                f"idle scan {rec['idle_scan_seconds']:.3f} s",
+            )
+        )
+        e2e = rec["e2e"]
+        ratio = f"; {e2e['per_second'] / seed:.2f}x single loop" if seed else ""
+        rows.append(
+            (
+                "recurring: end to end, 2 processes",
+                f"{e2e['per_second']:,.0f} reminders/s{ratio}",
             )
         )
     if "api" in report:

@@ -115,6 +115,8 @@ class Task(Base):
     series_cursor: Mapped[dict[str, object] | None] = mapped_column(JSON)
     # Occurrences due up to here were completed (POST /tasks/{id}/complete): never reopened.
     completed_through: Mapped[datetime | None]
+    # The latest occurrence whose reminders history retention purged: never opened again.
+    purged_through: Mapped[datetime | None]
 
 
 class Reminder(Base):
@@ -146,6 +148,13 @@ class Reminder(Base):
             "message_id",
             postgresql_where=text("state = 'failed'"),
             sqlite_where=text("state = 'failed'"),
+        ),
+        # History retention: final rows by when they were last changed.
+        Index(
+            "ix_reminders_final_updated_at",
+            "updated_at",
+            postgresql_where=text("state IN ('sent', 'cancelled', 'missed')"),
+            sqlite_where=text("state IN ('sent', 'cancelled', 'missed')"),
         ),
         Index(
             "ix_reminders_queued_updated_at",

@@ -105,10 +105,11 @@ def plan_reminders(
     """Bring the task's reminder rows in step with its occurrences and offsets (see the
     module docstring). The caller holds the task's row lock (or created it).
 
-    ``edited``: a user's change (create, edit, reopen): the whole plan is derived again from
-    the start of the series, cancelled rows that match again are reopened, and new rows are
-    planned now. Otherwise (the producer extending the horizon) expansion resumes at the
-    task's cursor and new rows are planned at their remind time if it has passed.
+    ``edited``: a user's change (create, edit, reopen): cancelled rows that match again are
+    reopened, and new rows are opened for the occurrences to come, planned now. Otherwise
+    (the producer extending the horizon) every occurrence after the cursor gets its rows,
+    planned at their remind time if it has passed. Either way the expansion resumes at the
+    task's cursor when it has one (the service clears it when the series itself changes).
     """
     if task.status != "open" or task.deleted_at is not None:
         cancelled = cancel_pending(session, task, now)
@@ -116,26 +117,36 @@ def plan_reminders(
         return Planned(opened=[], cancelled=cancelled)
     series = series_of(task)
     offsets = sorted(set(task.reminder_offsets), reverse=True)
-    resume = None if edited else _resume_point(task)
+    # Occurrences up to the cursor are settled (past, their rows sent or on their way): only
+    # what comes after it is planned again. A change of the series itself resets the cursor.
+    resume = _resume_point(task)
     pending = _pending_rows(session, task, resume)
+    purged = task.purged_through
     if series.rule is None:
-        expected = list(occurrences(series))
+        expected = [o for o in occurrences(series) if purged is None or o.due_at > purged]
         upper = None
     else:
-        upper = now + timedelta(seconds=horizon_seconds + max(offsets))
-        # After the earliest pending occurrence (an overdue reminder still to send keeps its
-        # row if the rule still has it), never before what was completed.
-        earliest = min((row.due_at for row in pending), default=now)
-        after = None if resume is not None else min(now, earliest)
-        done = task.completed_through
+        # Up to the horizon, and at least to the latest pending row: each is judged against
+        # the rule (a shorter REMINDERS_HORIZON since it was planned must not cancel it).
+        latest = max((row.due_at for row in pending), default=now)
+        upper = max(now + timedelta(seconds=horizon_seconds + max(offsets)), latest)
+        after = None if resume is not None else _lower_bound(task, pending, now, edited)
+        done = max((t for t in (task.completed_through, purged) if t is not None), default=None)
         if done is not None and (after is None or after <= done):
             after = done + timedelta(seconds=1)
         expected = list(occurrences(series, after=after, until=upper, resume=resume))
     wanted = {(o.due_at, offset) for o in expected for offset in offsets}
     existing = _rows(session, task, {due for due, _ in wanted})
     opened: list[Reminder] = []
+    # A user's change opens reminders for the occurrences to come only: an overdue pending
+    # reminder the rule still has is kept, but the occurrences between it and now are not
+    # made up (they would all be sent at once). The producer's extension opens every
+    # occurrence after its cursor; the catch-up rule decides which are still worth sending.
+    opens_past = series.rule is None or not edited
     for due_at, offset in sorted(wanted):
         row = existing.get((due_at, offset))
+        if not (opens_past or due_at > now):
+            continue
         if row is None:
             when = remind_at(due_at, offset)
             planned_at = now if edited else min(now, when)
@@ -156,6 +167,17 @@ def plan_reminders(
     if upper is not None:
         _advance(task, series, expected, upper, now, horizon_seconds)
     return Planned(opened=opened, cancelled=len(stale))
+
+
+def _lower_bound(task: Task, pending: list[Reminder], now: datetime, edited: bool) -> datetime:
+    """Where a series with no cursor is planned from: its earliest pending occurrence (an
+    overdue reminder still to send keeps its row if the rule still has it), or now; for the
+    producer also right after the rows it last made, so occurrences that came due while it
+    was down get rows (and the catch-up rule)."""
+    earliest = min((row.due_at for row in pending), default=now)
+    if not edited and task.series_filled_until is not None:
+        earliest = min(earliest, task.series_filled_until + timedelta(seconds=1))
+    return min(now, earliest)
 
 
 def _advance(

@@ -27,6 +27,9 @@ TASK_STATUSES = ("open", "done")
 REMINDER_STATES = ("waiting", "queued", "sent", "failed", "missed", "cancelled")
 REMINDER_KINDS = ("reminder", "snooze")
 PENDING_STATES = frozenset({"waiting", "queued"})
+# States a reminder never leaves on its own, purged from the history after a while
+# (``failed`` waits for an operator and is kept).
+FINAL_STATES = frozenset({"sent", "cancelled", "missed"})
 DELIVERABLE_STATES = PENDING_STATES
 
 # Webhook answers that mean "try again later" (RFC 9110: timeout, rate limit) besides 5xx.

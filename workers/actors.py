@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import database_unreachable, utcnow
-from shared.housekeeping import purge_expired_idempotency_keys
+from shared.housekeeping import purge_expired_idempotency_keys, purge_history
 from shared.logs import get_logger
 from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
 from shared.rules import describe_error
@@ -247,9 +247,12 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         metrics.MISSED.inc(result.missed)
 
     def housekeeping() -> None:
-        """Purge expired Idempotency-Keys (kept at least 24 hours)."""
-        purged = purge_expired_idempotency_keys(pipeline.sessions, utcnow())
-        log.info("housekeeping.finished", idempotency_keys_purged=purged)
+        """Purge expired Idempotency-Keys (kept at least 24 hours) and reminder history older
+        than REMINDERS_HISTORY_DAYS."""
+        now = utcnow()
+        purged = purge_expired_idempotency_keys(pipeline.sessions, now)
+        history = purge_history(pipeline.sessions, now, settings.history_days)
+        log.info("housekeeping.finished", idempotency_keys_purged=purged, reminders_purged=history)
 
     return Actors(
         send_reminder=dramatiq.actor(

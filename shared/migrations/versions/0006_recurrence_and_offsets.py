@@ -3,7 +3,7 @@
 Tasks gain ``time_zone`` (``UTC`` for existing ones), ``recurrence``, ``reminder_offsets``
 (an existing task's ``[remind_before_seconds]``, which it replaces) and the producer's
 bookkeeping of a series (``series_filled_until``, ``refill_at``, ``series_cursor``,
-``completed_through``). Reminder rows gain ``offset_seconds`` (an existing row's
+``completed_through``, ``purged_through``). Reminder rows gain ``offset_seconds`` (an existing row's
 ``due_at - remind_at``, so it keeps matching its task's offset) and ``kind``; the
 one-row-per-occurrence constraint becomes one row per (occurrence, offset). Existing rows
 keep their message IDs.
@@ -49,6 +49,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("completed_through", sa.DateTime(timezone=True), nullable=True)
         )
+        batch_op.add_column(sa.Column("purged_through", sa.DateTime(timezone=True), nullable=True))
     array = "json_array" if sqlite else "json_build_array"
     op.execute(f"UPDATE tasks SET reminder_offsets = {array}(remind_before_seconds)")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
@@ -74,10 +75,19 @@ def upgrade() -> None:
             "uq_reminders_task_id_due_at_offset_seconds", ["task_id", "due_at", "offset_seconds"]
         )
         batch_op.create_check_constraint("kind", "kind IN ('reminder', 'snooze')")
+        final = sa.text("state IN ('sent', 'cancelled', 'missed')")
+        batch_op.create_index(
+            "ix_reminders_final_updated_at",
+            ["updated_at"],
+            unique=False,
+            postgresql_where=final,
+            sqlite_where=final,
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("reminders", schema=None) as batch_op:
+        batch_op.drop_index("ix_reminders_final_updated_at")
         batch_op.drop_constraint("ck_reminders_kind", type_="check")
         batch_op.drop_constraint("uq_reminders_task_id_due_at_offset_seconds", type_="unique")
         batch_op.create_unique_constraint("uq_reminders_task_id_due_at", ["task_id", "due_at"])
@@ -95,6 +105,7 @@ def downgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.alter_column("remind_before_seconds", existing_type=sa.Integer(), nullable=False)
         batch_op.drop_index("ix_tasks_refill_at")
+        batch_op.drop_column("purged_through")
         batch_op.drop_column("completed_through")
         batch_op.drop_column("series_cursor")
         batch_op.drop_column("refill_at")
