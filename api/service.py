@@ -32,7 +32,7 @@ from api.schemas import (
 from shared.db import hot_statement, unit_of_work, utcnow
 from shared.keys import snooze_message_id
 from shared.models import Reminder, Task
-from shared.occurrences import plan_reminders, reminder_values, series_of
+from shared.occurrences import local_start, plan_reminders, reminder_values, series_of
 from shared.queue import SoonDue, enqueue_if_due_soon
 from shared.recurrence import (
     Occurrence,
@@ -61,6 +61,7 @@ _TASK_COLUMNS = (
     "notes",
     "due_at",
     "time_zone",
+    "local_start",
     "recurrence",
     "reminder_offsets",
     "status",
@@ -193,6 +194,7 @@ class TaskService:
             "notes": data.notes,
             "due_at": due_at,
             "time_zone": zone_name,
+            "local_start": local_start(due_at, zone_name),
             "recurrence": series.rule.text if series.rule else None,
             "reminder_offsets": offsets,
             "status": "open",
@@ -271,6 +273,7 @@ class TaskService:
             task.updated_at = now
             opened: list[Reminder] = []
             if set(replanned) & _SERIES_FIELDS:
+                task.local_start = local_start(task.due_at, task.time_zone)
                 self._validate(series_of(task))
                 task.series_cursor = None  # a new series: expanded again from its start
             if replanned:
@@ -509,7 +512,7 @@ def _occurrence_out(occurrence: Occurrence, offsets: Iterable[int]) -> Occurrenc
 def _next_occurrence_out(task: Any, now: datetime) -> OccurrenceOut | None:
     if task.recurrence is None:
         return None
-    series = Series(start=task.due_at, time_zone=task.time_zone, rule=parse_rule(task.recurrence))
+    series = series_of(task)
     after = max(now, task.completed_through or now)
     upcoming = next_occurrence(series, after)
     return _occurrence_out(upcoming, task.reminder_offsets) if upcoming else None
@@ -557,6 +560,7 @@ _TASK_WITH_REMINDER = select(
     Task.notes,
     Task.due_at,
     Task.time_zone,
+    Task.local_start,
     Task.recurrence,
     Task.reminder_offsets,
     Task.completed_through,

@@ -99,6 +99,9 @@ class Task(Base):
     notes: Mapped[str | None] = mapped_column(Text)
     due_at: Mapped[datetime]  # a recurring task's first occurrence (DTSTART)
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # due_at's local wall time in time_zone when it was set ("2027-03-22T09:00:00"): what a
+    # recurring series repeats, whatever later tzdata says the zone's offset is.
+    local_start: Mapped[str | None] = mapped_column(String(19))
     recurrence: Mapped[str | None] = mapped_column(String(500))  # an RRULE value, normalised
     reminder_offsets: Mapped[list[int]] = mapped_column(JSON)  # seconds before each occurrence
     status: Mapped[str] = mapped_column(String(8), default="open")

@@ -36,17 +36,31 @@ from sqlalchemy.orm import Session
 
 from shared.keys import message_id
 from shared.models import Reminder, Task
-from shared.recurrence import Occurrence, Series, occurrences, parse_rule, time_zone
+from shared.recurrence import Occurrence, Series, occurrences, parse_rule, resolve, time_zone
 from shared.rules import PENDING_STATES, remind_at
 
 
-def series_of(task: Task) -> Series:
-    """The task's occurrences as a `Series` (its rule was validated when it was stored)."""
+def series_of(task: Any) -> Series:
+    """The task's occurrences as a `Series` (its rule was validated when it was stored).
+
+    A recurring task repeats the local wall time of its start (``local_start``), so its start
+    instant is derived again with the zone's current rules: after a tzdata update that moves
+    the zone's offset, "09:00 Europe/Paris" stays 09:00 local. A one-off task's due date is
+    the instant the user gave.
+    """
+    start = task.due_at
+    if task.recurrence and task.local_start:
+        start = resolve(datetime.fromisoformat(task.local_start), time_zone(task.time_zone))
     return Series(
-        start=task.due_at,
+        start=start,
         time_zone=task.time_zone,
         rule=parse_rule(task.recurrence) if task.recurrence else None,
     )
+
+
+def local_start(due_at: datetime, zone_name: str) -> str:
+    """The local wall time of ``due_at`` in the zone, as stored in ``tasks.local_start``."""
+    return due_at.astimezone(time_zone(zone_name)).replace(tzinfo=None).isoformat()
 
 
 def reminder_values(
@@ -120,7 +134,14 @@ def plan_reminders(
     # Occurrences up to the cursor are settled (past, their rows sent or on their way): only
     # what comes after it is planned again. A change of the series itself resets the cursor.
     resume = _resume_point(task)
-    pending = _pending_rows(session, task, resume)
+    # With a cursor, every row that matters comes after it: one query serves both the
+    # pending rows and the existing ones (the producer's steady extension).
+    after_cursor = _rows_after(session, task, resume) if resume is not None else None
+    pending = (
+        [row for row in after_cursor if row.state in PENDING_STATES]
+        if after_cursor is not None
+        else _pending_rows(session, task, None)
+    )
     purged = task.purged_through
     if series.rule is None:
         expected = [o for o in occurrences(series) if purged is None or o.due_at > purged]
@@ -136,7 +157,11 @@ def plan_reminders(
             after = done + timedelta(seconds=1)
         expected = list(occurrences(series, after=after, until=upper, resume=resume))
     wanted = {(o.due_at, offset) for o in expected for offset in offsets}
-    existing = _rows(session, task, {due for due, _ in wanted})
+    existing = (
+        {(row.due_at, row.offset_seconds): row for row in after_cursor}
+        if after_cursor is not None
+        else _rows(session, task, {due for due, _ in wanted})
+    )
     opened: list[Reminder] = []
     # A user's change opens reminders for the occurrences to come only: an overdue pending
     # reminder the rule still has is kept, but the occurrences between it and now are not
@@ -213,6 +238,19 @@ def _pending_rows(session: Session, task: Task, resume: Occurrence | None) -> li
     if resume is not None:
         query = query.where(Reminder.due_at > resume.due_at)
     return list(session.scalars(query))
+
+
+def _rows_after(session: Session, task: Task, resume: Occurrence) -> list[Reminder]:
+    """The task's reminder rows (snoozes aside) of the occurrences after ``resume``."""
+    return list(
+        session.scalars(
+            select(Reminder).where(
+                Reminder.task_id == task.id,
+                Reminder.kind == "reminder",
+                Reminder.due_at > resume.due_at,
+            )
+        )
+    )
 
 
 def _rows(

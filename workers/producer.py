@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -251,21 +251,31 @@ def _extend_series(
                 .limit(REFILL_BATCH)
                 .with_for_update(skip_locked=True)
             ).all()
-            for task in tasks:
-                try:
-                    planned = plan_reminders(
-                        session, task, now, settings.horizon_seconds, edited=False
-                    )
-                except RecurrenceError as error:
-                    # Stored rules were validated; a zone this machine's tzdata lacks is not.
-                    # Left alone (its rows so far stay) rather than retried on every scan.
-                    log.error("series.unplannable", task_id=str(task.id), error=str(error))
-                    task.refill_at = None
-                    continue
-                result.opened += len(planned.opened)
+            # One flush for the batch: its updates and inserts go out together at the end,
+            # not before each task's queries.
+            with session.no_autoflush:
+                result.opened += _extend_tasks(session, tasks, settings, now)
             result.extended += len(tasks)
         if len(tasks) < REFILL_BATCH:
             return
+
+
+def _extend_tasks(
+    session: Session, tasks: Sequence[Task], settings: Settings, now: datetime
+) -> int:
+    """Extend each task's rows (`plan_reminders`); returns how many rows were opened."""
+    opened = 0
+    for task in tasks:
+        try:
+            planned = plan_reminders(session, task, now, settings.horizon_seconds, edited=False)
+        except RecurrenceError as error:
+            # Stored rules were validated; a zone this machine's tzdata lacks is not.
+            # Left alone (its rows so far stay) rather than retried on every scan.
+            log.error("series.unplannable", task_id=str(task.id), error=str(error))
+            task.refill_at = None
+            continue
+        opened += len(planned.opened)
+    return opened
 
 
 def scan_due_tasks(

@@ -419,3 +419,46 @@ def test_a_rule_firing_more_often_than_the_minimum_is_422(
     assert patched.status_code == 422
     unchanged = api.client.get(f"/tasks/{hourly.json['id']}", headers=alice.headers)
     assert unchanged.json["recurrence"] == "FREQ=HOURLY"
+
+
+def test_the_embedded_sqlite_database_plans_completes_and_snoozes_a_series_the_same(
+    sqlite_url: str, redis_namespace: str
+) -> None:
+    """The embedded default's database: the same rows, complete and snooze as on PostgreSQL."""
+    from shared.db import make_engine
+    from shared.schema import upgrade
+
+    settings = make_settings(
+        database_url=sqlite_url, redis_url=REDIS_URL, redis_namespace=redis_namespace
+    )
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    app = create_app(settings, engine=engine)
+    api = ApiHarness(client=app.test_client(), engine=engine, settings=settings)
+    alice = api.account("alice")
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    task = create(
+        api,
+        alice,
+        due_at=start.isoformat(),
+        time_zone="Australia/Lord_Howe",
+        recurrence="FREQ=HOURLY;INTERVAL=8",
+        reminders=[1800, 600],
+    )
+
+    made = rows(engine, task["id"])
+    due_dates = sorted({row.due_at for row in made})
+    assert due_dates[:3] == [start + timedelta(hours=8 * n) for n in range(3)]
+    assert len(made) == 2 * len(due_dates)
+    completed = api.client.post(f"/tasks/{task['id']}/complete", headers=alice.headers)
+    assert completed.status_code == 200
+    assert parse_time(completed.json["reminder"]["due_at"]) == start + timedelta(hours=8)
+    snoozed = api.client.post(
+        f"/tasks/{task['id']}/snooze", json={"seconds": 300}, headers=alice.headers
+    )
+    assert snoozed.status_code == 201 and snoozed.json["kind"] == "snooze"
+    history = api.client.get(
+        f"/tasks/{task['id']}/reminders", query_string={"limit": 2}, headers=alice.headers
+    ).json
+    assert len(history["items"]) == 2 and history["next_cursor"]
+    engine.dispose()

@@ -10,12 +10,16 @@ come, as a worker would at that moment.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.resources
 import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+import zoneinfo
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ from sqlalchemy import select
 from api.schemas import TaskCreate, TaskPatch
 from api.service import Owner, Planning, TaskService
 from shared.models import Reminder
+from shared.recurrence import time_zone
 from shared.rules import PENDING_STATES
 from tests.pipeline.conftest import ROOT, Stack
 from workers.channels import ReminderPayload
@@ -287,6 +292,54 @@ def test_a_rule_change_cancels_the_pending_rows_that_no_longer_match(stack: Stac
     assert pending == {start}  # tomorrow's 09:00 is beyond the horizon of an 08:00 change
     cancelled = {r.due_at for r in clocked.rows(task_id) if r.state == "cancelled"}
     assert cancelled == hourly - pending
+
+
+@contextlib.contextmanager
+def paris_on_karachi_rules(directory: Path) -> Iterator[None]:
+    """A tzdata update, simulated: meanwhile "Europe/Paris" has Asia/Karachi's rules
+    (+05:00, no DST), read from a zone database of the test's own in ``directory``."""
+    source = importlib.resources.files("tzdata.zoneinfo").joinpath("Asia/Karachi")
+    (directory / "Europe").mkdir()
+    (directory / "Europe" / "Paris").write_bytes(source.read_bytes())
+
+    def forget() -> None:
+        zoneinfo.ZoneInfo.clear_cache()
+        time_zone.cache_clear()
+
+    zoneinfo.reset_tzpath(to=[str(directory)])
+    forget()
+    try:
+        yield
+    finally:
+        zoneinfo.reset_tzpath()
+        forget()
+
+
+def test_a_tzdata_update_moves_a_pending_reminder_to_its_new_instant(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Rows are derived from the rule again when the horizon is next extended: a pending
+    reminder planned under the old rules is cancelled and its occurrence, at the same local
+    wall time, reminded at the new instant, once."""
+    start = at("2027-06-01T09:00:00+02:00")  # Paris summer time: 07:00 UTC
+    clocked = Clocked(stack, start - timedelta(hours=20))
+    task_id = clocked.create(
+        due_at=start.isoformat(), time_zone="Europe/Paris", recurrence="FREQ=DAILY", reminders=[600]
+    )
+    [planned] = [row for row in clocked.rows(task_id) if row.state == "waiting"]
+    assert planned.due_at == start
+
+    with paris_on_karachi_rules(tmp_path):
+        moved = datetime(2027, 6, 1, 9, 0, tzinfo=timezone(timedelta(hours=5)))  # 04:00 UTC
+        clocked.step(start - timedelta(hours=7))  # the producer extends the series
+        sent = clocked.run([moved - timedelta(seconds=600), start - timedelta(seconds=600)])
+
+    assert [(b["local_due_at"], at(b["due_at"])) for b in sent] == [
+        ("2027-06-01T09:00:00+05:00", moved.astimezone(UTC))
+    ]
+    states = {row.due_at: row.state for row in clocked.rows(task_id)}
+    assert states[start] == "cancelled"
+    assert states[moved] == "sent"
 
 
 SCAN_SCRIPT = """

@@ -1,6 +1,7 @@
 """Recurring tasks in their own time zone, several reminders per occurrence, snoozes.
 
-Tasks gain ``time_zone`` (``UTC`` for existing ones), ``recurrence``, ``reminder_offsets``
+Tasks gain ``time_zone`` (``UTC`` for existing ones), ``recurrence``, ``local_start``,
+``reminder_offsets``
 (an existing task's ``[remind_before_seconds]``, which it replaces) and the producer's
 bookkeeping of a series (``series_filled_until``, ``refill_at``, ``series_cursor``,
 ``completed_through``, ``purged_through``). Reminder rows gain ``offset_seconds`` (an existing row's
@@ -40,6 +41,7 @@ def upgrade() -> None:
             sa.Column("time_zone", sa.String(64), nullable=False, server_default="UTC")
         )
         batch_op.add_column(sa.Column("recurrence", sa.String(500), nullable=True))
+        batch_op.add_column(sa.Column("local_start", sa.String(19), nullable=True))
         batch_op.add_column(sa.Column("reminder_offsets", sa.JSON(), nullable=True))
         batch_op.add_column(
             sa.Column("series_filled_until", sa.DateTime(timezone=True), nullable=True)
@@ -111,5 +113,6 @@ def downgrade() -> None:
         batch_op.drop_column("refill_at")
         batch_op.drop_column("series_filled_until")
         batch_op.drop_column("reminder_offsets")
+        batch_op.drop_column("local_start")
         batch_op.drop_column("recurrence")
         batch_op.drop_column("time_zone")
