@@ -32,9 +32,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from shared.recurrence import parse_rule, time_zone
 
 from shared.config import THIRTY_DAYS
+from shared.recurrence import parse_rule, time_zone
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50

@@ -215,7 +215,7 @@ class TaskService:
             params.update({f"reminder_{name}": value for name, value in reminder.items()})
             hot_statement(engine, _CREATE_TASK, params)
             row = Reminder(**reminder)
-            created = _task_out(Task(**task), row, owner, now)
+            created = _task_out(Task(**task), _reminder_out(row), owner, now)
             self._enqueue_soon_due([row])
             return created
         with unit_of_work(self.sessions) as session:
@@ -224,7 +224,9 @@ class TaskService:
             session.flush()
             planned = plan_reminders(session, new_task, now, self.planning.horizon_seconds)
             session.flush()
-            created = _task_out(new_task, _current(planned.opened), owner, now)
+            shown = _current(planned.opened)
+            shown_out = _reminder_out(shown) if shown is not None else None
+            created = _task_out(new_task, shown_out, owner, now)
             if within is not None:
                 within(session, created)
             opened = list(planned.opened)
@@ -518,7 +520,8 @@ def _next_occurrence_out(task: Any, now: datetime) -> OccurrenceOut | None:
     return _occurrence_out(upcoming, task.reminder_offsets) if upcoming else None
 
 
-def _task_out(task: Task, reminder: Reminder | None, owner: Owner, now: datetime) -> TaskOut:
+def _task_out(task: Any, reminder: ReminderOut | None, owner: Owner, now: datetime) -> TaskOut:
+    """A task as the API shows it, from a `Task` or a row of `_TASK_WITH_REMINDER`."""
     offsets = list(task.reminder_offsets)
     return TaskOut(
         id=task.id,
@@ -534,7 +537,7 @@ def _task_out(task: Task, reminder: Reminder | None, owner: Owner, now: datetime
         status=task.status,
         created_at=task.created_at,
         updated_at=task.updated_at,
-        reminder=_reminder_out(reminder) if reminder is not None else None,
+        reminder=reminder,
         next_occurrence=_next_occurrence_out(task, now),
     )
 
@@ -599,21 +602,4 @@ def _row_out(row: Row[*tuple[Any, ...]], owner: Owner, now: datetime) -> TaskOut
             cancelled_at=row.r_cancelled_at,
             reopened_at=row.r_reopened_at,
         )
-    offsets = list(row.reminder_offsets)
-    return TaskOut(
-        id=row.id,
-        owner=owner.name,
-        title=row.title,
-        notes=row.notes,
-        due_at=row.due_at,
-        time_zone=row.time_zone,
-        recurrence=row.recurrence,
-        reminders=offsets,
-        remind_before_seconds=offsets[0],
-        remind_at=remind_at(row.due_at, offsets[0]),
-        status=row.status,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        reminder=reminder,
-        next_occurrence=_next_occurrence_out(row, now),
-    )
+    return _task_out(row, reminder, owner, now)
