@@ -119,12 +119,19 @@ def reminder_message(
 
 @dataclass(frozen=True)
 class SoonDue:
-    """A pending reminder just planned by a client (created, rescheduled, reopened)."""
+    """A pending reminder to enqueue: just planned by a client (created, rescheduled,
+    reopened), or claimed by the producer."""
 
     task_id: uuid.UUID
     due_at: datetime
     message_id: uuid.UUID
     remind_at: datetime
+
+
+def message_for(reminder: SoonDue, now: datetime) -> Message:
+    """The message of a pending reminder: at once if it is due, else delayed to its time."""
+    eta = reminder.remind_at if reminder.remind_at > now else None
+    return reminder_message(reminder.task_id, reminder.due_at, reminder.message_id, eta=eta)
 
 
 def enqueue_if_due_soon(
@@ -142,15 +149,7 @@ def enqueue_if_due_soon(
     soon = [reminder for reminder in reminders if reminder.remind_at <= horizon]
     if not soon:
         return 0
-    messages = [
-        reminder_message(
-            reminder.task_id,
-            reminder.due_at,
-            reminder.message_id,
-            eta=reminder.remind_at if reminder.remind_at > now else None,
-        )
-        for reminder in soon
-    ]
+    messages = [message_for(reminder, now) for reminder in soon]
     try:
         enqueue_batch(broker, messages)
     except redis.RedisError as exc:

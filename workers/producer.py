@@ -30,7 +30,6 @@ of times, from any number of schedulers, in any time zone, with the same result:
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from shared.db import hot_transaction, unit_of_work, utcnow
 from shared.logs import get_logger
 from shared.models import Reminder, Task
 from shared.occurrences import plan_reminders
-from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, reminder_message
+from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SoonDue, message_for
 from shared.recurrence import RecurrenceError
 from shared.redis_broker import (
     dead_message_ids,
@@ -72,30 +71,11 @@ class ScanResult:
     message_ids: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Claimed:
-    task_id: uuid.UUID
-    due_at: datetime
-    message_id: uuid.UUID
-    remind_at: datetime
-
-
 def _enqueue(
-    broker: RedisBroker, claimed: list[_Claimed], result: ScanResult, now: datetime
+    broker: RedisBroker, claimed: list[SoonDue], result: ScanResult, now: datetime
 ) -> None:
     """Enqueue the claimed rows: due ones at once, the others delayed to their remind time."""
-    enqueue_batch(
-        broker,
-        [
-            reminder_message(
-                row.task_id,
-                row.due_at,
-                row.message_id,
-                eta=row.remind_at if row.remind_at > now else None,
-            )
-            for row in claimed
-        ],
-    )
+    enqueue_batch(broker, [message_for(row, now) for row in claimed])
     result.message_ids.extend(str(row.message_id) for row in claimed)
 
 
@@ -139,8 +119,8 @@ _CLAIM_DUE = (
 
 @dataclass(frozen=True)
 class _Batch:
-    queued: list[_Claimed]  # to enqueue
-    missed: list[_Claimed]  # catch-up window over: marked missed, not sent
+    queued: list[SoonDue]  # to enqueue
+    missed: list[SoonDue]  # catch-up window over: marked missed, not sent
 
     def __len__(self) -> int:
         return len(self.queued) + len(self.missed)
@@ -159,7 +139,7 @@ def _claim_due(sessions: sessionmaker[Session], settings: Settings, now: datetim
     batch = _Batch(queued=[], missed=[])
     for task_id, due_at, message_id, state, remind_at in claimed_rows:
         # astimezone: the driver's rows are in the session's zone; messages carry UTC.
-        claimed = _Claimed(task_id, due_at.astimezone(UTC), message_id, remind_at.astimezone(UTC))
+        claimed = SoonDue(task_id, due_at.astimezone(UTC), message_id, remind_at.astimezone(UTC))
         (batch.queued if state == "queued" else batch.missed).append(claimed)
     return batch
 
@@ -224,7 +204,7 @@ def _requeue_lost(
                     row.last_error = row.last_error or LOST_MESSAGE_ERROR
                     result.repaired_failed += 1
                     continue
-                lost.append(_Claimed(row.task_id, row.due_at, row.message_id, row.remind_at))
+                lost.append(SoonDue(row.task_id, row.due_at, row.message_id, row.remind_at))
         _enqueue(broker, lost, result, now)
         result.requeued += len(lost)
         for row_claim in lost:
