@@ -157,29 +157,27 @@ def validation_problem(error: ValidationError) -> Response:
     )
 
 
-def recurrence_problem(error: RecurrenceError) -> Response:
-    """The 422 for a time zone or recurrence rule the schema could not judge alone (a rule
-    that fires more often than the deployment allows, or yields no occurrence from due_at)."""
-    entry = {"in": "body", "field": error.field, "message": str(error), "code": "invalid_rule"}
+def field_problem(field: str, message: str, code: str, location: str = "body") -> Response:
+    """The 422 for one bad field that the request's schema could not judge alone."""
+    entry = {"in": location, "field": field, "message": message, "code": code}
     return problem(
         422,
-        f"invalid fields: {error.field}",
+        f"invalid fields: {field}",
         title="Validation failed",
         type_=VALIDATION_TYPE,
         errors=[entry],
     )
+
+
+def recurrence_problem(error: RecurrenceError) -> Response:
+    """The 422 for a time zone or recurrence rule the schema could not judge alone (a rule
+    that fires more often than the deployment allows, or yields no occurrence from due_at)."""
+    return field_problem(error.field, str(error), "invalid_rule")
 
 
 def bad_cursor_problem(error: Exception) -> Response:
     """The 422 for a ``cursor`` query parameter this API did not hand out."""
-    entry = {"in": "query", "field": "cursor", "message": str(error), "code": "bad_cursor"}
-    return problem(
-        422,
-        "invalid fields: cursor",
-        title="Validation failed",
-        type_=VALIDATION_TYPE,
-        errors=[entry],
-    )
+    return field_problem("cursor", str(error), "bad_cursor", location="query")
 
 
 def http_problem(exc: HTTPException) -> Response:

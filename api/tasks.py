@@ -14,8 +14,8 @@ from api import idempotency
 from api.pagination import BadCursor
 from api.problems import (
     MAYBE_RETRY_AFTER,
-    VALIDATION_TYPE,
     bad_cursor_problem,
+    field_problem,
     problem,
     problem_responses,
     recurrence_problem,
@@ -78,22 +78,6 @@ def created(task: TaskOut) -> Response:
 
 def not_found() -> Response:
     return problem(404, "no such task")
-
-
-def until_problem() -> Response:
-    entry = {
-        "in": "body",
-        "field": "until",
-        "message": "must be 60 seconds to 7 days from now",
-        "code": "out_of_range",
-    }
-    return problem(
-        422,
-        "invalid fields: until",
-        title="Validation failed",
-        type_=VALIDATION_TYPE,
-        errors=[entry],
-    )
 
 
 def caller() -> Owner:
@@ -293,7 +277,7 @@ def tasks_api(service: TaskService) -> APIBlueprint:
             <= until
             <= now + timedelta(seconds=SNOOZE_MAX_SECONDS)
         ):
-            return until_problem()
+            return field_problem("until", "must be 60 seconds to 7 days from now", "out_of_range")
 
         def run(within: Callable[[Session, BaseModel], None] | None) -> BaseModel:
             snoozed = service.snooze(owner, path.task_id, until, within=within)
