@@ -147,6 +147,36 @@ class Settings(BaseModel):
     webhook_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, validation_alias="REMINDERS_WEBHOOK_TIMEOUT"
     )
+    secret_key: str = Field(
+        default="",
+        repr=False,
+        validation_alias="REMINDERS_SECRET_KEY",
+        description="Fernet key(s) that encrypt endpoint secrets at rest, comma-separated: "
+        "the first encrypts, every one decrypts (key rotation). Empty: a key generated once "
+        "and kept in REMINDERS_DATA_DIR/secret.key (one host; set it when API and workers "
+        "run on different machines).",
+    )
+    allow_private_endpoints: bool = Field(
+        default=False,
+        validation_alias="REMINDERS_ALLOW_PRIVATE_ENDPOINTS",
+        description="Let endpoints use http:// and loopback, private, link-local or reserved "
+        "addresses (tests and local setups only).",
+    )
+    endpoint_disable_after_seconds: int = Field(
+        default=5 * 24 * 3600,
+        ge=1,
+        le=365 * 24 * 3600,
+        validation_alias="REMINDERS_ENDPOINT_DISABLE_AFTER",
+        description="An endpoint whose every delivery attempt has failed for this many "
+        "seconds is disabled; its reminders then dead-letter with 'endpoint disabled'.",
+    )
+    endpoint_attempts_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        validation_alias="REMINDERS_ENDPOINT_ATTEMPTS_DAYS",
+        description="How long each endpoint's delivery attempts are kept (housekeeping).",
+    )
     rate_limit: str = Field(
         default="600/minute",
         validation_alias="REMINDERS_RATE_LIMIT",
@@ -195,6 +225,22 @@ class Settings(BaseModel):
     def _http_webhook(cls, value: str) -> str:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_keys(cls, value: str) -> str:
+        if value:
+            from cryptography.fernet import Fernet
+
+            for key in value.split(","):
+                try:
+                    Fernet(key.strip())
+                except (ValueError, TypeError):
+                    raise ValueError(
+                        "not a Fernet key (32 url-safe base64-encoded bytes; make one with "
+                        "`reminders secret-key`)"
+                    ) from None
         return value
 
     @field_validator("scan_cron")

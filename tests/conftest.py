@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 
 from shared.config import Settings
@@ -109,10 +110,18 @@ def redis_namespace() -> Iterator[str]:
 TEST_MIN_RECURRENCE_SECONDS = 60
 
 
+# One key for the run, so the API and worker processes of a test read each other's secrets.
+TEST_SECRET_KEY = Fernet.generate_key().decode()
+
+
 def make_settings(**values: Any) -> Settings:
     """Settings for a test, by field name (``database_url=...``, ``max_retries=...``)."""
     return Settings.model_validate(
-        {"min_recurrence_seconds": TEST_MIN_RECURRENCE_SECONDS, **values}
+        {
+            "min_recurrence_seconds": TEST_MIN_RECURRENCE_SECONDS,
+            "secret_key": TEST_SECRET_KEY,
+            **values,
+        }
     )
 
 
