@@ -120,6 +120,73 @@ class Task(Base):
     completed_through: Mapped[datetime | None]
     # The latest occurrence whose reminders history retention purged: never opened again.
     purged_through: Mapped[datetime | None]
+    # Where its reminders go: one of the owner's endpoints, or (NULL, also when the endpoint
+    # is deleted) the deployment's channel.
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="SET NULL")
+    )
+
+
+class Endpoint(Base):
+    """A user's own webhook endpoint: a URL and a signing secret (`shared.signing`).
+
+    Secrets are kept encrypted (`shared.secret_box`). After a rotation the previous secret
+    keeps signing beside the new one until ``previous_secret_expires_at``. ``failing_since``
+    is the first failed attempt since the last success; an endpoint failing for
+    ``REMINDERS_ENDPOINT_DISABLE_AFTER`` is disabled (``enabled`` false, with a reason).
+    """
+
+    __tablename__ = "endpoints"
+    __table_args__ = (
+        Index("ix_endpoints_owner_id_created_at", "owner_id", "created_at"),
+        # The operators' view of unhealthy endpoints.
+        Index(
+            "ix_endpoints_failing_since",
+            "failing_since",
+            postgresql_where=text("failing_since IS NOT NULL"),
+            sqlite_where=text("failing_since IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    description: Mapped[str | None] = mapped_column(String(500))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    disabled_at: Mapped[datetime | None]
+    secret: Mapped[str] = mapped_column(Text)  # encrypted
+    previous_secret: Mapped[str | None] = mapped_column(Text)  # encrypted
+    previous_secret_expires_at: Mapped[datetime | None]
+    failing_since: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_failure_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EndpointAttempt(Base):
+    """One delivery attempt to an endpoint (a reminder or a ``ping``), kept
+    ``REMINDERS_ENDPOINT_ATTEMPTS_DAYS``: what the endpoint's owner sees."""
+
+    __tablename__ = "endpoint_attempts"
+    __table_args__ = (
+        Index("ix_endpoint_attempts_endpoint_id_at", "endpoint_id", "at", "id"),
+        Index("ix_endpoint_attempts_at", "at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(8))  # "reminder" or "ping"
+    message_id: Mapped[str] = mapped_column(String(200))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(500))
 
 
 class Reminder(Base):
