@@ -3,11 +3,12 @@
 ``log`` (the default) writes a structured ``reminder.sent`` event; like the webhook it is
 at-least-once (a crash between delivery and commit repeats it with the same message ID).
 ``webhook`` POSTs the reminder's body with the occurrence's message ID as
-``Idempotency-Key`` and an HMAC signature (``X-Reminders-Signature: t=<unix>,v1=<hex>``
-over ``"<t>.<body>"``), so a receiver can check where it came from and drop repeats. The
-body is the same bytes on every attempt (`reminder_body`; nothing per attempt inside it):
-only the signature's timestamp changes, so a receiver applying Idempotency-Key semantics
-(same key, same body) accepts a repeat.
+``Idempotency-Key`` and ``webhook-id``, signed with ``REMINDERS_WEBHOOK_SECRET`` in both
+schemes of `shared.signing` (Standard Webhooks' ``webhook-signature`` and the Stripe-style
+``X-Reminders-Signature``), so a receiver can check with an off-the-shelf library where it
+came from, and drop repeats. The body is the same bytes on every attempt (`reminder_body`;
+nothing per attempt inside it): only the signatures' timestamp changes, so a receiver
+applying Idempotency-Key semantics (same key, same body) accepts a repeat.
 
 A channel raises `TransientDeliveryError` for what may succeed later (5xx, 408, 429,
 timeouts, connection errors) and `PermanentDeliveryError` for what will not.
@@ -15,8 +16,6 @@ timeouts, connection errors) and `PermanentDeliveryError` for what will not.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dramatiq import Retry
 from shared.config import Settings
 from shared.logs import get_logger
 from shared.rules import webhook_status_is_transient
+from shared.signing import signature_headers
 from workers.webhook_transport import Deadline, deadline_client
 
 log = get_logger("delivery")
@@ -136,12 +136,6 @@ class LogChannel:
         )
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The ``X-Reminders-Signature`` value for ``body`` sent at ``timestamp``."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
 class WebhookChannel:
     """POSTs each reminder to one URL, signed; the whole call ends within the timeout."""
 
@@ -160,7 +154,9 @@ class WebhookChannel:
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": reminder.message_id,
-            "X-Reminders-Signature": sign(self._secret, int(time.time()), reminder.body),
+            **signature_headers(
+                reminder.message_id, int(time.time()), reminder.body, [self._secret]
+            ),
         }
         try:
             with self._deadline.applies(self._timeout_seconds):
