@@ -9,6 +9,14 @@ sending the body, reading the answer — ends within ``REMINDERS_WEBHOOK_TIMEOUT
 The deadline is per thread (`Deadline.applies`), since a worker process delivers on several
 threads through one pooled client; a pooled connection reads the deadline of whichever
 thread uses it.
+
+With an `AddressGuard` (users' endpoints), the transport resolves each host itself, connects
+only to addresses ``shared.address_guard`` allows and checks the address it is connected to
+before a byte is sent: a host that resolved to a public address when its endpoint was saved
+and resolves to 127.0.0.1 now (DNS rebinding) is refused at delivery. TLS still verifies the
+certificate against the URL's host name (httpcore takes the TLS server name from the URL,
+not from the address connected to). A refusal is an `AddressRefusedError`, which httpx raises
+as the cause of an `httpx.ConnectError`; `refused_reason` tells it from other connect errors.
 """
 
 from __future__ import annotations
@@ -18,16 +26,62 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import certifi
 import httpcore
 import httpx
 
+from shared.address_guard import (
+    RESOLVE_TIMEOUT_SECONDS,
+    AddressRefused,
+    IPAddress,
+    Resolver,
+    check_address,
+    ip_literal,
+    lookup,
+    system_resolver,
+)
+
 # What httpx's own transport would use (httpx.Limits defaults).
 MAX_CONNECTIONS = 100
 MAX_KEEPALIVE_CONNECTIONS = 20
 KEEPALIVE_EXPIRY_SECONDS = 5.0
+
+
+class AddressRefusedError(httpcore.ConnectError):
+    """The guard refused every address of the host, or the address connected to.
+
+    Raised before a byte is sent. Its message is the `AddressRefused` one, for the user.
+    """
+
+
+def refused_reason(exc: BaseException) -> str | None:
+    """Why the guard refused the call that raised ``exc``, or None if it was not refused.
+
+    httpx raises a refusal as an `httpx.ConnectError` caused by the `AddressRefusedError`.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, AddressRefusedError):
+            return str(current)
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@dataclass(frozen=True)
+class AddressGuard:
+    """Which addresses a client may connect to (`shared.address_guard`'s rules).
+
+    ``allow_private`` lifts the rules (``REMINDERS_ALLOW_PRIVATE_ENDPOINTS``): hosts are
+    still resolved through ``resolve`` but every address is allowed, and so is ``http``.
+    """
+
+    allow_private: bool = False
+    resolve: Resolver = system_resolver
 
 
 class Deadline:
@@ -86,11 +140,16 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 
 class DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's blocking socket backend, every operation bounded by a `Deadline`."""
+    """httpcore's blocking socket backend, every operation bounded by a `Deadline`.
 
-    def __init__(self, deadline: Deadline) -> None:
+    With a ``guard``, connections are made to the addresses it allows only (see the module's
+    docstring); the host's name resolution is bounded by the deadline as well.
+    """
+
+    def __init__(self, deadline: Deadline, guard: AddressGuard | None = None) -> None:
         self._backend = httpcore.SyncBackend()
         self._deadline = deadline
+        self._guard = guard
 
     def connect_tcp(
         self,
@@ -100,14 +159,78 @@ class DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._backend.connect_tcp(
-            host,
-            port,
-            self._deadline.clamp(timeout, httpcore.ConnectTimeout),
-            local_address,
-            socket_options,
-        )
+        if self._guard is None:
+            stream = self._backend.connect_tcp(
+                host,
+                port,
+                self._deadline.clamp(timeout, httpcore.ConnectTimeout),
+                local_address,
+                socket_options,
+            )
+        else:
+            stream = self._connect_guarded(
+                self._guard, host, port, timeout, local_address, socket_options
+            )
         return _DeadlineStream(stream, self._deadline)
+
+    def _connect_guarded(
+        self,
+        guard: AddressGuard,
+        host: str,
+        port: int,
+        timeout: float | None,
+        local_address: str | None,
+        socket_options: Iterable[Any] | None,
+    ) -> httpcore.NetworkStream:
+        """A connection to the first allowed address of ``host`` that accepts one.
+
+        Raises:
+            AddressRefusedError: no address of ``host`` is allowed, or the connection's
+                peer is not (the connection is closed first).
+            httpcore.ConnectError, httpcore.ConnectTimeout: as connecting by name would.
+        """
+        failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in self._allowed_addresses(guard, host, port, timeout):
+            budget = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
+            try:
+                # By address: a second resolution here could answer differently.
+                stream = self._backend.connect_tcp(
+                    str(address), port, budget, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            if not guard.allow_private:
+                _check_peer(host, stream)
+            return stream
+        assert failure is not None  # _allowed_addresses never answers an empty list
+        raise failure
+
+    def _allowed_addresses(
+        self, guard: AddressGuard, host: str, port: int, timeout: float | None
+    ) -> list[IPAddress]:
+        wait = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
+        wait = RESOLVE_TIMEOUT_SECONDS if wait is None else min(wait, RESOLVE_TIMEOUT_SECONDS)
+        # A host that does not resolve now may later: like any connect error, not a refusal.
+        try:
+            addresses = lookup(host, port, resolve=guard.resolve, timeout=wait)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(f"{host} could not be resolved: {exc}") from exc
+        if guard.allow_private:
+            return addresses
+        allowed, refusals = [], []
+        for address in addresses:
+            try:
+                check_address(host, address)
+            except AddressRefused as refused:
+                refusals.append(refused)
+            else:
+                allowed.append(address)
+        if not allowed:
+            raise AddressRefusedError(str(refusals[0])) from refusals[0]
+        return allowed
 
     def connect_unix_socket(
         self,
@@ -121,11 +244,39 @@ class DeadlineBackend(httpcore.NetworkBackend):
         time.sleep(seconds)
 
 
-def deadline_client(deadline: Deadline, timeout_seconds: float) -> httpx.Client:
+def _check_peer(host: str, stream: httpcore.NetworkStream) -> None:
+    """Close ``stream`` and refuse it unless the address it is connected to is allowed."""
+    try:
+        peer = ip_literal(str(stream.get_extra_info("server_addr")[0]))
+    except OSError:  # not connected any more
+        peer = None
+    if peer is None:
+        stream.close()
+        raise httpcore.ConnectError(f"the connection to {host} has no peer address")
+    try:
+        check_address(host, peer)
+    except AddressRefused as refused:
+        stream.close()
+        raise AddressRefusedError(str(refused)) from refused
+
+
+class _HttpsOnly(httpx.BaseTransport):
+    """Where a guarded client's ``http://`` requests go: nowhere (endpoints are https)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        refused = AddressRefusedError("endpoint URL must use https")
+        raise httpx.ConnectError(str(refused), request=request) from refused
+
+
+def deadline_client(
+    deadline: Deadline, timeout_seconds: float, *, guard: AddressGuard | None = None
+) -> httpx.Client:
     """An httpx client whose calls each end within the deadline applied around them.
 
     ``timeout_seconds`` is also httpx's per-operation timeout, for calls made outside
-    `Deadline.applies`. Redirects are not followed.
+    `Deadline.applies`. Redirects are not followed. With a ``guard`` (users' endpoints) the
+    client connects only where the guard allows, and, unless it allows private addresses,
+    over https only; a refusal raises `httpx.ConnectError` (see `refused_reason`).
     """
     transport = httpx.HTTPTransport()
     # httpx's transport is a thin adapter over an httpcore pool and takes no network backend
@@ -135,6 +286,13 @@ def deadline_client(deadline: Deadline, timeout_seconds: float) -> httpx.Client:
         max_connections=MAX_CONNECTIONS,
         max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
         keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
-        network_backend=DeadlineBackend(deadline),
+        network_backend=DeadlineBackend(deadline, guard),
     )
-    return httpx.Client(transport=transport, timeout=timeout_seconds, follow_redirects=False)
+    # A client given a transport ignores HTTP(S)_PROXY, which would move the connection
+    # (and the address the guard checks) to the proxy.
+    mounts: dict[str, httpx.BaseTransport | None] = {}
+    if guard is not None and not guard.allow_private:
+        mounts["http://"] = _HttpsOnly()
+    return httpx.Client(
+        transport=transport, mounts=mounts, timeout=timeout_seconds, follow_redirects=False
+    )
