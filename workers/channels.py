@@ -23,19 +23,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-import httpx
 from dramatiq import Retry
 
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.rules import webhook_status_is_transient
-from shared.signing import signature_headers
-from workers.webhook_transport import Deadline, deadline_client
+from shared.webhooks import Answer, WebhookSender, signed_headers
 
 log = get_logger("delivery")
-
-# The answer's body means nothing to delivery; more than this of it is not read.
-MAX_ANSWER_BYTES = 64 * 1024
 
 
 class DeliveryError(Exception):
@@ -137,7 +131,8 @@ class LogChannel:
 
 
 class WebhookChannel:
-    """POSTs each reminder to one URL, signed; the whole call ends within the timeout."""
+    """POSTs each reminder to the deployment's URL, signed; the whole call ends within the
+    timeout. The URL is the operator's: no address guard (`shared.webhooks`)."""
 
     name = "webhook"
     announces_delivery = False
@@ -145,43 +140,23 @@ class WebhookChannel:
     def __init__(self, url: str, secret: str, timeout_seconds: float) -> None:
         self.url = url
         self._secret = secret
-        self._timeout_seconds = timeout_seconds
-        # One client per process: httpx clients are thread-safe and pool connections.
-        self._deadline = Deadline()
-        self._client = deadline_client(self._deadline, timeout_seconds)
+        # One sender per process: its client is thread-safe and pools connections.
+        self._sender = WebhookSender(timeout_seconds)
 
     def deliver(self, reminder: ReminderPayload) -> None:
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": reminder.message_id,
-            **signature_headers(
-                reminder.message_id, int(time.time()), reminder.body, [self._secret]
-            ),
-        }
-        try:
-            with self._deadline.applies(self._timeout_seconds):
-                status = self._post(reminder.body, headers)
-        except httpx.TimeoutException:
-            raise TransientDeliveryError(
-                f"webhook timed out (no answer within {self._timeout_seconds:g} s)"
-            ) from None
-        except httpx.TransportError as exc:
-            raise TransientDeliveryError(f"webhook unreachable ({type(exc).__name__})") from None
-        if 200 <= status < 300:
-            return
-        if webhook_status_is_transient(status):
-            raise TransientDeliveryError(f"webhook answered {status}")
-        raise PermanentDeliveryError(f"webhook answered {status}")
+        headers = signed_headers(
+            reminder.message_id, int(time.time()), reminder.body, [self._secret]
+        )
+        raise_for_answer(self._sender.post(self.url, reminder.body, headers), "webhook")
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> int:
-        """POST and read at most ``MAX_ANSWER_BYTES`` of the answer; returns its status."""
-        with self._client.stream("POST", self.url, content=body, headers=headers) as response:
-            read = 0
-            for chunk in response.iter_raw():
-                read += len(chunk)
-                if read > MAX_ANSWER_BYTES:
-                    break  # nobody reads it: the connection is closed rather than drained
-            return response.status_code
+
+def raise_for_answer(answer: Answer, receiver: str) -> None:
+    """Nothing for a 2xx; else the error, transient or permanent, named for ``receiver``."""
+    if answer.ok:
+        return
+    if answer.transient:
+        raise TransientDeliveryError(f"{receiver} {answer.error}")
+    raise PermanentDeliveryError(f"{receiver} {answer.error}")
 
 
 def make_channel(settings: Settings) -> Channel:

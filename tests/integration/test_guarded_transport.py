@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from shared.address_guard import Resolver, check_url
-from workers.webhook_transport import (
+from shared.webhook_transport import (
     AddressGuard,
     AddressRefusedError,
     Deadline,

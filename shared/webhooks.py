@@ -1,0 +1,107 @@
+"""Sending one signed webhook request, for the deployment channel, endpoints and pings.
+
+`WebhookSender.post` makes one ``POST`` within a deadline (`shared.webhook_transport`) and
+never raises for what the network or the receiver did: it answers an `Answer` — the status
+code, how long it took, and for a failure an error that says whether a later attempt may
+succeed (5xx, 408, 429, timeouts, connection errors) or not (other statuses, an address the
+guard refused). A sender for users' endpoints checks every address it connects to
+(`shared.address_guard`); the deployment's own channel, configured by its operator, is not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from shared.address_guard import Resolver, system_resolver
+from shared.config import Settings
+from shared.rules import webhook_status_is_transient
+from shared.signing import signature_headers
+from shared.webhook_transport import AddressGuard, Deadline, deadline_client, refused_reason
+
+# The answer's body means nothing to delivery; more than this of it is not read.
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one request got: a 2xx (``ok``), or an ``error`` to record and report."""
+
+    status_code: int | None
+    duration_ms: int
+    error: str | None = None
+    transient: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def signed_headers(
+    message_id: str, timestamp: int, body: bytes, secrets: Sequence[str]
+) -> dict[str, str]:
+    """Every header of a webhook request: JSON, ``Idempotency-Key`` and the signatures."""
+    return {
+        "Content-Type": "application/json",
+        "Idempotency-Key": message_id,
+        **signature_headers(message_id, timestamp, body, secrets),
+    }
+
+
+class WebhookSender:
+    """POSTs within ``timeout_seconds`` for the whole call; thread-safe, pooled connections."""
+
+    def __init__(
+        self,
+        timeout_seconds: float,
+        guard: AddressGuard | None = None,
+        client: httpx.Client | None = None,
+    ) -> None:
+        """``client`` replaces the network (a test's `httpx.MockTransport` that must send
+        nothing anywhere); by default a pooled client with the deadline and ``guard``."""
+        self.timeout_seconds = timeout_seconds
+        self._deadline = Deadline()
+        self._client = client or deadline_client(self._deadline, timeout_seconds, guard=guard)
+
+    @classmethod
+    def for_endpoints(
+        cls, settings: Settings, resolve: Resolver = system_resolver
+    ) -> WebhookSender:
+        """The sender for users' endpoints: every address checked unless the deployment
+        allows private ones."""
+        guard = AddressGuard(allow_private=settings.allow_private_endpoints, resolve=resolve)
+        return cls(settings.webhook_timeout_seconds, guard)
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        started = time.monotonic()
+
+        def took() -> int:
+            return round((time.monotonic() - started) * 1000)
+
+        try:
+            with self._deadline.applies(self.timeout_seconds):
+                status = self._post(url, body, headers)
+        except httpx.TimeoutException:
+            error = f"timed out (no answer within {self.timeout_seconds:g} s)"
+            return Answer(None, took(), error, transient=True)
+        except httpx.TransportError as exc:
+            reason = refused_reason(exc)
+            if reason is not None:
+                return Answer(None, took(), f"address refused: {reason}")
+            return Answer(None, took(), f"unreachable ({type(exc).__name__})", transient=True)
+        if 200 <= status < 300:
+            return Answer(status, took())
+        return Answer(status, took(), f"answered {status}", webhook_status_is_transient(status))
+
+    def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST and read at most ``MAX_ANSWER_BYTES`` of the answer; returns its status."""
+        with self._client.stream("POST", url, content=body, headers=dict(headers)) as response:
+            read = 0
+            for chunk in response.iter_raw():
+                read += len(chunk)
+                if read > MAX_ANSWER_BYTES:
+                    break  # nobody reads it: the connection is closed rather than drained
+            return response.status_code
