@@ -177,9 +177,7 @@ class EndpointAttempt(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    endpoint_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("endpoints.id", ondelete="CASCADE")
-    )
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
     at: Mapped[datetime] = mapped_column(default=utcnow)
     kind: Mapped[str] = mapped_column(String(8))  # "reminder" or "ping"
     message_id: Mapped[str] = mapped_column(String(200))

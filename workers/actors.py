@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import database_unreachable, utcnow
+from shared.endpoints import purge_attempts
 from shared.housekeeping import purge_expired_idempotency_keys, purge_history
 from shared.logs import get_logger
 from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
@@ -40,6 +41,7 @@ from shared.rules import describe_error
 from workers import metrics
 from workers.channels import Channel, PermanentDeliveryError
 from workers.delivery import Outcome, deliver_occurrence, parse_occurrence, record_failed_attempt
+from workers.endpoint_channel import EndpointChannel
 from workers.outage import DatabaseGate
 from workers.producer import scan_due_tasks
 
@@ -53,6 +55,8 @@ class Pipeline:
     sessions: sessionmaker[Session]
     channel: Channel
     settings: Settings
+    # Users' endpoints; None: every reminder goes through ``channel``.
+    endpoints: EndpointChannel | None = None
 
     @property
     def engine(self) -> Engine:
@@ -211,18 +215,23 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
             raise PermanentDeliveryError("malformed message: no message ID")
         named = parse_occurrence(message.message_id, task_id, due_at)
         delivery = deliver_occurrence(
-            pipeline.engine, pipeline.channel, named, carried=message.options
+            pipeline.engine,
+            pipeline.channel,
+            named,
+            carried=message.options,
+            endpoints=pipeline.endpoints,
         )
         fields = {"task_id": task_id, "message_id": message.message_id}
         if delivery.outcome is Outcome.SENT:
             assert delivery.sent_at is not None and delivery.remind_at is not None
             lateness = (delivery.sent_at - delivery.remind_at).total_seconds()
-            sent_here.inc()
+            by_channel = delivery.channel == pipeline.channel.name
+            (sent_here if by_channel else metrics.SENT.labels(delivery.channel)).inc()
             metrics.LATENESS_SECONDS.observe(max(lateness, 0.0))
-            if not pipeline.channel.announces_delivery:
+            if not (by_channel and pipeline.channel.announces_delivery):
                 log.info(
                     "reminder.sent",
-                    channel=pipeline.channel.name,
+                    channel=delivery.channel,
                     attempt=delivery.attempts,
                     late=delivery.late,
                     lateness_ms=round(lateness * 1000),
@@ -247,12 +256,21 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         metrics.MISSED.inc(result.missed)
 
     def housekeeping() -> None:
-        """Purge expired Idempotency-Keys (kept at least 24 hours) and reminder history older
-        than REMINDERS_HISTORY_DAYS."""
+        """Purge expired Idempotency-Keys (kept at least 24 hours), reminder history older
+        than REMINDERS_HISTORY_DAYS and endpoint attempts older than
+        REMINDERS_ENDPOINT_ATTEMPTS_DAYS."""
         now = utcnow()
         purged = purge_expired_idempotency_keys(pipeline.sessions, now)
         history = purge_history(pipeline.sessions, now, settings.history_days)
-        log.info("housekeeping.finished", idempotency_keys_purged=purged, reminders_purged=history)
+        attempts = purge_attempts(
+            pipeline.engine, timedelta(days=settings.endpoint_attempts_days), lambda: now
+        )
+        log.info(
+            "housekeeping.finished",
+            idempotency_keys_purged=purged,
+            reminders_purged=history,
+            endpoint_attempts_purged=attempts,
+        )
 
     return Actors(
         send_reminder=dramatiq.actor(

@@ -15,6 +15,7 @@ from shared.logs import configure_logging
 from shared.queue import make_broker
 from workers.actors import Pipeline, declare_actors
 from workers.channels import make_channel
+from workers.endpoint_channel import make_endpoint_channel
 
 settings = settings_or_exit()
 
@@ -26,15 +27,15 @@ if settings.metrics_port:
     broker.add_middleware(Prometheus())
 dramatiq.set_broker(broker)
 
+engine = make_engine(settings.resolved_database_url, pool_pre_ping=False, pool_size=0)
 pipeline = Pipeline(
     # No pre-ping round trip on every checkout: a connection that died since its last use
     # fails that one attempt, which the Retries middleware retries on a fresh connection.
     # No size limit (pool_size=0): each worker thread keeps its own connection. A fixed size
     # below the thread count would close and reopen connections on every message.
-    sessions=make_session_factory(
-        make_engine(settings.resolved_database_url, pool_pre_ping=False, pool_size=0)
-    ),
+    sessions=make_session_factory(engine),
     channel=make_channel(settings),
     settings=settings,
+    endpoints=make_endpoint_channel(settings, engine),
 )
 actors = declare_actors(broker, pipeline)

@@ -30,6 +30,7 @@ from shared.logs import get_logger
 from shared.models import Reminder, Task, User
 from shared.rules import DELIVERABLE_STATES, describe_error
 from workers.channels import Channel, PermanentDeliveryError, ReminderPayload, reminder_body
+from workers.endpoint_channel import EndpointChannel, Made
 
 log = get_logger("delivery")
 
@@ -49,6 +50,7 @@ class Delivery:
     remind_at: datetime | None = None
     attempts: int = 0
     late: bool = False
+    channel: str | None = None  # the channel that accepted it: the deployment's or "endpoint"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,12 @@ _TITLE = select(Task.title).where(Task.id == Reminder.task_id).correlate(Reminde
 _ZONE = (
     select(Task.time_zone).where(Task.id == Reminder.task_id).correlate(Reminder).scalar_subquery()
 )
+_ENDPOINT = (
+    select(Task.endpoint_id)
+    .where(Task.id == Reminder.task_id)
+    .correlate(Reminder)
+    .scalar_subquery()
+)
 _OWNER = (
     select(User.name)
     .where(
@@ -129,6 +137,7 @@ _MARK_SENT = (
         _TITLE.label("title"),
         _OWNER.label("owner"),
         _ZONE.label("time_zone"),
+        _ENDPOINT.label("endpoint_id"),
     )
 )
 
@@ -144,13 +153,16 @@ def deliver_occurrence(
     named: Named,
     clock: Callable[[], datetime] = utcnow,
     carried: MutableMapping[str, Any] | None = None,
+    endpoints: EndpointChannel | None = None,
 ) -> Delivery:
     """Deliver the reminder ``named`` at most once; see the module docstring.
 
     The reminder is marked sent, the channel called, and the transaction committed only if
-    the channel accepted: a failed delivery rolls the mark back. ``carried`` is the
-    message's options: an attempt the channel accepted but the database outage kept from
-    committing is counted there, so the row's ``attempts`` stays true.
+    the channel accepted: a failed delivery rolls the mark back. A task that names an
+    endpoint is delivered there (``endpoints``), else through ``channel``; the endpoint's
+    attempt is recorded once the transaction has ended. ``carried`` is the message's
+    options: an attempt the channel accepted but the database outage kept from committing is
+    counted there, so the row's ``attempts`` stays true.
 
     Raises:
         TransientDeliveryError, PermanentDeliveryError: from the channel; nothing is recorded
@@ -162,6 +174,8 @@ def deliver_occurrence(
     unrecorded = carried.get(UNRECORDED_ATTEMPTS, 0)
     body: bytes | None = None  # set once built afresh: kept on the row if the attempt fails
     accepted = False
+    used = channel.name
+    made: list[Made] = []
     try:
         with hot_transaction(engine) as rows:
             marked_rows = rows(
@@ -175,7 +189,10 @@ def deliver_occurrence(
             )
             marked = marked_rows[0] if marked_rows else None
             if marked is not None:
-                (due_at, remind_at, late, attempts, kept_body, offset, title, owner, zone) = marked
+                (due_at, remind_at, late, attempts, kept_body, offset, title, owner, zone) = marked[
+                    :9
+                ]
+                endpoint_id = marked[9]
                 # The driver's rows are in the session's zone.
                 due_at, remind_at = due_at.astimezone(UTC), remind_at.astimezone(UTC)
                 message_id, task_id = named.message_id, named.task_id
@@ -190,16 +207,22 @@ def deliver_occurrence(
                         time_zone=zone,
                         offset_seconds=offset,
                     )
-                channel.deliver(
-                    ReminderPayload(
-                        message_id=str(message_id),
-                        task_id=str(task_id),
-                        due_at=due_at,
-                        remind_at=remind_at,
-                        sent_at=now,
-                        body=body if body is not None else kept_body.encode(),
-                    )
+                payload = ReminderPayload(
+                    message_id=str(message_id),
+                    task_id=str(task_id),
+                    due_at=due_at,
+                    remind_at=remind_at,
+                    sent_at=now,
+                    body=body if body is not None else kept_body.encode(),
                 )
+                if (
+                    endpoints is not None
+                    and endpoint_id is not None
+                    and endpoints.deliver(payload, endpoint_id, made, rows)
+                ):
+                    used = endpoints.name
+                else:
+                    channel.deliver(payload)
                 accepted = True
     except BaseException as exc:
         if accepted and database_unreachable(exc):
@@ -207,11 +230,20 @@ def deliver_occurrence(
         if body is not None and not database_unreachable(exc):
             _keep_body(engine, named.message_id, body)
         raise
+    finally:
+        if made and endpoints is not None:
+            endpoints.settle(made)
     if marked is None:
         with engine.begin() as db:
             return _not_deliverable(db, named, now)
     return Delivery(
-        Outcome.SENT, state="sent", sent_at=now, remind_at=remind_at, attempts=attempts, late=late
+        Outcome.SENT,
+        state="sent",
+        sent_at=now,
+        remind_at=remind_at,
+        attempts=attempts,
+        late=late,
+        channel=used,
     )
 
 

@@ -55,3 +55,13 @@ LATENESS_SECONDS = Histogram(
         86400,
     ),
 )
+ENDPOINT_ATTEMPTS = Counter(
+    "reminders_endpoint_attempts_total",
+    "Requests to users' endpoints by outcome: accepted (2xx), transient (will be retried), "
+    "rejected (4xx or a refused address), disabled (not sent: the endpoint is disabled).",
+    ["outcome"],
+)
+ENDPOINTS_DISABLED = Counter(
+    "reminders_endpoints_disabled_total",
+    "Endpoints disabled after failing for REMINDERS_ENDPOINT_DISABLE_AFTER.",
+)

@@ -31,6 +31,7 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.address_guard import Resolver, system_resolver
 from shared.config import Settings
 from shared.db import make_session_factory, unit_of_work, utcnow
 from shared.keys import message_id
@@ -41,6 +42,7 @@ from tests.conftest import REDIS_URL, Account, create_account, make_settings
 from tests.processes import service_env
 from workers.actors import Actors, Pipeline, declare_actors
 from workers.channels import Channel, make_channel
+from workers.endpoint_channel import make_endpoint_channel
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,10 +148,13 @@ class Stack:
             **{**defaults, **self.overrides, **more},
         )
 
-    def broker(self, channel: Channel | None = None, **more: Any) -> tuple[RedisBroker, Actors]:
+    def broker(
+        self, channel: Channel | None = None, resolve: Resolver | None = None, **more: Any
+    ) -> tuple[RedisBroker, Actors]:
         """A fresh broker with the actors declared on it (like one worker process).
 
-        ``channel`` replaces the one the settings choose.
+        ``channel`` replaces the one the settings choose; ``resolve`` the host name
+        resolver of users' endpoints.
         """
         settings = self.settings(**more)
         broker = make_broker(settings)
@@ -159,6 +164,7 @@ class Stack:
                 sessions=self.sessions,
                 channel=channel or make_channel(settings),
                 settings=settings,
+                endpoints=make_endpoint_channel(settings, self.engine, resolve or system_resolver),
             ),
         )
         self._brokers.append(broker)

@@ -1,0 +1,281 @@
+"""Users' own webhook endpoints: keeping them, their secrets, their health and attempt log.
+
+An endpoint is a URL checked by the address guard (`shared.address_guard`) and a secret
+shown once, kept encrypted (`shared.secret_box`). Rotating the secret keeps the previous
+one signing beside the new one for `ROTATION_OVERLAP`. Every delivery attempt (a reminder
+or a ``ping``) is recorded (`record_attempt`): the attempt log the owner reads, and the
+endpoint's health — a success clears ``failing_since``, and an endpoint whose attempts have
+all failed for ``REMINDERS_ENDPOINT_DISABLE_AFTER`` is disabled with a reason. Everything
+here is scoped to one owner: another user's endpoint is simply not found.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.address_guard import Resolver, check_url, system_resolver
+from shared.db import utcnow
+from shared.logs import get_logger
+from shared.models import Endpoint, EndpointAttempt, Task, User
+from shared.secret_box import SecretBox
+from shared.signing import new_endpoint_secret
+
+log = get_logger("endpoints")
+
+ROTATION_OVERLAP = timedelta(hours=24)
+MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """What an endpoint URL may be: `shared.address_guard`'s rules, lifted for local setups."""
+
+    allow_private: bool
+    resolve: Resolver = system_resolver
+
+    def check(self, url: str) -> None:
+        """Raises: AddressRefused, naming why."""
+        check_url(url, allow_private=self.allow_private, resolve=self.resolve)
+
+
+def owned(session: Session, owner_id: uuid.UUID, endpoint_id: uuid.UUID) -> Endpoint | None:
+    """The owner's endpoint, or None (missing, or another user's: the same answer)."""
+    return session.scalars(
+        select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.owner_id == owner_id)
+    ).one_or_none()
+
+
+def create(
+    session: Session,
+    box: SecretBox,
+    owner_id: uuid.UUID,
+    url: str,
+    description: str | None,
+    now: datetime,
+) -> tuple[Endpoint, str]:
+    """A new endpoint and its secret in clear (to show once). The URL is checked already."""
+    secret = new_endpoint_secret()
+    endpoint = Endpoint(
+        owner_id=owner_id,
+        url=url,
+        description=description,
+        enabled=True,
+        secret=box.encrypt(secret),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(endpoint)
+    session.flush()
+    return endpoint, secret
+
+
+def rotate_secret(box: SecretBox, endpoint: Endpoint, now: datetime) -> str:
+    """A new secret (returned in clear); the current one keeps signing for the overlap.
+
+    Rotating again within the overlap drops the oldest: at most two secrets sign.
+    """
+    secret = new_endpoint_secret()
+    endpoint.previous_secret = endpoint.secret
+    endpoint.previous_secret_expires_at = now + ROTATION_OVERLAP
+    endpoint.secret = box.encrypt(secret)
+    endpoint.updated_at = now
+    return secret
+
+
+def enable(endpoint: Endpoint, now: datetime) -> None:
+    """Enabled again by its owner: a fresh start, with no failure history counted."""
+    endpoint.enabled = True
+    endpoint.disabled_reason = None
+    endpoint.disabled_at = None
+    endpoint.failing_since = None
+    endpoint.updated_at = now
+
+
+def disable(endpoint: Endpoint, reason: str, now: datetime) -> None:
+    endpoint.enabled = False
+    endpoint.disabled_reason = reason
+    endpoint.disabled_at = now
+    endpoint.updated_at = now
+
+
+def remove(session: Session, endpoint: Endpoint) -> None:
+    """Delete the endpoint and its attempt log; tasks naming it fall back to the deployment
+    channel (their ``endpoint_id`` becomes NULL here, and by the foreign key as well)."""
+    session.execute(update(Task).where(Task.endpoint_id == endpoint.id).values(endpoint_id=None))
+    session.execute(delete(EndpointAttempt).where(EndpointAttempt.endpoint_id == endpoint.id))
+    session.delete(endpoint)
+
+
+class Secrets(Protocol):
+    """An endpoint's encrypted secrets: an `Endpoint`, or a row of its columns."""
+
+    @property
+    def secret(self) -> str: ...
+    @property
+    def previous_secret(self) -> str | None: ...
+    @property
+    def previous_secret_expires_at(self) -> datetime | None: ...
+
+
+def signing_secrets(box: SecretBox, endpoint: Secrets, now: datetime) -> list[str]:
+    """The (decrypted) secrets that sign a delivery now, newest first."""
+    secrets = [box.decrypt(endpoint.secret)]
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret is not None and expires is not None and now < expires:
+        secrets.append(box.decrypt(endpoint.previous_secret))
+    return secrets
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt's outcome, as the owner sees it in the attempt log."""
+
+    kind: str  # "reminder" or "ping"
+    message_id: str
+    ok: bool
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Health:
+    """What an attempt did to its endpoint."""
+
+    disabled_now: bool
+    reason: str | None = None
+
+
+def record_attempt(
+    engine: Engine,
+    endpoint_id: uuid.UUID,
+    attempt: Attempt,
+    disable_after: timedelta,
+) -> Health:
+    """Log the attempt and update the endpoint's health, in a transaction of its own.
+
+    A success clears ``failing_since``; a failure starts it (if not started) and disables
+    the endpoint once every attempt since it has failed for ``disable_after``. An endpoint
+    deleted meanwhile records nothing.
+    """
+    error = None if attempt.error is None else attempt.error[:MAX_ERROR_CHARS]
+    with engine.begin() as db:
+        if attempt.ok:
+            found = db.execute(
+                update(Endpoint)
+                .where(Endpoint.id == endpoint_id)
+                .values(failing_since=None, last_success_at=attempt.at)
+                .returning(Endpoint.id)
+            ).first()
+        else:
+            found = db.execute(
+                update(Endpoint)
+                .where(Endpoint.id == endpoint_id)
+                .values(
+                    failing_since=func.coalesce(Endpoint.failing_since, attempt.at),
+                    last_failure_at=attempt.at,
+                    last_error=error,
+                )
+                .returning(Endpoint.id)
+            ).first()
+        if found is None:
+            return Health(disabled_now=False)
+        db.execute(
+            insert(EndpointAttempt).values(
+                id=uuid.uuid4(),
+                endpoint_id=endpoint_id,
+                at=attempt.at,
+                kind=attempt.kind,
+                message_id=attempt.message_id,
+                ok=attempt.ok,
+                status_code=attempt.status_code,
+                duration_ms=attempt.duration_ms,
+                error=error,
+            )
+        )
+        if attempt.ok:
+            return Health(disabled_now=False)
+        failing = db.execute(
+            select(Endpoint.failing_since).where(Endpoint.id == endpoint_id)
+        ).scalar_one()
+        if failing is None or attempt.at - failing < disable_after:
+            return Health(disabled_now=False)
+        reason = (
+            f"every delivery attempt failed since {failing:%Y-%m-%dT%H:%M:%SZ} "
+            f"(last: {error or 'unknown error'})"
+        )[:MAX_ERROR_CHARS]
+        disabled = db.execute(
+            update(Endpoint)
+            .where(Endpoint.id == endpoint_id, Endpoint.enabled.is_(True))
+            .values(enabled=False, disabled_reason=reason, disabled_at=attempt.at)
+            .returning(Endpoint.id)
+        ).first()
+    return Health(disabled_now=disabled is not None, reason=reason)
+
+
+def purge_attempts(engine: Engine, keep: timedelta, clock: Callable[[], datetime] = utcnow) -> int:
+    """Delete attempts older than ``keep``, 5,000 per transaction; returns how many."""
+    cutoff = clock() - keep
+    purged = 0
+    while True:
+        with engine.begin() as db:
+            ids = db.scalars(
+                select(EndpointAttempt.id).where(EndpointAttempt.at < cutoff).limit(5000)
+            ).all()
+            if not ids:
+                return purged
+            db.execute(delete(EndpointAttempt).where(EndpointAttempt.id.in_(ids)))
+            purged += len(ids)
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    """One endpoint as operators see it: whose, where, and how it is doing (no secret)."""
+
+    id: uuid.UUID
+    owner: str
+    url: str
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    last_error: str | None
+
+
+def health(
+    session: Session, owner: str | None = None, *, failing_only: bool = False
+) -> list[EndpointHealth]:
+    """Every endpoint (of ``owner``, a user name), disabled and failing ones first.
+
+    ``failing_only``: only endpoints that are disabled or whose last attempts failed.
+    """
+    statement = select(
+        Endpoint.id,
+        User.name,
+        Endpoint.url,
+        Endpoint.enabled,
+        Endpoint.disabled_reason,
+        Endpoint.failing_since,
+        Endpoint.last_success_at,
+        Endpoint.last_failure_at,
+        Endpoint.last_error,
+    ).join(User, User.id == Endpoint.owner_id)
+    if owner is not None:
+        statement = statement.where(User.name == owner)
+    if failing_only:
+        statement = statement.where(
+            or_(Endpoint.enabled.is_(False), Endpoint.failing_since.is_not(None))
+        )
+    statement = statement.order_by(
+        Endpoint.enabled, Endpoint.failing_since.is_(None), Endpoint.failing_since, User.name
+    )
+    return [EndpointHealth(*row) for row in session.execute(statement)]

@@ -1,0 +1,169 @@
+"""Delivering a reminder to its task's endpoint: the user's own URL, signed with their secret.
+
+The endpoint is read when the reminder is delivered, so a changed URL, a rotated secret or
+a disabled endpoint applies to the next attempt. A disabled endpoint fails the reminder at
+once with ``endpoint disabled`` (a dead letter an operator can retry once it is enabled
+again), never dropping it. Each request is an attempt in the endpoint's log; the attempt is
+recorded after the delivery's transaction ends (`deliver_occurrence` calls `settle`), since
+that transaction holds the task's lock — and on SQLite, the database's only write lock.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, bindparam, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared import endpoints
+from shared.address_guard import Resolver, system_resolver
+from shared.config import Settings
+from shared.db import Rows, utcnow
+from shared.endpoints import Attempt
+from shared.logs import get_logger
+from shared.models import Endpoint
+from shared.secret_box import SecretBox, SecretKeyMismatch
+from shared.webhooks import Answer, WebhookSender, signed_headers
+from workers import metrics
+from workers.channels import PermanentDeliveryError, ReminderPayload, raise_for_answer
+
+log = get_logger("delivery")
+
+
+_ENDPOINT = select(
+    Endpoint.url,
+    Endpoint.enabled,
+    Endpoint.disabled_reason,
+    Endpoint.secret,
+    Endpoint.previous_secret,
+    Endpoint.previous_secret_expires_at,
+).where(Endpoint.id == bindparam("b_endpoint"))
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    url: str
+    enabled: bool
+    disabled_reason: str | None
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Made:
+    """A request made to an endpoint, to be recorded once the delivery's transaction ends."""
+
+    endpoint_id: uuid.UUID
+    attempt: Attempt
+
+
+class EndpointChannel:
+    """Sends reminders to users' endpoints (`shared.endpoints`)."""
+
+    name = "endpoint"
+
+    def __init__(
+        self,
+        engine: Engine,
+        box: SecretBox,
+        sender: WebhookSender,
+        disable_after: timedelta,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.box = box
+        self.sender = sender
+        self.disable_after = disable_after
+        self.clock = clock
+
+    def deliver(
+        self, reminder: ReminderPayload, endpoint_id: uuid.UUID, made: list[Made], rows: Rows
+    ) -> bool:
+        """Send ``reminder`` to the endpoint; the request is appended to ``made``. The
+        endpoint is read through ``rows``, in the delivery's own transaction.
+
+        Returns False when the endpoint no longer exists (deleted meanwhile): the caller
+        uses the deployment's channel, as for a task that names none.
+
+        Raises:
+            PermanentDeliveryError: the endpoint is disabled, its secret cannot be read, or
+                it refused the reminder (4xx, an address the guard refuses).
+            TransientDeliveryError: worth retrying (5xx, 408, 429, timeout, unreachable).
+        """
+        found = rows(_ENDPOINT, {"b_endpoint": endpoint_id})
+        endpoint = _Endpoint(*found[0]) if found else None
+        if endpoint is None:
+            return False
+        if not endpoint.enabled:
+            metrics.ENDPOINT_ATTEMPTS.labels("disabled").inc()
+            raise PermanentDeliveryError(f"endpoint disabled: {endpoint.disabled_reason}")
+        now = self.clock()
+        try:
+            secrets = endpoints.signing_secrets(self.box, endpoint, now)
+        except SecretKeyMismatch as exc:
+            raise PermanentDeliveryError(str(exc)) from None
+        headers = signed_headers(reminder.message_id, int(time.time()), reminder.body, secrets)
+        answer = self.sender.post(endpoint.url, reminder.body, headers)
+        made.append(Made(endpoint_id, _attempt(reminder.message_id, answer, now)))
+        metrics.ENDPOINT_ATTEMPTS.labels(_outcome(answer)).inc()
+        raise_for_answer(answer, "endpoint")
+        return True
+
+    def settle(self, made: list[Made]) -> None:
+        """Record the requests made: the endpoints' attempt logs and health.
+
+        Best effort: when the database is what failed, the attempt goes unrecorded (logged)
+        rather than hiding the delivery's own outcome.
+        """
+        for request in made:
+            try:
+                health = endpoints.record_attempt(
+                    self.engine, request.endpoint_id, request.attempt, self.disable_after
+                )
+            except SQLAlchemyError as exc:
+                log.warning(
+                    "endpoint.attempt_not_recorded",
+                    endpoint_id=str(request.endpoint_id),
+                    message_id=request.attempt.message_id,
+                    error_type=type(exc).__name__,
+                )
+                continue
+            if health.disabled_now:
+                metrics.ENDPOINTS_DISABLED.inc()
+                log.warning(
+                    "endpoint.disabled", endpoint_id=str(request.endpoint_id), reason=health.reason
+                )
+
+
+def make_endpoint_channel(
+    settings: Settings, engine: Engine, resolve: Resolver = system_resolver
+) -> EndpointChannel:
+    return EndpointChannel(
+        engine,
+        SecretBox.from_setting(settings.secret_key, settings.data_dir),
+        WebhookSender.for_endpoints(settings, resolve),
+        timedelta(seconds=settings.endpoint_disable_after_seconds),
+    )
+
+
+def _attempt(message_id: str, answer: Answer, at: datetime) -> Attempt:
+    return Attempt(
+        kind="reminder",
+        message_id=message_id,
+        ok=answer.ok,
+        status_code=answer.status_code,
+        duration_ms=answer.duration_ms,
+        error=answer.error,
+        at=at,
+    )
+
+
+def _outcome(answer: Answer) -> str:
+    if answer.ok:
+        return "accepted"
+    return "transient" if answer.transient else "rejected"
