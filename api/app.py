@@ -7,6 +7,7 @@ environment; ``api.wsgi`` is the one place that loads the environment for gunico
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from flask import Response, g, request
@@ -14,10 +15,13 @@ from flask_openapi3 import Info, OpenAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api import idempotency
 from api.auth import authenticate
+from api.endpoint_service import EndpointService
+from api.endpoints import endpoints_api
 from api.limits import install_rate_limit
 from api.metrics import metrics_registry, render
 from api.openapi import (
@@ -42,10 +46,14 @@ from api.problems import (
 from api.schemas import Health, Problem, Readiness
 from api.service import Planning, TaskService
 from api.tasks import json_response, tasks_api
+from shared.address_guard import Resolver, system_resolver
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory, once_more_if_connection_lost
 from shared.dead_letters import DeadLetterDesk
+from shared.endpoints import UrlPolicy
 from shared.queue import make_broker, ping
+from shared.secret_box import SecretBox
+from shared.webhooks import WebhookSender
 
 MAX_BODY_BYTES = 64 * 1024
 DRAIN_LIMIT_BYTES = 1024 * 1024
@@ -99,7 +107,9 @@ def drain(stream: Any, limit: int) -> None:
 
 
 def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
-    """Build the API. ``runtime`` may supply ``engine`` and ``broker`` (tests share theirs)."""
+    """Build the API. ``runtime`` may supply ``engine`` and ``broker`` (tests share theirs),
+    ``resolve``, the host name resolver of endpoint URLs (tests answer for any name without
+    asking a DNS server), and ``endpoint_sender``, what makes an endpoint's test ping."""
     # No pre-ping: authentication is every request's first query and retries a dead connection.
     engine = runtime.get("engine") or make_engine(
         settings.resolved_database_url, pool_pre_ping=False
@@ -263,11 +273,27 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         broker=broker,
     )
     app.register_api(tasks_api(tasks))
+    resolve = runtime.get("resolve") or system_resolver
+    sender = runtime.get("endpoint_sender") or WebhookSender.for_endpoints(settings, resolve)
+    app.register_api(endpoints_api(endpoint_service(settings, sessions, resolve, sender)))
     app.register_api(ops_api(desk))
     app.register_api(ops_page(desk, lambda header: authenticate(sessions, header)))
     complete_document(app, GUARDS)
     install_idempotency_key_check(app, endpoints_taking_header(app, idempotency.HEADER))
     return app
+
+
+def endpoint_service(
+    settings: Settings, sessions: sessionmaker[Session], resolve: Resolver, sender: WebhookSender
+) -> EndpointService:
+    """Users' endpoints: their secrets' key, the address rules, and the test ping's client."""
+    return EndpointService(
+        sessions,
+        SecretBox.from_setting(settings.secret_key, settings.data_dir),
+        UrlPolicy(allow_private=settings.allow_private_endpoints, resolve=resolve),
+        sender,
+        timedelta(seconds=settings.endpoint_disable_after_seconds),
+    )
 
 
 def install_idempotency_key_check(app: OpenAPI, endpoints: frozenset[str]) -> None:

@@ -229,6 +229,11 @@ class TaskCreate(RequestModel):
         default=None,
         description="The one-offset form of reminders: [remind_before_seconds].",
     )
+    endpoint_id: uuid.UUID | None = Field(
+        default=None,
+        description="One of your endpoints (POST /endpoints) to deliver this task's "
+        "reminders to; null: the deployment's channel.",
+    )
 
     _check_offsets = model_validator(mode="after")(_one_form_of_offsets)
 
@@ -257,6 +262,9 @@ class TaskPatch(RequestModel):
     recurrence: Recurrence | None = Field(default=None, description="null: make it one-off.")
     reminders: Omittable[Offsets] = None
     remind_before_seconds: Omittable[RemindBefore] = None
+    endpoint_id: uuid.UUID | None = Field(
+        default=None, description="null: the deployment's channel again."
+    )
     status: Omittable[Status] = None
 
     _check_offsets = model_validator(mode="after")(_one_form_of_offsets)
@@ -322,6 +330,11 @@ class TaskOut(BaseModel):
     reminders: list[int] = Field(description="Offsets in seconds, earliest reminder first.")
     remind_before_seconds: int = Field(description="The first of reminders (one-offset form).")
     remind_at: datetime = Field(description="due_at minus remind_before_seconds.")
+    endpoint_id: uuid.UUID | None = Field(
+        default=None,
+        description="Where its reminders go: one of your endpoints, or null for the "
+        "deployment's channel (also once the endpoint is deleted).",
+    )
     status: Status
     created_at: datetime
     updated_at: datetime
@@ -385,6 +398,86 @@ class SnoozeRequest(RequestModel):
     seconds: Omittable[SnoozeSeconds] = None
 
     _check_time = model_validator(mode="after")(_one_snooze_time)
+
+
+# -- endpoints ---------------------------------------------------------------------------
+
+EndpointUrl = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://\S+$",
+        description="An https:// URL on a public address (loopback, private, link-local and "
+        "reserved addresses are refused unless the deployment allows them).",
+    ),
+]
+EndpointDescription = Annotated[StrictStr, Field(max_length=500, pattern=r"^[^\x00]*$")]
+
+
+class EndpointCreate(RequestModel):
+    url: EndpointUrl
+    description: EndpointDescription | None = None
+
+
+class EndpointPatch(RequestModel):
+    """Only the fields present change; ``enabled: true`` re-enables a disabled endpoint."""
+
+    url: Omittable[EndpointUrl] = None
+    description: EndpointDescription | None = None
+    enabled: Omittable[StrictBool] = None
+
+
+class EndpointPath(RequestModel):
+    endpoint_id: uuid.UUID
+
+
+class EndpointOut(BaseModel):
+    id: uuid.UUID
+    url: str
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None = Field(description="Why it was disabled (null when enabled).")
+    disabled_at: datetime | None
+    previous_secret_expires_at: datetime | None = Field(
+        description="After a rotation, until when the previous secret still signs beside the "
+        "new one; null when only one secret signs."
+    )
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    failing_since: datetime | None = Field(
+        description="The first failed attempt since the last success; null when healthy."
+    )
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointCreated(EndpointOut):
+    secret: str = Field(
+        description="whsec_...: the signing secret, shown only in this answer. Verify with a "
+        "Standard Webhooks library as given, or with Stripe's (X-Reminders-Signature)."
+    )
+
+
+class EndpointPage(BaseModel):
+    items: list[EndpointOut]
+    next_cursor: str | None
+
+
+class AttemptOut(BaseModel):
+    at: datetime
+    kind: Literal["reminder", "ping"]
+    message_id: str = Field(description="The reminder's message ID, or the ping's id.")
+    ok: bool = Field(description="The endpoint answered 2xx.")
+    status_code: int | None = Field(description="null when no answer came.")
+    duration_ms: int
+    error: str | None
+
+
+class AttemptPage(BaseModel):
+    items: list[AttemptOut]
+    next_cursor: str | None
 
 
 class FieldError(BaseModel):

@@ -15,6 +15,7 @@ from typing import Any
 from dramatiq.brokers.redis import RedisBroker
 from psycopg.types.json import Json
 from sqlalchemy import Row, bindparam, case, func, insert, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.pagination import decode_cursor, encode_cursor
@@ -29,6 +30,7 @@ from api.schemas import (
     TaskPatch,
     TaskQuery,
 )
+from shared import endpoints
 from shared.db import hot_statement, unit_of_work, utcnow
 from shared.keys import snooze_message_id
 from shared.models import Reminder, Task
@@ -64,6 +66,7 @@ _TASK_COLUMNS = (
     "local_start",
     "recurrence",
     "reminder_offsets",
+    "endpoint_id",
     "status",
     "created_at",
     "updated_at",
@@ -132,6 +135,16 @@ class TaskDone(Exception):
     """The task is done: it has no occurrence to complete or snooze."""
 
 
+class NoEndpoint(Exception):
+    """The task names an endpoint the owner does not have (missing, or another user's)."""
+
+
+def _check_endpoint(session: Session, owner: Owner, endpoint_id: uuid.UUID | None) -> None:
+    """Raises: NoEndpoint."""
+    if endpoint_id is not None and endpoints.owned(session, owner.id, endpoint_id) is None:
+        raise NoEndpoint("no such endpoint (or not yours)")
+
+
 class TaskService:
     """The task use cases, each one transaction scoped to one owner."""
 
@@ -175,6 +188,7 @@ class TaskService:
 
         Raises:
             RecurrenceError: the rule fires more often than allowed, or never from due_at.
+            NoEndpoint: ``endpoint_id`` is not one of the owner's endpoints.
         """
         now = self.clock()
         task_id = uuid.uuid4()
@@ -197,6 +211,7 @@ class TaskService:
             "local_start": local_start(due_at, zone_name),
             "recurrence": series.rule.text if series.rule else None,
             "reminder_offsets": offsets,
+            "endpoint_id": data.endpoint_id,
             "status": "open",
             "created_at": now,
             "updated_at": now,
@@ -208,12 +223,21 @@ class TaskService:
             and series.rule is None
             and len(offsets) == 1
         )
+        if data.endpoint_id is not None:
+            with self.sessions() as session:
+                _check_endpoint(session, owner, data.endpoint_id)
+                session.rollback()
         if hot:
             reminder = reminder_values(task_id, due_at, offsets[0], now, now)
             params = {f"task_{name}": value for name, value in task.items()}
             params["task_reminder_offsets"] = Json(offsets)
             params.update({f"reminder_{name}": value for name, value in reminder.items()})
-            hot_statement(engine, _CREATE_TASK, params)
+            try:
+                hot_statement(engine, _CREATE_TASK, params)
+            except IntegrityError:
+                if data.endpoint_id is None:
+                    raise
+                raise NoEndpoint("no such endpoint (or not yours)") from None  # deleted since
             row = Reminder(**reminder)
             created = _task_out(Task(**task), _reminder_out(row), owner, now)
             self._enqueue_soon_due([row])
@@ -252,6 +276,7 @@ class TaskService:
 
         Raises:
             RecurrenceError: the changed rule fires more often than allowed, or never.
+            NoEndpoint: ``endpoint_id`` is not one of the owner's endpoints.
         """
         now = self.clock()
         with unit_of_work(self.sessions) as session:
@@ -259,6 +284,8 @@ class TaskService:
             if task is None:
                 return None
             changes = patch.model_dump(exclude_unset=True)
+            if "endpoint_id" in changes:
+                _check_endpoint(session, owner, changes["endpoint_id"])
             if "due_at" in changes:
                 changes["due_at"] = normalize_due_at(changes["due_at"])
             if "reminders" in changes or "remind_before_seconds" in changes:
@@ -534,6 +561,7 @@ def _task_out(task: Any, reminder: ReminderOut | None, owner: Owner, now: dateti
         reminders=offsets,
         remind_before_seconds=offsets[0],
         remind_at=remind_at(task.due_at, offsets[0]),
+        endpoint_id=task.endpoint_id,
         status=task.status,
         created_at=task.created_at,
         updated_at=task.updated_at,
@@ -567,6 +595,7 @@ _TASK_WITH_REMINDER = select(
     Task.recurrence,
     Task.reminder_offsets,
     Task.completed_through,
+    Task.endpoint_id,
     Task.status,
     Task.created_at,
     Task.updated_at,

@@ -37,7 +37,7 @@ from api.schemas import (
     TaskPath,
     TaskQuery,
 )
-from api.service import NoTask, Owner, TaskDone, TaskService
+from api.service import NoEndpoint, NoTask, Owner, TaskDone, TaskService
 from shared.db import utcnow
 from shared.recurrence import RecurrenceError
 
@@ -78,6 +78,10 @@ def created(task: TaskOut) -> Response:
 
 def not_found() -> Response:
     return problem(404, "no such task")
+
+
+def endpoint_problem(error: NoEndpoint) -> Response:
+    return field_problem("endpoint_id", str(error), "unknown_endpoint")
 
 
 def caller() -> Owner:
@@ -175,6 +179,8 @@ def tasks_api(service: TaskService) -> APIBlueprint:
             )
         except RecurrenceError as error:
             return recurrence_problem(error)
+        except NoEndpoint as error:
+            return endpoint_problem(error)
 
     @api.get(
         "",
@@ -214,6 +220,8 @@ def tasks_api(service: TaskService) -> APIBlueprint:
             task = service.update(caller(), path.task_id, body)
         except RecurrenceError as error:
             return recurrence_problem(error)
+        except NoEndpoint as error:
+            return endpoint_problem(error)
         return json_response(task) if task else not_found()
 
     @api.post(

@@ -26,6 +26,14 @@ OPERATION_IDS = {
     ("GET", "/tasks/{task_id}/occurrences"): "listTaskOccurrences",
     ("POST", "/tasks/{task_id}/complete"): "completeTask",
     ("POST", "/tasks/{task_id}/snooze"): "snoozeTask",
+    ("POST", "/endpoints"): "createEndpoint",
+    ("GET", "/endpoints"): "listEndpoints",
+    ("GET", "/endpoints/{endpoint_id}"): "getEndpoint",
+    ("PATCH", "/endpoints/{endpoint_id}"): "updateEndpoint",
+    ("DELETE", "/endpoints/{endpoint_id}"): "deleteEndpoint",
+    ("POST", "/endpoints/{endpoint_id}/rotate-secret"): "rotateEndpointSecret",
+    ("POST", "/endpoints/{endpoint_id}/test"): "testEndpoint",
+    ("GET", "/endpoints/{endpoint_id}/attempts"): "listEndpointAttempts",
     ("GET", "/ops/dead-letters"): "listDeadLetters",
     ("GET", "/ops/dead-letters/{message_id}"): "getDeadLetter",
     ("POST", "/ops/dead-letters/{message_id}/retry"): "retryDeadLetter",
@@ -80,7 +88,7 @@ def test_operations_have_readable_unique_ids(document: dict[str, Any]) -> None:
 
 def test_every_authenticated_operation_documents_401_429_and_503(document: dict[str, Any]) -> None:
     for (method, path), operation in operations(document).items():
-        if not path.startswith(("/tasks", "/ops/dead-letters", "/ops/queues")):
+        if not path.startswith(("/tasks", "/endpoints", "/ops/dead-letters", "/ops/queues")):
             continue
         assert {401, 429, 503} <= statuses(document, method, path), (method, path)
         if path.startswith("/ops"):

@@ -955,8 +955,9 @@ def test_openapi_document_is_a_valid_openapi_3_document(api: ApiHarness) -> None
 
 
 def test_openapi_document_states_the_type_rules_the_server_applies(api: ApiHarness) -> None:
-    """Integers are "integer" (so 3600.0 is one), no field but notes is nullable, booleans are
-    booleans: what the server accepts and refuses, field by field, body and query."""
+    """Integers are "integer" (so 3600.0 is one), no field but notes, recurrence and
+    endpoint_id is nullable, booleans are booleans: what the server accepts and refuses,
+    field by field, body and query."""
     document = openapi_document(api)
     schemas = document["components"]["schemas"]
     bodies = {name: schemas[name]["properties"] for name in ("TaskCreate", "TaskPatch")}
@@ -970,7 +971,7 @@ def test_openapi_document_states_the_type_rules_the_server_applies(api: ApiHarne
     for fields in bodies.values():
         for name, field in fields.items():
             nullable = {"type": "null"} in field.get("anyOf", [])
-            assert nullable == (name in ("notes", "recurrence")), name
+            assert nullable == (name in ("notes", "recurrence", "endpoint_id")), name
             assert "default" not in field or field["default"] is not None or nullable, name
     for name in ("remind_before_seconds",):
         for model in ("TaskCreate", "TaskPatch"):

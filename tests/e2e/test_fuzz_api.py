@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import hypothesis
 import psycopg
 import pytest
@@ -60,6 +61,7 @@ from sqlalchemy import Engine, select
 from shared.db import make_session_factory, unit_of_work
 from shared.models import Reminder
 from shared.queue import make_broker
+from shared.webhooks import WebhookSender
 from tests.conftest import PG_URL, REDIS_URL, Account, create_account, make_settings
 from workers.actors import Pipeline, declare_actors
 from workers.channels import make_channel
@@ -119,6 +121,7 @@ class Seeded:
     operator: Account
     task_ids: list[str]
     dead_letter_ids: list[str]
+    endpoint_ids: list[str]
 
     def headers_for(self, path: str) -> dict[str, str]:
         return (self.operator if path.startswith("/ops") else self.user).headers
@@ -130,9 +133,25 @@ def app(pg_engine: Engine, pg_url: str, redis_namespace: str) -> Any:
     from api.app import create_app
 
     settings = make_settings(
-        database_url=pg_url, redis_url=REDIS_URL, redis_namespace=redis_namespace, rate_limit=""
+        database_url=pg_url,
+        redis_url=REDIS_URL,
+        redis_namespace=redis_namespace,
+        rate_limit="",
+        allow_private_endpoints=True,  # so that generated URLs can be saved
     )
-    return create_app(settings, engine=pg_engine)
+    # Generated endpoint URLs are never resolved (every name is 127.0.0.1) nor called: a
+    # test ping goes to a transport that answers without any network.
+    offline = httpx.Client(
+        transport=httpx.MockTransport(
+            lambda request: httpx.Response(204, stream=httpx.ByteStream(b""))
+        )
+    )
+    return create_app(
+        settings,
+        engine=pg_engine,
+        resolve=lambda host, port: ["127.0.0.1"],
+        endpoint_sender=WebhookSender(1.0, client=offline),
+    )
 
 
 def _dead_letter(engine: Engine, database_url: str, namespace: str) -> str:
@@ -197,10 +216,12 @@ def seeded(app: Any, pg_engine: Engine, pg_url: str, redis_namespace: str) -> Se
         response = client.post("/tasks", json=body, headers=user.headers)
         assert response.status_code == 201, response.get_data(as_text=True)
         task_ids.append(response.json["id"])
+    endpoint = client.post("/endpoints", json={"url": "https://hooks.fuzz/x"}, headers=user.headers)
+    assert endpoint.status_code == 201, endpoint.get_data(as_text=True)
     dead = _dead_letter(pg_engine, pg_url, redis_namespace)
     done = client.patch(f"/tasks/{task_ids[2]}", json={"status": "done"}, headers=user.headers)
     assert done.status_code == 200, done.get_data(as_text=True)
-    return Seeded(app, user, operator, task_ids, [dead])
+    return Seeded(app, user, operator, task_ids, [dead], [endpoint.json["id"]])
 
 
 # -- the fuzz run ------------------------------------------------------------------------
@@ -211,7 +232,11 @@ def _strategy(operation: Any, mode: GenerationMode, seeded: Seeded) -> Any:
     strategies = [operation.as_strategy(generation_mode=mode)]
     if mode is GenerationMode.POSITIVE:
         names = {parameter.name for parameter in operation.path_parameters}
-        seeds = {"task_id": seeded.task_ids, "message_id": seeded.dead_letter_ids}
+        seeds = {
+            "task_id": seeded.task_ids,
+            "message_id": seeded.dead_letter_ids,
+            "endpoint_id": seeded.endpoint_ids,
+        }
         for name, ids in seeds.items():
             if name in names:
                 strategies += [
@@ -285,6 +310,9 @@ def test_every_operation_of_the_document_is_fuzzed() -> None:
         ("DELETE", "/ops/dead-letters/{message_id}"),
         ("GET", "/ops/queues"),
         ("GET", "/ops"),
+        ("POST", "/endpoints"),
+        ("GET", "/endpoints/{endpoint_id}/attempts"),
+        ("POST", "/endpoints/{endpoint_id}/test"),
     }
     assert expected <= operations, sorted(expected - operations)
 
@@ -382,7 +410,7 @@ def test_every_answer_of_the_app_wide_hooks_is_documented(
     path_parameters = {name: str(uuid.uuid4()) for name in names}
     case = schema[path][method].Case(path_parameters=path_parameters)
     url = path.format(**path_parameters)
-    json_api = path.startswith(("/tasks", *OPERATOR_JSON))
+    json_api = path.startswith(("/tasks", "/endpoints", *OPERATOR_JSON))
     guarded = (method, path) not in PUBLIC
     takes_body = method in {"POST", "PATCH", "PUT"}
     own = hooked.headers_for(path)

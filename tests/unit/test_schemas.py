@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from api.schemas import BulkRetryRequest, DeadLetterQuery, TaskCreate, TaskPatch, TaskQuery
+from api.schemas import (
+    BulkRetryRequest,
+    DeadLetterQuery,
+    EndpointCreate,
+    EndpointPatch,
+    TaskCreate,
+    TaskPatch,
+    TaskQuery,
+)
 
 THIRTY_DAYS = 30 * 24 * 3600
 VALID = {"title": "Pay rent", "due_at": "2030-01-31T09:00:00+01:00"}
@@ -172,16 +180,30 @@ def test_document_says_integer_with_bounds_and_no_null(model: type[Any], name: s
     assert "anyOf" not in field and field.get("default", 0) is not None
 
 
-def test_document_marks_only_notes_and_recurrence_as_nullable() -> None:
+def test_document_marks_only_notes_recurrence_endpoint_and_description_as_nullable() -> None:
     """What the server refuses as null, the document does not allow as null, and back:
-    null clears the notes, and makes a task one-off (recurrence)."""
-    for model in (TaskCreate, TaskPatch, TaskQuery, BulkRetryRequest, DeadLetterQuery):
+    null clears the notes, makes a task one-off (recurrence), sends its reminders to the
+    deployment's channel (endpoint_id), and clears an endpoint's description."""
+    for model in (
+        TaskCreate,
+        TaskPatch,
+        TaskQuery,
+        BulkRetryRequest,
+        DeadLetterQuery,
+        EndpointCreate,
+        EndpointPatch,
+    ):
         nullable = {
             name
             for name, field in schema_properties(model).items()
             if {"type": "null"} in field.get("anyOf", []) or field.get("default", 0) is None
         }
-        expected = {"notes", "recurrence"} if model in (TaskCreate, TaskPatch) else set()
+        expected = {
+            TaskCreate: {"notes", "recurrence", "endpoint_id"},
+            TaskPatch: {"notes", "recurrence", "endpoint_id"},
+            EndpointCreate: {"description"},
+            EndpointPatch: {"description"},
+        }.get(model, set())
         assert nullable == expected, model
     assert schema_properties(BulkRetryRequest)["dry_run"] == {
         "default": False,

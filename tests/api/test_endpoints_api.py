@@ -1,0 +1,335 @@
+"""Users' own webhook endpoints over HTTP, on real PostgreSQL and Redis (SPEC §5, §6).
+
+Host names are resolved by a table in the test (``hooks.example`` is public, ``evil.example``
+is loopback), so saving an endpoint never asks a DNS server; pings go to a receiver on
+127.0.0.1 only, through an app that allows private addresses, as a local setup would.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import standardwebhooks
+import stripe
+from sqlalchemy import Engine, select, text
+
+from api.app import create_app
+from shared.db import make_session_factory, unit_of_work
+from shared.models import Endpoint, Task
+from tests.conftest import REDIS_URL, Account, ApiHarness, make_settings
+from tests.pipeline.conftest import Receipt, Receiver
+
+PROBLEM = "application/problem+json"
+NAMES = {
+    "hooks.example": ["93.184.215.14"],
+    "v6.example": ["2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
+    "evil.example": ["127.0.0.1"],
+    "mixed.example": ["93.184.215.14", "10.1.2.3"],
+}
+
+
+def table_resolver(host: str, port: int) -> list[str]:
+    if host not in NAMES:
+        raise OSError(f"{host} does not resolve")
+    return NAMES[host]
+
+
+AppFactory = Callable[..., ApiHarness]
+
+
+@pytest.fixture
+def make_api(pg_engine: Engine, pg_url: str, redis_namespace: str) -> AppFactory:
+    def build(**settings: Any) -> ApiHarness:
+        config = make_settings(
+            database_url=pg_url, redis_url=REDIS_URL, redis_namespace=redis_namespace, **settings
+        )
+        app = create_app(config, engine=pg_engine, resolve=table_resolver)
+        app.testing = True
+        return ApiHarness(client=app.test_client(), engine=pg_engine, settings=config)
+
+    return build
+
+
+@pytest.fixture
+def guarded(make_api: AppFactory) -> ApiHarness:
+    """As production runs: https only, public addresses only."""
+    return make_api()
+
+
+@pytest.fixture
+def local(make_api: AppFactory) -> ApiHarness:
+    """A local setup: REMINDERS_ALLOW_PRIVATE_ENDPOINTS=true, so 127.0.0.1 can be pinged."""
+    return make_api(allow_private_endpoints=True)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+def create_endpoint(api: ApiHarness, account: Account, url: str, **fields: Any) -> dict[str, Any]:
+    response = api.client.post("/endpoints", json={"url": url, **fields}, headers=account.headers)
+    assert response.status_code == 201, response.json
+    return dict(response.json)
+
+
+def verify_both(receipt: Receipt, secret: str) -> dict[str, Any]:
+    """Verify a request as a receiver would, with the two off-the-shelf libraries."""
+    headers = {name.lower(): value for name, value in receipt.headers.items()}
+    verified = standardwebhooks.Webhook(secret).verify(receipt.body, headers)
+    stripe.WebhookSignature.verify_header(
+        receipt.body.decode(), headers["x-reminders-signature"], secret, tolerance=300
+    )
+    return dict(verified)
+
+
+def refused_by_both(receipt: Receipt, secret: str) -> bool:
+    headers = {name.lower(): value for name, value in receipt.headers.items()}
+    try:
+        standardwebhooks.Webhook(secret).verify(receipt.body, headers)
+        return False
+    except standardwebhooks.WebhookVerificationError:
+        pass
+    try:
+        stripe.WebhookSignature.verify_header(
+            receipt.body.decode(), headers["x-reminders-signature"], secret, tolerance=300
+        )
+        return False
+    except stripe.SignatureVerificationError:
+        return True
+
+
+def test_an_endpoint_is_created_with_its_secret_shown_once_and_kept_encrypted(
+    guarded: ApiHarness,
+) -> None:
+    alice = guarded.account("alice")
+    made = create_endpoint(guarded, alice, "https://hooks.example/reminders", description="prod")
+    assert made["secret"].startswith("whsec_")
+    assert made["enabled"] is True and made["description"] == "prod"
+    shown = guarded.client.get(f"/endpoints/{made['id']}", headers=alice.headers)
+    assert shown.status_code == 200
+    assert "secret" not in shown.json and shown.json["url"] == "https://hooks.example/reminders"
+    listed = guarded.client.get("/endpoints", headers=alice.headers)
+    assert [item["id"] for item in listed.json["items"]] == [made["id"]]
+    assert all("secret" not in item for item in listed.json["items"])
+    # The database alone does not reveal it: neither the secret nor the key bytes it encodes.
+    with guarded.engine.connect() as db:
+        stored = db.execute(
+            text("SELECT secret FROM endpoints WHERE id = :id"), {"id": made["id"]}
+        ).scalar_one()
+    assert made["secret"] not in stored and made["secret"][6:] not in stored
+
+
+def test_every_endpoint_route_is_a_404_for_another_user(guarded: ApiHarness) -> None:
+    alice, bob = guarded.account("alice"), guarded.account("bob")
+    theirs = create_endpoint(guarded, alice, "https://hooks.example/a")["id"]
+    calls = [
+        ("get", f"/endpoints/{theirs}", None),
+        ("patch", f"/endpoints/{theirs}", {"description": "mine now"}),
+        ("post", f"/endpoints/{theirs}/rotate-secret", None),
+        ("post", f"/endpoints/{theirs}/test", None),
+        ("get", f"/endpoints/{theirs}/attempts", None),
+        ("delete", f"/endpoints/{theirs}", None),
+    ]
+    for method, path, body in calls:
+        response = getattr(guarded.client, method)(path, json=body, headers=bob.headers)
+        assert response.status_code == 404, (method, path, response.json)
+        assert response.content_type == PROBLEM
+    assert guarded.client.get("/endpoints", headers=bob.headers).json["items"] == []
+    # Untouched by any of it.
+    still = guarded.client.get(f"/endpoints/{theirs}", headers=alice.headers).json
+    assert still["description"] is None
+    # A task may not name another user's endpoint, nor one that does not exist.
+    for endpoint_id in (theirs, str(uuid.uuid4())):
+        created = guarded.client.post(
+            "/tasks",
+            json={"title": "t", "due_at": "2030-01-01T09:00:00Z", "endpoint_id": endpoint_id},
+            headers=bob.headers,
+        )
+        assert created.status_code == 422, created.json
+        assert created.json["errors"][0]["field"] == "endpoint_id"
+    task = guarded.client.post(
+        "/tasks", json={"title": "t", "due_at": "2030-01-01T09:00:00Z"}, headers=bob.headers
+    ).json
+    patched = guarded.client.patch(
+        f"/tasks/{task['id']}", json={"endpoint_id": theirs}, headers=bob.headers
+    )
+    assert patched.status_code == 422 and patched.json["errors"][0]["field"] == "endpoint_id"
+    assert (
+        guarded.client.get(f"/tasks/{task['id']}", headers=bob.headers).json["endpoint_id"] is None
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example/plain-http",
+        "https://127.0.0.1/hook",
+        "https://10.0.0.5/hook",
+        "https://172.16.3.4/hook",
+        "https://192.168.1.1/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/hook",
+        "https://[fd12::1]/hook",
+        "https://[::ffff:127.0.0.1]/hook",
+        "https://evil.example/hook",
+        "https://mixed.example/hook",
+        "https://nowhere.example/hook",
+        "ftp://hooks.example/x",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "https://user:pw@hooks.example/hook",
+    ],
+)
+def test_a_url_that_is_not_https_on_a_public_address_is_refused_naming_the_field(
+    guarded: ApiHarness, url: str
+) -> None:
+    alice = guarded.account("alice")
+    response = guarded.client.post("/endpoints", json={"url": url}, headers=alice.headers)
+    assert response.status_code == 422, response.json
+    assert response.content_type == PROBLEM
+    assert response.json["errors"][0]["field"] == "url"
+    assert guarded.client.get("/endpoints", headers=alice.headers).json["items"] == []
+
+
+def test_changing_the_url_to_a_private_address_is_refused_and_changes_nothing(
+    guarded: ApiHarness,
+) -> None:
+    alice = guarded.account("alice")
+    made = create_endpoint(guarded, alice, "https://v6.example/hook")
+    response = guarded.client.patch(
+        f"/endpoints/{made['id']}",
+        json={"url": "https://169.254.169.254/"},
+        headers=alice.headers,
+    )
+    assert response.status_code == 422 and response.json["errors"][0]["field"] == "url"
+    shown = guarded.client.get(f"/endpoints/{made['id']}", headers=alice.headers).json
+    assert shown["url"] == "https://v6.example/hook"
+
+
+def test_the_flag_lets_a_local_setup_use_http_on_loopback_but_never_other_schemes(
+    local: ApiHarness,
+) -> None:
+    alice = local.account("alice")
+    create_endpoint(local, alice, "http://127.0.0.1:9/hook")
+    for url in ("ftp://127.0.0.1/x", "file:///etc/passwd"):
+        response = local.client.post("/endpoints", json={"url": url}, headers=alice.headers)
+        assert response.status_code == 422, url
+
+
+def test_a_ping_is_signed_and_verifies_with_both_libraries_through_a_rotation(
+    local: ApiHarness, receiver: Receiver
+) -> None:
+    alice = local.account("alice")
+    made = create_endpoint(local, alice, receiver.url)
+    ping = local.client.post(f"/endpoints/{made['id']}/test", headers=alice.headers)
+    assert ping.status_code == 200, ping.json
+    assert ping.json["ok"] is True and ping.json["status_code"] == 200
+    assert ping.json["kind"] == "ping" and ping.json["error"] is None
+    first = receiver.receipts[0]
+    verified = verify_both(first, made["secret"])
+    assert verified["type"] == "ping" and verified["endpoint_id"] == made["id"]
+    assert first.headers["webhook-id"] == ping.json["message_id"]
+
+    rotated = local.client.post(f"/endpoints/{made['id']}/rotate-secret", headers=alice.headers)
+    assert rotated.status_code == 200
+    new_secret = rotated.json["secret"]
+    assert new_secret.startswith("whsec_") and new_secret != made["secret"]
+    expires = datetime.fromisoformat(rotated.json["previous_secret_expires_at"])
+    assert timedelta(hours=23) < expires - datetime.now(expires.tzinfo) <= timedelta(hours=24)
+    local.client.post(f"/endpoints/{made['id']}/test", headers=alice.headers)
+    during = receiver.receipts[1]
+    verify_both(during, made["secret"])  # either secret verifies while they overlap
+    verify_both(during, new_secret)
+
+    # After the overlap only the new secret signs.
+    with unit_of_work(make_session_factory(local.engine)) as session:
+        endpoint = session.get(Endpoint, uuid.UUID(made["id"]))
+        assert endpoint is not None
+        endpoint.previous_secret_expires_at = datetime.now(expires.tzinfo) - timedelta(seconds=1)
+    local.client.post(f"/endpoints/{made['id']}/test", headers=alice.headers)
+    after = receiver.receipts[2]
+    verify_both(after, new_secret)
+    assert refused_by_both(after, made["secret"])
+    # A tampered body fails both libraries.
+    tampered = Receipt(after.at, after.headers, after.body.replace(b"ping", b"pong"))
+    assert refused_by_both(tampered, new_secret)
+
+
+def test_failed_pings_are_in_the_attempt_log_newest_first_and_paged(
+    local: ApiHarness, receiver: Receiver
+) -> None:
+    receiver.script = lambda n: [200, 503, 404][n % 3]
+    alice = local.account("alice")
+    made = create_endpoint(local, alice, receiver.url)
+    for _ in range(3):
+        local.client.post(f"/endpoints/{made['id']}/test", headers=alice.headers)
+    page = local.client.get(
+        f"/endpoints/{made['id']}/attempts", query_string={"limit": 2}, headers=alice.headers
+    ).json
+    assert [item["status_code"] for item in page["items"]] == [404, 503]
+    assert [item["ok"] for item in page["items"]] == [False, False]
+    assert page["items"][0]["error"] == "answered 404"
+    rest = local.client.get(
+        f"/endpoints/{made['id']}/attempts",
+        query_string={"limit": 2, "cursor": page["next_cursor"]},
+        headers=alice.headers,
+    ).json
+    assert [item["status_code"] for item in rest["items"]] == [200]
+    assert rest["next_cursor"] is None
+    shown = local.client.get(f"/endpoints/{made['id']}", headers=alice.headers).json
+    assert shown["last_error"] == "answered 404" and shown["failing_since"] is not None
+    assert shown["last_success_at"] is not None
+
+
+def test_a_ping_to_a_closed_port_is_recorded_as_unreachable(local: ApiHarness) -> None:
+    alice = local.account("alice")
+    made = create_endpoint(local, alice, "http://127.0.0.1:9/hook")  # discard: nothing listens
+    ping = local.client.post(f"/endpoints/{made['id']}/test", headers=alice.headers).json
+    assert ping["ok"] is False and ping["status_code"] is None
+    assert ping["error"].startswith("unreachable")
+
+
+def test_deleting_an_endpoint_sends_its_tasks_back_to_the_deployment_channel(
+    guarded: ApiHarness,
+) -> None:
+    alice = guarded.account("alice")
+    made = create_endpoint(guarded, alice, "https://hooks.example/a")
+    task = guarded.client.post(
+        "/tasks",
+        json={"title": "t", "due_at": "2030-01-01T09:00:00Z", "endpoint_id": made["id"]},
+        headers=alice.headers,
+    ).json
+    assert task["endpoint_id"] == made["id"]
+    gone = guarded.client.delete(f"/endpoints/{made['id']}", headers=alice.headers)
+    assert gone.status_code == 204
+    assert guarded.client.get(f"/endpoints/{made['id']}", headers=alice.headers).status_code == 404
+    assert (
+        guarded.client.get(f"/tasks/{task['id']}", headers=alice.headers).json["endpoint_id"]
+        is None
+    )
+    with unit_of_work(make_session_factory(guarded.engine)) as session:
+        assert session.scalars(select(Task.endpoint_id)).all() == [None]
+
+
+def test_disabling_and_enabling_an_endpoint_by_patch(guarded: ApiHarness) -> None:
+    alice = guarded.account("alice")
+    made = create_endpoint(guarded, alice, "https://hooks.example/a")
+    off = guarded.client.patch(
+        f"/endpoints/{made['id']}", json={"enabled": False}, headers=alice.headers
+    ).json
+    assert off["enabled"] is False and off["disabled_reason"] == "disabled by its owner"
+    on = guarded.client.patch(
+        f"/endpoints/{made['id']}", json={"enabled": True}, headers=alice.headers
+    ).json
+    assert on["enabled"] is True and on["disabled_reason"] is None and on["disabled_at"] is None
+    bad = guarded.client.patch(
+        f"/endpoints/{made['id']}", json={"enabled": "yes"}, headers=alice.headers
+    )
+    assert bad.status_code == 422
