@@ -8,16 +8,13 @@ is named by its message ID; an undecodable one (``UndecodableMessage``) by its b
 from __future__ import annotations
 
 import getpass
-import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
-from typing import Any
 
 import click
 
 from cli.environment import command_settings
+from cli.output import emit_json, jsonable, table
 from shared.db import make_engine, make_session_factory
 from shared.dead_letters import (
     DeadLetterDesk,
@@ -36,26 +33,6 @@ def _desk() -> DeadLetterDesk:
     return DeadLetterDesk(
         make_session_factory(make_engine(settings.resolved_database_url)), make_broker(settings)
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, default=_jsonable, indent=2))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(_jsonable(cell) if cell is not None else "") for cell in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join([line, *body])
 
 
 def _operator(name: str | None) -> str:
@@ -104,7 +81,7 @@ def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None
         if after is None:
             break
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "items": [{**asdict(x), "message_id": _identifier(x)} for x in letters],
                 "error_types": desk.error_types(),
@@ -115,7 +92,7 @@ def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None
         click.echo("no dead letters")
         return
     click.echo(
-        _table(
+        table(
             ["message_id", "task_id", "failed_at", "attempts", "in_broker", "error"],
             [
                 [
@@ -143,11 +120,11 @@ def show(message_id: str, as_json: bool) -> None:
         raise click.ClickException(f"{message_id} is not a dead letter")
     shown = {**asdict(letter), "message_id": _identifier(letter)}
     if as_json:
-        _emit_json(shown)
+        emit_json(shown)
         return
     for key, value in shown.items():
         if key != "traceback":
-            click.echo(f"{key:>11}: {_jsonable(value)}")
+            click.echo(f"{key:>11}: {jsonable(value)}")
     click.echo(f"  traceback (the attempt before the last):\n{letter.traceback or '(expired)'}")
 
 
@@ -192,7 +169,7 @@ def retry(
         if outcome is RetryOutcome.NOT_RETRYABLE:
             raise click.ClickException(NOT_RETRYABLE.format(message_id, message_id))
         if as_json:
-            _emit_json({"message_id": message_id, "outcome": outcome.value, "dry_run": dry_run})
+            emit_json({"message_id": message_id, "outcome": outcome.value, "dry_run": dry_run})
         elif dry_run:
             click.echo(f"{message_id}: would requeue")
         else:
@@ -202,7 +179,7 @@ def retry(
         DeadLetterFilter.by_age(error_type, older_than), _operator(name), dry_run=dry_run
     )
     if as_json:
-        _emit_json({"dry_run": dry_run, "count": len(ids), "message_ids": ids})
+        emit_json({"dry_run": dry_run, "count": len(ids), "message_ids": ids})
         return
     verb = "would retry" if dry_run else "retried"
     click.echo(f"{verb} {len(ids)} dead letter(s)")
@@ -236,10 +213,10 @@ def queues(as_json: bool) -> None:
     """Ready, delayed, in-flight and dead messages per queue."""
     depths = _desk().queues()
     if as_json:
-        _emit_json([asdict(depth) for depth in depths])
+        emit_json([asdict(depth) for depth in depths])
         return
     click.echo(
-        _table(
+        table(
             ["queue", "ready", "delayed", "in_flight", "dead"],
             [[d.queue, d.ready, d.delayed, d.in_flight, d.dead] for d in depths],
         )

@@ -1,6 +1,7 @@
 """The ``reminders`` command line: the composition root that wires api, workers and shared.
 
-``db upgrade``, ``users create|token|revoke``, ``scan`` and ``dlq`` act once and exit.
+``db upgrade``, ``users create|token|revoke``, ``scan``, ``dlq``, ``endpoints list`` and
+``secret-key`` act once and exit.
 ``web``, ``worker`` and ``scheduler`` are the Procfile's long-running processes (gunicorn,
 dramatiq and periodiq with this service's settings). ``dev`` runs all three on the
 embedded default; the other commands run beside it use its database and Redis server
@@ -16,6 +17,7 @@ from typing import NoReturn
 import click
 
 from cli.dlq import dlq
+from cli.endpoints import endpoints_group
 from cli.environment import (
     ReportingGroup,
     beside_running_instance,
@@ -115,6 +117,15 @@ def users_revoke(name: str) -> None:
 
 
 main.add_command(dlq)
+main.add_command(endpoints_group)
+
+
+@main.command("secret-key")
+def secret_key() -> None:
+    """Print a new key for REMINDERS_SECRET_KEY (encrypts endpoint secrets at rest)."""
+    from shared.secret_box import generate_key
+
+    click.echo(generate_key())
 
 
 @main.command()

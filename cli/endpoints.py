@@ -1,0 +1,53 @@
+"""``reminders endpoints``: users' webhook endpoints and their health, for operators.
+
+A table by default, ``--json`` for scripts. Never a secret: operators see where reminders
+go and whether they arrive, not how they are signed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from cli.environment import command_settings
+from cli.output import emit_json, table
+from shared import endpoints
+from shared.db import make_engine, make_session_factory
+
+
+@click.group("endpoints")
+def endpoints_group() -> None:
+    """Users' own webhook endpoints."""
+
+
+@endpoints_group.command("list")
+@click.argument("user", required=False)
+@click.option("--failing", is_flag=True, help="Only disabled endpoints and failing ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def endpoints_list(user: str | None, failing: bool, as_json: bool) -> None:
+    """List the endpoints of USER (default: every user), disabled and failing first."""
+    settings = command_settings()
+    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    with sessions() as session:
+        found = endpoints.health(session, user, failing_only=failing)
+    if as_json:
+        emit_json([asdict(endpoint) for endpoint in found])
+        return
+    if not found:
+        click.echo("no endpoints")
+        return
+    headers = ("endpoint", "owner", "url", "state", "failing since", "last success", "last error")
+    rows = [
+        (
+            endpoint.id,
+            endpoint.owner,
+            endpoint.url,
+            "enabled" if endpoint.enabled else "DISABLED",
+            endpoint.failing_since,
+            endpoint.last_success_at,
+            endpoint.disabled_reason if not endpoint.enabled else endpoint.last_error,
+        )
+        for endpoint in found
+    ]
+    click.echo(table(headers, rows))
