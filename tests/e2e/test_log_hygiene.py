@@ -69,6 +69,7 @@ KINDS = {
     "flaky": ("sent", 2),  # 500 once, then 200: one retry
     "down": ("failed", 1 + 2),  # 500 always: max_retries (2) exhausted, dead-lettered
     "rejected": ("failed", 1),  # 400: permanent, dead-lettered without a retry
+    "endpoint": ("sent", 1),  # the user's own endpoint (this receiver too), 200 at once
 }
 MAX_RETRIES = 2
 FINAL_ERRORS = {
@@ -310,6 +311,7 @@ def _run(stack: Stack, receiver: Receiver, logs: Path, log_level: str) -> Scenar
         webhook_secret=WEBHOOK_SECRET,
         metrics_port=metrics_port,
         data_dir=str(logs / "data"),
+        allow_private_endpoints=True,  # the user's endpoint is the local receiver
     )
     env.update(
         PORT=str(port),
@@ -360,6 +362,20 @@ def _run(stack: Stack, receiver: Receiver, logs: Path, log_level: str) -> Scenar
             time.sleep(0 if healthy else 0.2)
         assert healthy, tail(logs / "web.log")
 
+        # The user's own endpoint, its secret rotated (both sign for a day) and pinged.
+        made = http.post("/endpoints", json={"url": receiver.url}, headers=user.headers)
+        assert made.status_code == 201, made.text
+        endpoint_id = made.json()["id"]
+        rotated = http.post(f"/endpoints/{endpoint_id}/rotate-secret", headers=user.headers)
+        assert rotated.status_code == 200, rotated.text
+        secrets["the endpoint's first secret"] = made.json()["secret"]
+        secrets["the endpoint's rotated secret"] = rotated.json()["secret"]
+        pinged = http.post(f"/endpoints/{endpoint_id}/test", headers=user.headers)
+        assert pinged.status_code == 200 and pinged.json()["ok"], pinged.text
+        for path in (f"/endpoints/{endpoint_id}", "/endpoints"):
+            shown = http.get(path, headers=user.headers).text
+            assert made.json()["secret"] not in shown and rotated.json()["secret"] not in shown
+
         # Tasks due in 30 minutes, reminded an hour before: due now.
         due = (datetime.now(UTC) + timedelta(minutes=30)).replace(microsecond=0)
         due_text = due.isoformat()
@@ -371,6 +387,8 @@ def _run(stack: Stack, receiver: Receiver, logs: Path, log_level: str) -> Scenar
                 "due_at": due_text,
                 "remind_before_seconds": 3600,
             }
+            if kind == "endpoint":
+                body["endpoint_id"] = endpoint_id
             created = http.post("/tasks", json=body, headers=user.headers)
             assert created.status_code == 201, created.text
             tasks[kind] = created.json()["id"]
@@ -459,6 +477,14 @@ def _run(stack: Stack, receiver: Receiver, logs: Path, log_level: str) -> Scenar
 
         metrics = {"GET /metrics": http.get("/metrics").text}
 
+    # The operator's view of the user's endpoints: never a secret.
+    code, endpoints_listed = _cli(
+        env, logs, "endpoints-list", "endpoints", "list", "hygiene-user", "--json"
+    )
+    assert code == 0, tail(logs / "endpoints-list.log")
+    (logs / "endpoints-list-stdout.log").write_text(endpoints_listed)
+    assert [e["id"] for e in json.loads(endpoints_listed)] == [endpoint_id], endpoints_listed
+
     def worker_metrics() -> str:
         try:
             return httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=3).text
@@ -509,6 +535,8 @@ LOG_NAMES = [
     "dlq-list-json",
     "dlq-show-down",
     "dlq-show-rejected",
+    "endpoints-list",
+    "endpoints-list-stdout",
 ]
 
 
@@ -531,6 +559,14 @@ def test_the_pipeline_delivered_retried_and_dead_lettered_for_real(scenario: Sce
         # (checked as a customer would: a plain secret goes to standardwebhooks as bytes).
         first = received[0]
         assert first.payload["title"] == f"{TITLE_MARKER} {kind}"
+        if kind == "endpoint":  # signed by both of the endpoint's secrets while they overlap
+            for what in ("the endpoint's first secret", "the endpoint's rotated secret"):
+                secret = scenario.secrets[what]
+                Webhook(secret).verify(first.body, first.headers)
+                stripe.WebhookSignature.verify_header(
+                    first.body, first.headers["X-Reminders-Signature"], secret, tolerance=300
+                )
+            continue
         Webhook(WEBHOOK_SECRET.encode()).verify(first.body, first.headers)
         stripe.WebhookSignature.verify_header(
             first.body, first.headers["X-Reminders-Signature"], WEBHOOK_SECRET, tolerance=300
@@ -575,7 +611,7 @@ def test_processes_logged_the_pipeline_as_json_lines_with_ids(scenario: Scenario
             and e["task_id"] == scenario.tasks[kind]
         ]
 
-    for kind in ("accepted", "accepted-too", "flaky"):
+    for kind in ("accepted", "accepted-too", "flaky", "endpoint"):
         sent = [e for name in SENT_EVENTS for e in seen(name, kind)]
         assert len(sent) == 1, (kind, sent)
     assert len(seen("reminder.retrying", "flaky")) == 1

@@ -189,6 +189,9 @@ def test_compose_commands_match_the_procfile() -> None:
         redis_url = urlsplit(environment["REDIS_URL"])
         assert redis_url.scheme == "redis" and redis_url.hostname == "redis", name
         assert (redis_url.port or 6379) == 6379
+        # API and workers in separate containers must share the endpoint secrets' key:
+        # one from the operator, required (compose stops with the message when unset).
+        assert environment["REMINDERS_SECRET_KEY"].startswith("${REMINDERS_SECRET_KEY:?"), name
 
     healthy = "service_healthy"
     assert services["release"]["depends_on"]["postgres"]["condition"] == healthy

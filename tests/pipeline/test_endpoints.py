@@ -8,6 +8,7 @@ is under test, and there host names are answered by a table, never by a DNS serv
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -170,6 +171,20 @@ def test_an_endpoint_failing_past_the_setting_is_disabled_and_enabled_again_by_p
     assert shown["disabled_reason"].startswith("every delivery attempt failed since")
     assert "answered 500" in shown["disabled_reason"]
     assert disabled_count() == before + 1
+    # Operators see it from the command line, with its owner and why, never its secret.
+    listed = subprocess.run(
+        ["reminders", "endpoints", "list", "--failing"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    [header, line] = listed.stdout.splitlines()
+    assert header.split()[:4] == ["ENDPOINT", "OWNER", "URL", "STATE"]
+    assert line.split()[:4] == [endpoint["id"], "alice", receiver.url, "DISABLED"]
+    assert "every delivery attempt failed since" in line
+    assert endpoint["secret"] not in listed.stdout + listed.stderr
 
     # Disabled: the next reminder is a dead letter that says so, and no request is made.
     third = alice.due_task(endpoint["id"])
