@@ -31,6 +31,7 @@ from periodiq import PeriodiqMiddleware, cron
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.activity import record_retry, sample_queue_depth
 from shared.config import Settings
 from shared.db import database_unreachable, utcnow
 from shared.endpoints import purge_attempts
@@ -94,6 +95,11 @@ class RecordFailedAttempts(Middleware):
         if delay is not None and message.actor_name == SEND_REMINDER:
             self._delays.value = (message.message_id, delay)
 
+    def _count_retry(self, broker: Any, error_type: str) -> None:
+        metrics.RETRIED.labels(error_type).inc()
+        # The ops page's retries per minute; best effort, it never fails the attempt.
+        record_retry(broker.client, self.pipeline.settings.redis_namespace, utcnow())
+
     def after_process_message(
         self,
         broker: Any,
@@ -118,7 +124,7 @@ class RecordFailedAttempts(Middleware):
         }
         if database_unreachable(exception):
             # Not the reminder's failure, and nowhere to record it: put back uncounted.
-            metrics.RETRIED.labels(error_type).inc()
+            self._count_retry(broker, error_type)
             log.warning("reminder.retrying", delay_ms=delay_ms, counted=False, **fields)
             return
         try:
@@ -130,7 +136,7 @@ class RecordFailedAttempts(Middleware):
                 metrics.DEAD_LETTERED.labels(error_type).inc()
                 log.error("reminder.dead_lettered", reason="malformed message", **fields)
             else:
-                metrics.RETRIED.labels(error_type).inc()
+                self._count_retry(broker, error_type)
                 log.warning(
                     "reminder.retrying", reason="malformed message", delay_ms=delay_ms, **fields
                 )
@@ -143,7 +149,7 @@ class RecordFailedAttempts(Middleware):
             metrics.DEAD_LETTERED.labels(error_type).inc()
             log.error("reminder.dead_lettered", attempt=attempt, **fields)
         else:
-            metrics.RETRIED.labels(error_type).inc()
+            self._count_retry(broker, error_type)
             log.warning("reminder.retrying", attempt=attempt, delay_ms=delay_ms, **fields)
 
 
@@ -254,6 +260,8 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         metrics.ENQUEUED.labels("due").inc(result.enqueued)
         metrics.ENQUEUED.labels("requeued").inc(result.requeued)
         metrics.MISSED.inc(result.missed)
+        # The ops page's queue depth per minute; best effort, it never fails the scan.
+        sample_queue_depth(broker, settings.redis_namespace, utcnow())
 
     def housekeeping() -> None:
         """Purge expired Idempotency-Keys (kept at least 24 hours), reminder history older
