@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import unit_of_work, utcnow
 from shared.logs import get_logger
-from shared.models import OperatorAction, Reminder
+from shared.models import Endpoint, EndpointAttempt, OperatorAction, Reminder, Task, User
 from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SEND_REMINDER, reminder_message
 from shared.redis_broker import (
     UNDECODABLE,
@@ -53,13 +53,17 @@ class DeadLetterFilter:
     error_type: str | None = None
     failed_before: datetime | None = None
     failed_after: datetime | None = None
+    search: uuid.UUID | None = None  # a message ID or a task ID
 
-    def matches(self, error_type: str, failed_at: datetime) -> bool:
+    def matches(self, view: DeadLetterView) -> bool:
         """Whether an entry the database does not know passes the filter."""
+        failed_at = view.failed_at
         return (
-            (not self.error_type or error_type == self.error_type)
+            failed_at is not None
+            and (not self.error_type or view.error_type == self.error_type)
             and (self.failed_before is None or failed_at < self.failed_before)
             and (self.failed_after is None or failed_at >= self.failed_after)
+            and (self.search is None or self.search in (view.message_id, view.task_id))
         )
 
     @classmethod
@@ -68,10 +72,12 @@ class DeadLetterFilter:
         error_type: str | None = None,
         older_than_seconds: int | None = None,
         newer_than_seconds: int | None = None,
+        search: uuid.UUID | None = None,
     ) -> DeadLetterFilter:
-        """A filter by error type and by how long ago the occurrence failed."""
+        """A filter by error type, by how long ago the occurrence failed, and by ID."""
         now = utcnow()
         return cls(
+            search=search,
             error_type=error_type,
             failed_before=None
             if older_than_seconds is None
@@ -119,6 +125,33 @@ class ActionView:
     action: str
     message_id: uuid.UUID | None
     detail: str | None
+
+
+@dataclass(frozen=True)
+class RetriedView:
+    """An occurrence an operator retried, and what became of it since."""
+
+    message_id: uuid.UUID
+    task_id: uuid.UUID
+    retried_at: datetime
+    operator: str
+    state: str  # "sent", "queued" (on its way), "failed" (failed again), ...
+    sent_at: datetime | None
+    error: str | None  # the new final error when it failed again
+
+
+@dataclass(frozen=True)
+class DeadLetterContext:
+    """Who and what a dead letter is about, beside its own fields (no task content)."""
+
+    owner: str
+    due_at: datetime
+    offset_seconds: int | None
+    kind: str
+    endpoint_id: uuid.UUID | None
+    endpoint_url: str | None
+    # (at, status code, duration ms, error) of each request made to the endpoint
+    endpoint_attempts: list[tuple[datetime, int | None, int, str | None]]
 
 
 class RetryOutcome(StrEnum):
@@ -213,6 +246,13 @@ def _failed(query_filter: DeadLetterFilter) -> Select[Reminder]:
         statement = statement.where(Reminder.failed_at < query_filter.failed_before)
     if query_filter.failed_after:
         statement = statement.where(Reminder.failed_at >= query_filter.failed_after)
+    if query_filter.search:
+        statement = statement.where(
+            or_(
+                Reminder.message_id == query_filter.search,
+                Reminder.task_id == query_filter.search,
+            )
+        )
     return statement
 
 
@@ -293,9 +333,7 @@ class DeadLetterDesk:
         items += [
             view
             for view in self._broker_only(broker_entries)
-            if view.failed_at
-            and query_filter.matches(view.error_type, view.failed_at)
-            and (after is None or _key(view) < after)
+            if query_filter.matches(view) and (after is None or _key(view) < after)
         ]
         items.sort(key=_key, reverse=True)
         more = len(items) > limit
@@ -332,11 +370,24 @@ class DeadLetterDesk:
         return next((v for v in self._broker_only() if v.message_id == message_id), None)
 
     def retrying(self, limit: int = 20) -> list[RetryingView]:
-        """Recent failures still being retried: queued occurrences with a failed attempt."""
+        """Recent failures still being retried: queued occurrences with a failed attempt.
+
+        An occurrence an operator has just retried is not one, until an attempt fails
+        again: its error is the old one (`recently_retried` shows it instead).
+        """
+        just_retried = (
+            select(OperatorAction.id)
+            .where(
+                OperatorAction.message_id == Reminder.message_id,
+                OperatorAction.action == "retry",
+                OperatorAction.at >= Reminder.updated_at,
+            )
+            .exists()
+        )
         with unit_of_work(self.sessions) as session:
             rows = session.scalars(
                 select(Reminder)
-                .where(Reminder.state == "queued", Reminder.attempts > 0)
+                .where(Reminder.state == "queued", Reminder.attempts > 0, ~just_retried)
                 .order_by(Reminder.updated_at.desc())
                 .limit(limit)
             )
@@ -346,6 +397,85 @@ class DeadLetterDesk:
                 )
                 for row in rows
             ]
+
+    def recently_retried(self, limit: int = 20) -> list[RetriedView]:
+        """What became of the occurrences operators retried in the last hour, newest first:
+        sent, still on their way, or failed again (with the new error)."""
+        since = utcnow() - timedelta(hours=1)
+        with unit_of_work(self.sessions) as session:
+            rows = session.execute(
+                select(
+                    OperatorAction.message_id,
+                    Reminder.task_id,
+                    OperatorAction.at,
+                    OperatorAction.operator,
+                    Reminder.state,
+                    Reminder.sent_at,
+                    Reminder.last_error,
+                )
+                .join(Reminder, Reminder.message_id == OperatorAction.message_id)
+                .where(
+                    OperatorAction.action == "retry",
+                    OperatorAction.detail == RetryOutcome.REQUEUED.value,
+                    OperatorAction.at >= since,
+                )
+                .order_by(OperatorAction.at.desc())
+                .limit(limit)
+            ).all()
+        return [
+            RetriedView(
+                message_id=row.message_id,
+                task_id=row.task_id,
+                retried_at=row.at,
+                operator=row.operator,
+                state=row.state,
+                sent_at=row.sent_at,
+                error=row.last_error if row.state == "failed" else None,
+            )
+            for row in rows
+        ]
+
+    def context(self, message_id: uuid.UUID) -> DeadLetterContext | None:
+        """What an operator needs around one occurrence: whose, which occurrence and
+        offset, where it was going and each endpoint attempt. Never the task's content."""
+        with unit_of_work(self.sessions) as session:
+            found = session.execute(
+                select(
+                    User.name,
+                    Reminder.due_at,
+                    Reminder.offset_seconds,
+                    Reminder.kind,
+                    Task.endpoint_id,
+                    Endpoint.url,
+                )
+                .join(Task, Task.id == Reminder.task_id)
+                .join(User, User.id == Task.owner_id)
+                .outerjoin(Endpoint, Endpoint.id == Task.endpoint_id)
+                .where(Reminder.message_id == message_id)
+            ).one_or_none()
+            if found is None:
+                return None
+            attempts = session.execute(
+                select(
+                    EndpointAttempt.at,
+                    EndpointAttempt.status_code,
+                    EndpointAttempt.duration_ms,
+                    EndpointAttempt.error,
+                )
+                .where(EndpointAttempt.message_id == str(message_id))
+                .order_by(EndpointAttempt.at)
+            ).all()
+        return DeadLetterContext(
+            owner=found.name,
+            due_at=found.due_at,
+            offset_seconds=found.offset_seconds,
+            kind=found.kind,
+            endpoint_id=found.endpoint_id,
+            endpoint_url=found.url,
+            endpoint_attempts=[
+                (row.at, row.status_code, row.duration_ms, row.error) for row in attempts
+            ],
+        )
 
     def queues(self) -> list[QueueDepth]:
         return [queue_depth(self.broker, name) for name in (QUEUE_NAME, SCAN_QUEUE_NAME)]
@@ -438,6 +568,19 @@ class DeadLetterDesk:
         with unit_of_work(self.sessions) as session:
             self._record(session, operator, "bulk_retry", None, f"{len(retried)} requeued")
         return retried
+
+    def matching_ids(self, query_filter: DeadLetterFilter) -> list[uuid.UUID]:
+        """Every live dead letter the filter matches, oldest failure first: what a bulk
+        action by filter would touch (its dry run)."""
+        with unit_of_work(self.sessions) as session:
+            ids = list(
+                session.scalars(
+                    _failed(query_filter)
+                    .with_only_columns(Reminder.message_id)
+                    .order_by(Reminder.failed_at, Reminder.message_id)
+                )
+            )
+        return ids + [view.message_id for view in self._broker_only() if query_filter.matches(view)]
 
     def discard(self, message_id: uuid.UUID, operator: str) -> bool:
         """Drop a dead letter: the occurrence stays ``failed``, marked discarded (who, when).

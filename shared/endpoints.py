@@ -18,12 +18,12 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.address_guard import Resolver, check_url, system_resolver
-from shared.db import utcnow
+from shared.db import unit_of_work, utcnow
 from shared.logs import get_logger
-from shared.models import Endpoint, EndpointAttempt, Task, User
+from shared.models import Endpoint, EndpointAttempt, OperatorAction, Task, User
 from shared.secret_box import SecretBox
 from shared.signing import new_endpoint_secret
 
@@ -103,6 +103,31 @@ def disable(endpoint: Endpoint, reason: str, now: datetime) -> None:
     endpoint.disabled_reason = reason
     endpoint.disabled_at = now
     endpoint.updated_at = now
+
+
+def enable_by_operator(
+    sessions: sessionmaker[Session], endpoint_id: uuid.UUID, operator: str
+) -> bool:
+    """An operator enables a disabled endpoint again (recorded as an operator action).
+    Returns False when it is not disabled, or does not exist."""
+    now = utcnow()
+    with unit_of_work(sessions) as session:
+        endpoint = session.get(Endpoint, endpoint_id, with_for_update=True)
+        if endpoint is None or endpoint.enabled:
+            return False
+        enable(endpoint, now)
+        session.add(
+            OperatorAction(
+                id=uuid.uuid4(),
+                at=now,
+                operator=operator,
+                action="enable_endpoint",
+                message_id=None,
+                detail=f"endpoint {endpoint_id}",
+            )
+        )
+    log.info("ops.enable_endpoint", operator=operator, endpoint_id=str(endpoint_id))
+    return True
 
 
 def remove(session: Session, endpoint: Endpoint) -> None:
@@ -249,6 +274,10 @@ class EndpointHealth:
     last_success_at: datetime | None
     last_failure_at: datetime | None
     last_error: str | None
+
+
+def user_exists(session: Session, name: str) -> bool:
+    return session.scalar(select(User.id).where(User.name == name)) is not None
 
 
 def health(

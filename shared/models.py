@@ -174,6 +174,7 @@ class EndpointAttempt(Base):
     __table_args__ = (
         Index("ix_endpoint_attempts_endpoint_id_at", "endpoint_id", "at", "id"),
         Index("ix_endpoint_attempts_at", "at"),
+        Index("ix_endpoint_attempts_message_id", "message_id"),  # a dead letter's requests
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -264,7 +265,11 @@ class OperatorAction(Base):
     """The audit trail of what operators did to dead letters: who, what, when."""
 
     __tablename__ = "operator_actions"
-    __table_args__ = (Index("ix_operator_actions_at", "at"),)
+    __table_args__ = (
+        Index("ix_operator_actions_at", "at"),
+        # What became of a retried dead letter (the ops page): the actions on one message.
+        Index("ix_operator_actions_message_id_at", "message_id", "at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,6 +1,7 @@
 """Users' own webhook endpoints, their delivery attempts, and a task's endpoint.
 
 Existing tasks name no endpoint: their reminders keep going to the deployment's channel.
+Operator actions get an index by message, for the ops page's "what became of a retry".
 
 Revision ID: 0007
 Revises: 0006
@@ -84,6 +85,9 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_index("ix_endpoint_attempts_at", "endpoint_attempts", ["at"], unique=False)
+    op.create_index(
+        "ix_endpoint_attempts_message_id", "endpoint_attempts", ["message_id"], unique=False
+    )
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("endpoint_id", sa.Uuid(), nullable=True))
         batch_op.create_foreign_key(
@@ -94,8 +98,16 @@ def upgrade() -> None:
             ondelete="SET NULL",
         )
 
+    op.create_index(
+        "ix_operator_actions_message_id_at",
+        "operator_actions",
+        ["message_id", "at"],
+        unique=False,
+    )
+
 
 def downgrade() -> None:
+    op.drop_index("ix_operator_actions_message_id_at", table_name="operator_actions")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_constraint("fk_tasks_endpoint_id_endpoints", type_="foreignkey")
         batch_op.drop_column("endpoint_id")
