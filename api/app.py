@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api import idempotency
 from api.auth import authenticate
+from api.charts import last_hour_charts
 from api.endpoint_service import EndpointService
 from api.endpoints import endpoints_api
 from api.limits import install_rate_limit
@@ -32,7 +33,7 @@ from api.openapi import (
 )
 from api.ops import ops_api
 from api.ops_page import COOKIE as OPS_COOKIE
-from api.ops_page import forbidden_page, ops_page, to_sign_in
+from api.ops_page import forbidden_page, ops_page, refuse_cross_site, to_sign_in
 from api.problems import (
     BROKER_UNREACHABLE,
     bad_idempotency_key_problem,
@@ -46,9 +47,10 @@ from api.problems import (
 from api.schemas import Health, Problem, Readiness
 from api.service import Planning, TaskService
 from api.tasks import json_response, tasks_api
+from shared import activity, endpoints
 from shared.address_guard import Resolver, system_resolver
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory, once_more_if_connection_lost
+from shared.db import make_engine, make_session_factory, once_more_if_connection_lost, utcnow
 from shared.dead_letters import DeadLetterDesk
 from shared.endpoints import UrlPolicy
 from shared.queue import make_broker, ping
@@ -64,6 +66,7 @@ PUBLIC_ENDPOINTS = frozenset(
         "metrics",
         "openapi_document",
         "static",
+        "favicon",
         "ops_page.sign_in",
         "ops_page.sign_in_submit",
         "ops_page.sign_out",
@@ -71,7 +74,14 @@ PUBLIC_ENDPOINTS = frozenset(
 )
 OPERATOR_BLUEPRINTS = frozenset({"ops", "ops_page"})
 FORM_BLUEPRINTS = frozenset({"ops_page"})
-UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics", "static"})
+UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics", "static", "favicon"})
+# The page's icon: a bell, drawn here (the page loads nothing from elsewhere).
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<rect width="32" height="32" rx="7" fill="#1f5fae"/>'
+    '<path d="M16 6a7 7 0 0 0-7 7v5l-2.5 4h19L23 18v-5a7 7 0 0 0-7-7z" fill="#fff"/>'
+    '<circle cx="16" cy="25" r="2.6" fill="#fff"/></svg>'
+)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 GUARDS = Guards(
     public_endpoints=PUBLIC_ENDPOINTS,
@@ -151,6 +161,13 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
 
     # Before authentication, so floods of bad tokens are limited too (by address).
     install_rate_limit(app, settings, exempt=UNLIMITED_ENDPOINTS)
+
+    @app.before_request
+    def _same_site_forms() -> Response | None:
+        # Before authentication: a cross-site form is refused whoever's cookie it carries.
+        if request.method == "POST" and request.blueprint in FORM_BLUEPRINTS:
+            return refuse_cross_site()
+        return None
 
     @app.before_request
     def _authenticate() -> Response | None:
@@ -259,6 +276,23 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     def metrics() -> Response:
         return Response(render(registry), content_type=CONTENT_TYPE_LATEST)
 
+    @app.get(
+        "/favicon.ico",
+        summary="The operations page's icon (SVG)",
+        operation_id="getFavicon",
+        responses={
+            200: {
+                "description": "An SVG image",
+                "content": {"image/svg+xml": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    def favicon() -> Response:
+        response = Response(FAVICON, mimetype="image/svg+xml")
+        response.cache_control.public = True
+        response.cache_control.max_age = 86400
+        return response
+
     install_openapi_document(app)
 
     desk = DeadLetterDesk(sessions, broker)
@@ -277,7 +311,16 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     sender = runtime.get("endpoint_sender") or WebhookSender.for_endpoints(settings, resolve)
     app.register_api(endpoints_api(endpoint_service(settings, sessions, resolve, sender)))
     app.register_api(ops_api(desk))
-    app.register_api(ops_page(desk, lambda header: authenticate(sessions, header)))
+    app.register_api(
+        ops_page(
+            desk,
+            lambda header: authenticate(sessions, header),
+            lambda: ops_overview(sessions, broker, settings.redis_namespace),
+            lambda endpoint_id, operator: endpoints.enable_by_operator(
+                sessions, endpoint_id, operator
+            ),
+        )
+    )
     complete_document(app, GUARDS)
     install_idempotency_key_check(app, endpoints_taking_header(app, idempotency.HEADER))
     return app
@@ -294,6 +337,16 @@ def endpoint_service(
         sender,
         timedelta(seconds=settings.endpoint_disable_after_seconds),
     )
+
+
+def ops_overview(sessions: sessionmaker[Session], broker: Any, namespace: str) -> dict[str, Any]:
+    """What the operations page shows beside the dead letters: the charts of the last hour
+    and the failing endpoints."""
+    with sessions() as session:
+        failing = endpoints.health(session, failing_only=True)
+        minutes = activity.last_hour(session, broker.client, namespace, utcnow())
+        session.rollback()
+    return {"charts": last_hour_charts(minutes), "endpoints": failing}
 
 
 def install_idempotency_key_check(app: OpenAPI, endpoints: frozenset[str]) -> None:

@@ -320,6 +320,7 @@ def test_every_operation_of_the_document_is_fuzzed() -> None:
 # -- the hooks' answers, provoked on every operation -------------------------------------
 
 PUBLIC = {
+    ("GET", "/favicon.ico"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -328,7 +329,12 @@ PUBLIC = {
     ("POST", "/ops/sign-in"),
     ("POST", "/ops/sign-out"),
 }
-NOT_RATE_LIMITED = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+NOT_RATE_LIMITED = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/favicon.ico"),
+}
 OPERATOR_JSON = ("/ops/dead-letters", "/ops/queues")
 OVER_64_KIB = b'{"title": "' + b"t" * 70_000 + b'"}'
 # A provoked 503 is the answer asked for: every check but "no 5xx".
@@ -442,6 +448,7 @@ def test_every_answer_of_the_app_wide_hooks_is_documented(
         provoked.append(("malformed JSON", 400, broken, own))
 
     assert provoked or (method, path) in {
+        ("GET", "/favicon.ico"),
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("GET", "/readyz"),

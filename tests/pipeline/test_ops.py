@@ -236,6 +236,10 @@ OPS_ROUTES = [
     ("get", "/ops", None),
     ("post", "/ops/page/dead-letters/{id}/retry", None),
     ("post", "/ops/page/dead-letters/{id}/discard", None),
+    ("get", "/ops/page/dead-letters/{id}", None),
+    ("get", "/ops/page/dead-letters/{id}/discard", None),
+    ("post", "/ops/page/dead-letters/bulk", None),
+    ("post", "/ops/page/endpoints/{id}/enable", None),
 ]
 
 
@@ -396,10 +400,17 @@ def test_page_shows_an_undecodable_dead_letter_by_broker_id_with_discard_only(
     row = page.split('id="dead-letters"', 1)[1].split("</tr>", 2)[1]
     retried = client.post(f"/ops/page/dead-letters/{uuid.UUID(broker_id)}/retry")
     notice = client.get("/ops").get_data(as_text=True)
-    discarded = client.post(f"/ops/page/dead-letters/{uuid.UUID(broker_id)}/discard")
+    unconfirmed = client.post(f"/ops/page/dead-letters/{uuid.UUID(broker_id)}/discard")
+    still_there = len(dead_letters(broker, QUEUE_NAME))
+    discarded = client.post(
+        f"/ops/page/dead-letters/{uuid.UUID(broker_id)}/discard", data={"confirmed": "yes"}
+    )
 
     assert broker_id in row and "UndecodableMessage" in row
-    assert 'name="discard"' in row and 'name="retry"' not in row
+    assert 'data-action="discard"' in row and 'name="retry"' not in row
+    # Without the confirmation's field, a discard only leads to the confirmation.
+    assert unconfirmed.status_code == 303 and still_there == 1
+    assert unconfirmed.headers["Location"].endswith(f"/{uuid.UUID(broker_id)}/discard")
     assert retried.status_code == 303 and "cannot be retried" in notice
     assert discarded.status_code == 303
     assert dead_letters(broker, QUEUE_NAME) == []

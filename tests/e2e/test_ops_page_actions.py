@@ -1,0 +1,250 @@
+"""The ``/ops`` page's details, safe actions, live view, charts and layout, in a real Chromium.
+
+As `tests/e2e/test_ops_page.py`: the real app behind a real HTTP server on 127.0.0.1, dead
+letters made for real by workers against a webhook answering 500, Debian's Chromium driven
+by Playwright. Each test checks what the operator sees on the page and what it did to the
+rows. Screenshots of each state are written to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from shared.db import unit_of_work
+from shared.models import Reminder
+from tests.conftest import create_account
+from tests.e2e import test_ops_page as ops_harness
+from tests.pipeline import conftest as pipeline_harness
+from tests.pipeline.conftest import Receiver, Stack, reminder_id
+from workers.producer import scan_due_tasks
+
+receiver = pipeline_harness.receiver  # a local webhook endpoint
+stack = pipeline_harness.stack  # own schema, namespace, workers
+browser = ops_harness.browser  # Debian's Chromium
+page = ops_harness.page  # a fresh profile and one tab
+server = ops_harness.server  # the real app on 127.0.0.1
+POISON = ops_harness.POISON
+dead_letter_row, reminder = ops_harness.dead_letter_row, ops_harness.reminder
+sign_in, table = ops_harness.sign_in, ops_harness.table
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+TITLE = "TITLE-ON-THE-OPS-PAGE-5d1e"
+NOTES = "NOTES-ON-THE-OPS-PAGE-77a0"
+
+
+def dead(stack: Stack, receiver: Receiver, count: int) -> tuple[Any, list[str]]:
+    """``count`` reminders dead-lettered for real, their tasks titled with a marker."""
+    receiver.script = lambda n: 500
+    owner = stack.account("owen")
+    tasks = [
+        stack.add_task(
+            owner, datetime.now(UTC) + timedelta(minutes=10 + n), 3600, title=TITLE, notes=NOTES
+        )
+        for n in range(count)
+    ]
+    broker, _ = stack.broker(webhook_url=receiver.url, **POISON)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    with stack.run_workers(broker):
+        assert stack.wait_for(lambda: stack.states().get("failed", 0) == count, 30)
+    return broker, [str(reminder_id(task)) for task in tasks]
+
+
+def shot(page: Any, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_dead_letter_s_details_name_owner_occurrence_and_traceback_never_its_content(
+    stack: Stack, receiver: Receiver, server: str, page: Any, tmp_path: Path
+) -> None:
+    _, [mid] = dead(stack, receiver, 1)
+    row = reminder(stack, mid)
+    sign_in(page, server, create_account(stack.engine, "olivia", operator=True).token)
+
+    dead_letter_row(page, mid).get_by_role("link", name=mid).click()
+    page.wait_for_url(f"{server}/ops/page/dead-letters/{mid}")
+    facts = dict(
+        zip(
+            page.locator("#facts dt").all_inner_texts(),
+            page.locator("#facts dd").all_inner_texts(),
+            strict=True,
+        )
+    )
+    assert facts["message"] == mid and facts["task"] == str(row.task_id)
+    assert facts["owner"] == "owen"
+    assert facts["occurrence due"] == f"{row.due_at:%Y-%m-%d %H:%M:%S} UTC"
+    assert facts["reminder"] == "3600 s before"
+    assert facts["delivered to"] == "the deployment's channel"
+    assert facts["attempts"] == "2"
+    assert facts["final error"] == "TransientDeliveryError: webhook answered 500"
+    assert "TransientDeliveryError" in page.locator("pre#traceback").inner_text()
+    text = page.locator("body").inner_text()
+    assert TITLE not in text and NOTES not in text and TITLE not in page.content()
+    shot(page, tmp_path, "details")
+
+
+def test_discard_asks_first_and_cancel_keeps_the_dead_letter(
+    stack: Stack, receiver: Receiver, server: str, page: Any, tmp_path: Path
+) -> None:
+    _, [mid] = dead(stack, receiver, 1)
+    sign_in(page, server, create_account(stack.engine, "olivia", operator=True).token)
+
+    dead_letter_row(page, mid).get_by_role("link", name="Discard…").click()
+    assert (
+        page.locator("#confirm-count").inner_text().startswith("1 dead letter would be discarded")
+    )
+    assert page.locator("#confirm-items").inner_text() == mid
+    shot(page, tmp_path, "discard-confirmation")
+    page.get_by_role("link", name="Cancel").click()
+    page.wait_for_url(f"{server}/ops")
+    assert dead_letter_row(page, mid).count() == 1
+    assert reminder(stack, mid).discarded_at is None
+
+    # With the keyboard alone: to the Discard link, Enter, and Enter on the confirmation
+    # (its button has the focus).
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.action") == "discard":
+            break
+    else:
+        raise AssertionError("Tab never reached the Discard link")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#confirm")
+    assert page.evaluate("document.activeElement.id") == "confirm"
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{server}/ops")
+    assert page.get_by_role("status").inner_text().startswith(f"Discarded {mid}")
+    assert dead_letter_row(page, mid).count() == 0
+    dropped = reminder(stack, mid)
+    assert (dropped.state, dropped.discarded_by) == ("failed", "olivia")
+
+
+def test_bulk_retry_of_a_filter_counts_first_then_the_page_reports_each_one_sent(
+    stack: Stack, receiver: Receiver, server: str, page: Any, tmp_path: Path
+) -> None:
+    broker, mids = dead(stack, receiver, 3)
+    sign_in(page, server, create_account(stack.engine, "olivia", operator=True).token)
+
+    # The filter applies as it changes: no Apply click.
+    page.locator("select[name=error_type]").select_option("TransientDeliveryError")
+    page.wait_for_url(re.compile(r".*/ops\?error_type=TransientDeliveryError(&q=)?$"))
+    page.get_by_role("button", name="Retry all matching…").click()
+    count = page.locator("#confirm-count").inner_text()
+    assert count.startswith("3 dead letters would be retried (matching error type")
+    assert sorted(page.locator("#confirm-items li").all_inner_texts()) == sorted(mids)
+    assert {reminder(stack, mid).state for mid in mids} == {"failed"}  # a dry run so far
+    shot(page, tmp_path, "bulk-retry-count")
+
+    receiver.script = lambda n: 200
+    with stack.run_workers(broker):
+        page.get_by_role("button", name="Retry 3").click()
+        page.wait_for_url(f"{server}/ops?error_type=TransientDeliveryError")
+        assert page.get_by_role("status").inner_text().startswith("Retrying 3 of 3")
+        # The page updates itself (no reload here) until each is reported sent.
+        page.wait_for_function(
+            "() => document.querySelectorAll('#retried tr[data-message-id]').length === 3 &&"
+            " Array.from(document.querySelectorAll('#retried tr[data-message-id]'))"
+            ".every(r => r.innerText.includes('sent at'))",
+            timeout=30_000,
+        )
+    assert {reminder(stack, mid).state for mid in mids} == {"sent"}
+    assert sorted(receiver.keys()[-3:]) == sorted(mids)
+    outcomes = {cells[1]: cells[3] for cells in table(page, "#retried")}
+    assert set(outcomes) == set(mids) and all(o.startswith("sent at") for o in outcomes.values())
+    assert page.locator("#retrying").inner_text().count("TransientDeliveryError") == 0
+    shot(page, tmp_path, "bulk-retry-sent")
+
+
+def test_the_sent_chart_shows_the_rows_of_each_minute(
+    stack: Stack, receiver: Receiver, server: str, page: Any, tmp_path: Path
+) -> None:
+    owner = stack.account("owen")
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    counts = {now - timedelta(minutes=3): 4, now - timedelta(minutes=17): 2}
+    for minute, count in counts.items():
+        for n in range(count):
+            task = stack.add_task(owner, minute + timedelta(days=2, minutes=n), 3600)
+            with unit_of_work(stack.sessions) as session:
+                session.execute(
+                    update(Reminder)
+                    .where(Reminder.task_id == task.id)
+                    .values(
+                        state="sent",
+                        sent_at=minute + timedelta(seconds=10 + n),
+                        remind_at=minute,
+                    )
+                )
+    sign_in(page, server, create_account(stack.engine, "olivia", operator=True).token)
+
+    points = page.eval_on_selector_all(
+        "#chart-sent [data-minute]",
+        "els => els.map(e => [e.dataset.minute, Number(e.dataset.value)])",
+    )
+    assert len(points) == 60
+    shown = {minute: value for minute, value in points if value}
+    assert shown == {f"{minute:%Y-%m-%dT%H:%MZ}": count for minute, count in counts.items()}
+    shot(page, tmp_path, "charts")
+
+
+def test_at_420_px_the_page_has_no_horizontal_scroll(
+    stack: Stack, receiver: Receiver, server: str, browser: Any, tmp_path: Path
+) -> None:
+    _, mids = dead(stack, receiver, 2)
+    context = browser.new_context(viewport={"width": 420, "height": 900})
+    try:
+        narrow = context.new_page()
+        sign_in(narrow, server, create_account(stack.engine, "olivia", operator=True).token)
+        for path in ("/ops", f"/ops/page/dead-letters/{mids[0]}"):
+            narrow.goto(f"{server}{path}")
+            width = narrow.evaluate("document.documentElement.scrollWidth")
+            assert width <= 420, (path, width)
+            shot(narrow, tmp_path, "narrow-" + path.strip("/").replace("/", "-"))
+            if path == "/ops":  # the rows are there, stacked, not cut off
+                row = narrow.locator(f'tr[data-message-id="{mids[0]}"]')
+                assert row.is_visible()
+                box = row.bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420
+    finally:
+        context.close()
+
+
+def test_a_form_posted_from_another_site_is_refused_and_the_favicon_is_served(
+    stack: Stack, receiver: Receiver, server: str
+) -> None:
+    _, [mid] = dead(stack, receiver, 1)
+    olivia = create_account(stack.engine, "olivia", operator=True)
+    cookies = {"reminders_ops_token": olivia.token}
+    url = f"{server}/ops/page/dead-letters/{mid}/discard"
+    with httpx.Client(cookies=cookies, timeout=10) as client:
+        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            refused = client.post(url, data={"confirmed": "yes"}, headers=headers)
+            assert refused.status_code == 403, headers
+            assert "sent from another site" in refused.text
+        assert reminder(stack, mid).discarded_at is None
+        same_site = client.post(url, data={"confirmed": "yes"}, headers={"Origin": server})
+        assert same_site.status_code == 303
+    assert reminder(stack, mid).discarded_by == "olivia"
+    icon = httpx.get(f"{server}/favicon.ico", timeout=10)
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_no_request_of_the_page_fails(
+    stack: Stack, receiver: Receiver, server: str, page: Any
+) -> None:
+    dead(stack, receiver, 1)
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    sign_in(page, server, create_account(stack.engine, "olivia", operator=True).token)
+    page.wait_for_timeout(6_000)  # one live refresh
+    assert failed == []
+    icon = page.evaluate("document.querySelector('link[rel=icon]').href")
+    assert icon == f"{server}/favicon.ico"
