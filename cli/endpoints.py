@@ -30,6 +30,8 @@ def endpoints_list(user: str | None, failing: bool, as_json: bool) -> None:
     settings = command_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     with sessions() as session:
+        if user is not None and not endpoints.user_exists(session, user):
+            raise click.ClickException(f"no user named {user!r}")
         found = endpoints.health(session, user, failing_only=failing)
     if as_json:
         emit_json([asdict(endpoint) for endpoint in found])
@@ -46,8 +48,15 @@ def endpoints_list(user: str | None, failing: bool, as_json: bool) -> None:
             "enabled" if endpoint.enabled else "DISABLED",
             endpoint.failing_since,
             endpoint.last_success_at,
-            endpoint.disabled_reason if not endpoint.enabled else endpoint.last_error,
+            _problem(endpoint),
         )
         for endpoint in found
     ]
     click.echo(table(headers, rows))
+
+
+def _problem(endpoint: endpoints.EndpointHealth) -> str:
+    """Why it is disabled, or its last error while it is failing; nothing when healthy."""
+    if not endpoint.enabled:
+        return endpoint.disabled_reason or ""
+    return (endpoint.last_error or "") if endpoint.failing_since else ""
