@@ -9,6 +9,7 @@ rows. Screenshots of each state are written to the test's temporary directory.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from shared import endpoints
 from shared.db import unit_of_work
-from shared.models import Reminder
+from shared.models import Endpoint, Reminder
+from shared.secret_box import SecretBox, generate_key
 from tests.conftest import create_account
 from tests.e2e import test_ops_page as ops_harness
 from tests.pipeline import conftest as pipeline_harness
@@ -248,3 +251,39 @@ def test_no_request_of_the_page_fails(
     assert failed == []
     icon = page.evaluate("document.querySelector('link[rel=icon]').href")
     assert icon == f"{server}/favicon.ico"
+
+
+def test_a_disabled_endpoint_is_shown_with_its_owner_and_reason_and_enabled_again(
+    stack: Stack, server: str, page: Any, tmp_path: Path
+) -> None:
+    owner = stack.account("erin")
+    box = SecretBox([generate_key()])
+    with unit_of_work(stack.sessions) as session:
+        endpoint, secret = endpoints.create(
+            session, box, owner.id, "https://hooks.example/erin", None, datetime.now(UTC)
+        )
+        endpoint_id = endpoint.id
+    start = datetime.now(UTC) - timedelta(days=6)
+    for at in (start, datetime.now(UTC)):
+        failed = endpoints.Attempt(
+            "reminder", str(uuid.uuid4()), False, 503, 12, "answered 503", at
+        )
+        endpoints.record_attempt(stack.engine, endpoint_id, failed, timedelta(days=5))
+    sign_in(page, server, create_account(stack.engine, "olivia", operator=True).token)
+
+    row = page.locator(f'#endpoints tr[data-endpoint-id="{endpoint_id}"]')
+    cells = row.locator("td").all_inner_texts()
+    assert cells[0].splitlines() == [str(endpoint_id), "https://hooks.example/erin"]
+    assert (cells[1], cells[2]) == ("erin", "disabled")
+    assert cells[4].startswith("every delivery attempt failed since")
+    assert "answered 503" in cells[4] and secret not in page.content()
+    shot(page, tmp_path, "endpoint-disabled")
+
+    row.get_by_role("button", name="Enable again").click()
+    page.wait_for_url(f"{server}/ops")
+    assert page.get_by_role("status").inner_text().startswith(f"Endpoint {endpoint_id} is enabled")
+    assert page.locator(f'#endpoints tr[data-endpoint-id="{endpoint_id}"]').count() == 0
+    with unit_of_work(stack.sessions) as session:
+        enabled = session.get(Endpoint, endpoint_id)
+        assert enabled is not None and enabled.enabled and enabled.failing_since is None
+    assert table(page, "#actions")[0][1:3] == ["olivia", "enable_endpoint"]
