@@ -162,25 +162,9 @@ class EndpointService:
         answer = self.sender.post(
             url, body, signed_headers(ping_id, int(time.time()), body, secrets)
         )
-        attempt = Attempt(
-            kind="ping",
-            message_id=ping_id,
-            ok=answer.ok,
-            status_code=answer.status_code,
-            duration_ms=answer.duration_ms,
-            error=answer.error,
-            at=now,
-        )
+        attempt = Attempt.of("ping", ping_id, answer, now)
         endpoints.record_attempt(self.sessions.kw["bind"], endpoint_id, attempt, self.disable_after)
-        return AttemptOut(
-            at=attempt.at,
-            kind="ping",
-            message_id=ping_id,
-            ok=attempt.ok,
-            status_code=attempt.status_code,
-            duration_ms=attempt.duration_ms,
-            error=attempt.error,
-        )
+        return AttemptOut.model_validate(attempt, from_attributes=True)
 
     def attempts(
         self, owner: Owner, endpoint_id: uuid.UUID, query: HistoryQuery

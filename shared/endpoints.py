@@ -26,6 +26,7 @@ from shared.logs import get_logger
 from shared.models import Endpoint, EndpointAttempt, OperatorAction, Task, User
 from shared.secret_box import SecretBox
 from shared.signing import new_endpoint_secret
+from shared.webhooks import Answer
 
 log = get_logger("endpoints")
 
@@ -169,6 +170,19 @@ class Attempt:
     duration_ms: int
     error: str | None
     at: datetime
+
+    @classmethod
+    def of(cls, kind: str, message_id: str, answer: Answer, at: datetime) -> Attempt:
+        """The attempt that got ``answer``."""
+        return cls(
+            kind=kind,
+            message_id=message_id,
+            ok=answer.ok,
+            status_code=answer.status_code,
+            duration_ms=answer.duration_ms,
+            error=answer.error,
+            at=at,
+        )
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ class EndpointChannel:
             raise PermanentDeliveryError(str(exc)) from None
         headers = signed_headers(reminder.message_id, int(time.time()), reminder.body, secrets)
         answer = self.sender.post(endpoint.url, reminder.body, headers)
-        made.append(Made(endpoint_id, _attempt(reminder.message_id, answer, now)))
+        made.append(Made(endpoint_id, Attempt.of("reminder", reminder.message_id, answer, now)))
         metrics.ENDPOINT_ATTEMPTS.labels(_outcome(answer)).inc()
         raise_for_answer(answer, "endpoint")
         return True
@@ -148,18 +148,6 @@ def make_endpoint_channel(
         SecretBox.from_setting(settings.secret_key, settings.data_dir),
         WebhookSender.for_endpoints(settings, resolve),
         timedelta(seconds=settings.endpoint_disable_after_seconds),
-    )
-
-
-def _attempt(message_id: str, answer: Answer, at: datetime) -> Attempt:
-    return Attempt(
-        kind="reminder",
-        message_id=message_id,
-        ok=answer.ok,
-        status_code=answer.status_code,
-        duration_ms=answer.duration_ms,
-        error=answer.error,
-        at=at,
     )
 
 
