@@ -11,10 +11,11 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import standardwebhooks
 import stripe
 from prometheus_client import REGISTRY
@@ -90,20 +91,24 @@ def final(stack: Stack, *task_ids: str) -> bool:
     )
 
 
+@pytest.fixture
+def deployment() -> Iterator[Receiver]:
+    """The deployment's own webhook (REMINDERS_WEBHOOK_URL), beside the user's endpoint."""
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
 def test_a_task_naming_an_endpoint_is_delivered_there_signed_with_its_own_secret(
-    stack: Stack, receiver: Receiver
+    stack: Stack, receiver: Receiver, deployment: Receiver
 ) -> None:
     stack.overrides["allow_private_endpoints"] = True
-    deployment = Receiver().start()
-    try:
-        alice = Api(stack)
-        endpoint = alice.endpoint(receiver.url)
-        routed = alice.due_task(endpoint["id"])
-        plain = alice.due_task()
-        broker, _ = stack.broker(webhook_url=deployment.url, webhook_secret=DEPLOYMENT_SECRET)
-        deliver(stack, broker, lambda: final(stack, routed, plain))
-    finally:
-        deployment.stop()
+    alice = Api(stack)
+    endpoint = alice.endpoint(receiver.url)
+    routed = alice.due_task(endpoint["id"])
+    plain = alice.due_task()
+    broker, _ = stack.broker(webhook_url=deployment.url, webhook_secret=DEPLOYMENT_SECRET)
+    deliver(stack, broker, lambda: final(stack, routed, plain))
 
     [mine] = receiver.receipts
     [row] = rows_of(stack, routed)
@@ -204,19 +209,15 @@ def test_an_endpoint_failing_past_the_setting_is_disabled_and_enabled_again_by_p
 
 
 def test_a_task_whose_endpoint_is_deleted_falls_back_to_the_deployment_channel(
-    stack: Stack, receiver: Receiver
+    stack: Stack, receiver: Receiver, deployment: Receiver
 ) -> None:
     stack.overrides["allow_private_endpoints"] = True
-    deployment = Receiver().start()
-    try:
-        alice = Api(stack)
-        endpoint = alice.endpoint(receiver.url)
-        task = alice.due_task(endpoint["id"])
-        alice.call("delete", f"/endpoints/{endpoint['id']}", 204)
-        broker, _ = stack.broker(webhook_url=deployment.url, webhook_secret=DEPLOYMENT_SECRET)
-        deliver(stack, broker, lambda: final(stack, task))
-    finally:
-        deployment.stop()
+    alice = Api(stack)
+    endpoint = alice.endpoint(receiver.url)
+    task = alice.due_task(endpoint["id"])
+    alice.call("delete", f"/endpoints/{endpoint['id']}", 204)
+    broker, _ = stack.broker(webhook_url=deployment.url, webhook_secret=DEPLOYMENT_SECRET)
+    deliver(stack, broker, lambda: final(stack, task))
     assert receiver.receipts == []
     [receipt] = deployment.receipts
     assert receipt.payload["task_id"] == task
