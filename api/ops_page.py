@@ -319,7 +319,8 @@ def ops_page(
     )
     def bulk(form: BulkForm) -> Response:
         """Without ``confirmed=yes``: a page saying how many dead letters the action would
-        touch (a dry run) and asking to confirm; with it, the action, then the page."""
+        touch (a dry run) and asking to confirm; with it, the action, then the page. A
+        selection is confirmed as listed; a filter is applied again on confirmation."""
         verb = "retry" if form.action.startswith("retry") else "discard"
         search, _ = _search(form.q)
         if form.action.endswith("selected"):
@@ -337,7 +338,10 @@ def ops_page(
             ids = desk.matching_ids(matching)
             scope = _scope(form.error_type, form.q)
         fields = [("action", form.action), ("error_type", form.error_type), ("q", form.q)]
-        fields += [("message_id", str(message_id)) for message_id in ids]
+        if form.action.endswith("selected"):
+            # The selection travels with the confirmation; a filter is applied again when
+            # confirmed (its matches may be thousands: a form of them could pass 64 KiB).
+            fields += [("message_id", str(message_id)) for message_id in ids]
         if form.confirmed != "yes":
             return _confirm(verb, ids, url_for("ops_page.bulk"), fields, scope, form)
         if verb == "retry":

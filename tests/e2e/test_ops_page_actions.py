@@ -287,3 +287,25 @@ def test_a_disabled_endpoint_is_shown_with_its_owner_and_reason_and_enabled_agai
         enabled = session.get(Endpoint, endpoint_id)
         assert enabled is not None and enabled.enabled and enabled.failing_since is None
     assert table(page, "#actions")[0][1:3] == ["olivia", "enable_endpoint"]
+
+
+def test_discarding_a_selection_touches_only_the_ticked_rows(
+    stack: Stack, receiver: Receiver, server: str, page: Any
+) -> None:
+    _, (drop, keep) = dead(stack, receiver, 2)
+    sign_in(page, server, create_account(stack.engine, "olivia", operator=True).token)
+
+    dead_letter_row(page, drop).get_by_role("checkbox").check()
+    page.get_by_role("button", name="Discard selected").click()
+    assert (
+        page.locator("#confirm-count")
+        .inner_text()
+        .startswith("1 dead letter would be discarded (the selected ones)")
+    )
+    assert page.locator("#confirm-items").inner_text() == drop
+    page.get_by_role("button", name="Discard 1").click()
+    page.wait_for_url(f"{server}/ops")
+    assert page.get_by_role("status").inner_text().startswith("Discarded 1 of 1")
+    assert dead_letter_row(page, drop).count() == 0 and dead_letter_row(page, keep).count() == 1
+    assert reminder(stack, drop).discarded_by == "olivia"
+    assert reminder(stack, keep).discarded_at is None
