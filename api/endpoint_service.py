@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import keyset, next_cursor
 from api.schemas import (
     AttemptOut,
     AttemptPage,
@@ -73,21 +73,19 @@ class EndpointService:
         Raises:
             BadCursor: the cursor does not decode.
         """
-        statement = select(Endpoint).where(Endpoint.owner_id == owner.id)
-        if query.cursor:
-            after_at, after_id = decode_cursor(query.cursor)
-            statement = statement.where(
-                tuple_(Endpoint.created_at, Endpoint.id) > tuple_(after_at, after_id)
-            )
-        statement = statement.order_by(Endpoint.created_at, Endpoint.id).limit(query.limit + 1)
+        statement = keyset(
+            select(Endpoint).where(Endpoint.owner_id == owner.id),
+            Endpoint.created_at,
+            Endpoint.id,
+            query.cursor,
+            query.limit,
+        )
         with self.sessions() as session:
             rows = list(session.scalars(statement))
             items = [_endpoint_out(row) for row in rows[: query.limit]]
+            keys = [(row.created_at, row.id) for row in rows]
             session.rollback()
-        last = items[-1] if len(rows) > query.limit else None
-        return EndpointPage(
-            items=items, next_cursor=encode_cursor(last.created_at, last.id) if last else None
-        )
+        return EndpointPage(items=items, next_cursor=next_cursor(keys, query.limit))
 
     def get(self, owner: Owner, endpoint_id: uuid.UUID) -> EndpointOut | None:
         with self.sessions() as session:
@@ -177,21 +175,16 @@ class EndpointService:
         with self.sessions() as session:
             if endpoints.owned(session, owner.id, endpoint_id) is None:
                 return None
-            statement = select(EndpointAttempt).where(EndpointAttempt.endpoint_id == endpoint_id)
-            if query.cursor:
-                before_at, before_id = decode_cursor(query.cursor)
-                statement = statement.where(
-                    tuple_(EndpointAttempt.at, EndpointAttempt.id) < tuple_(before_at, before_id)
-                )
-            statement = statement.order_by(
-                EndpointAttempt.at.desc(), EndpointAttempt.id.desc()
-            ).limit(query.limit + 1)
+            statement = keyset(
+                select(EndpointAttempt).where(EndpointAttempt.endpoint_id == endpoint_id),
+                EndpointAttempt.at,
+                EndpointAttempt.id,
+                query.cursor,
+                query.limit,
+                newest_first=True,
+            )
             rows = list(session.scalars(statement))
             items = [AttemptOut.model_validate(row, from_attributes=True) for row in rows]
             keys = [(row.at, row.id) for row in rows]
             session.rollback()
-        more = len(rows) > query.limit
-        return AttemptPage(
-            items=items[: query.limit],
-            next_cursor=encode_cursor(*keys[query.limit - 1]) if more else None,
-        )
+        return AttemptPage(items=items[: query.limit], next_cursor=next_cursor(keys, query.limit))

@@ -28,7 +28,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from api.problems import problem_responses
 from api.schemas import DeadLetterPath, RequestModel
 from shared.db import utcnow
-from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
+from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
 
 COOKIE = "reminders_ops_token"
 NOTICE_COOKIE = "reminders_ops_notice"
@@ -174,10 +174,10 @@ def ops_page(
     )
     def dashboard(query: PageQuery) -> Response:
         search, search_problem = _search(query.q)
-        matching = DeadLetterFilter.by_age(query.error_type or None, None, search=search)
-        letters, _ = desk.page(matching, limit=PAGE_SIZE)
-        if search_problem:
-            letters = []
+        letters: list[DeadLetterView] = []
+        if not search_problem:
+            matching = DeadLetterFilter.by_age(query.error_type or None, None, search=search)
+            letters, _ = desk.page(matching, limit=PAGE_SIZE)
         notice = request.cookies.get(NOTICE_COOKIE)
         response = Response(
             render_template(

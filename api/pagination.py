@@ -6,7 +6,12 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
+from typing import TypeVarTuple
+
+from sqlalchemy import Select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute
 
 
 class BadCursor(ValueError):
@@ -29,3 +34,35 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return due_at, uuid.UUID(id_text)
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
         raise BadCursor("cursor is not one this API returned") from None
+
+
+Ts = TypeVarTuple("Ts")
+
+
+def keyset(
+    statement: Select[*Ts],
+    at: InstrumentedAttribute[datetime],
+    identity: InstrumentedAttribute[uuid.UUID],
+    cursor: str | None,
+    limit: int,
+    *,
+    newest_first: bool = False,
+) -> Select[*Ts]:
+    """``statement`` ordered by (``at``, ``identity``), after ``cursor``, with one row more
+    than ``limit`` so the caller knows whether a next page exists (`next_cursor`).
+
+    Raises:
+        BadCursor: the cursor does not decode.
+    """
+    key = tuple_(at, identity)
+    if cursor:
+        bound = tuple_(*decode_cursor(cursor))
+        statement = statement.where(key < bound if newest_first else key > bound)
+    order = (at.desc(), identity.desc()) if newest_first else (at, identity)
+    return statement.order_by(*order).limit(limit + 1)
+
+
+def next_cursor(keys: Sequence[tuple[datetime, uuid.UUID]], limit: int) -> str | None:
+    """The cursor of the page after ``limit`` items, given the (at, id) key of each row a
+    `keyset` statement returned; None on the last page."""
+    return encode_cursor(*keys[limit - 1]) if len(keys) > limit else None

@@ -14,11 +14,11 @@ from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 from psycopg.types.json import Json
-from sqlalchemy import Row, bindparam, case, func, insert, select, tuple_, update
+from sqlalchemy import Row, bindparam, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import keyset, next_cursor
 from api.schemas import (
     HistoryQuery,
     OccurrenceOut,
@@ -441,24 +441,19 @@ class TaskService:
             task = _owned(session, owner, task_id)
             if task is None:
                 return None
-            statement = select(Reminder).where(Reminder.task_id == task.id)
-            if query.cursor:
-                before_at, before_id = decode_cursor(query.cursor)
-                statement = statement.where(
-                    tuple_(Reminder.remind_at, Reminder.message_id) < tuple_(before_at, before_id)
-                )
-            statement = statement.order_by(
-                Reminder.remind_at.desc(), Reminder.message_id.desc()
-            ).limit(query.limit + 1)
+            statement = keyset(
+                select(Reminder).where(Reminder.task_id == task.id),
+                Reminder.remind_at,
+                Reminder.message_id,
+                query.cursor,
+                query.limit,
+                newest_first=True,
+            )
             rows = list(session.scalars(statement))
             items = [_reminder_out(row) for row in rows[: query.limit]]
+            keys = [(row.remind_at, row.message_id) for row in rows]
             session.rollback()
-        more = len(rows) > query.limit
-        last = items[-1] if more else None
-        return ReminderPage(
-            items=items,
-            next_cursor=encode_cursor(last.remind_at, last.message_id) if last else None,
-        )
+        return ReminderPage(items=items, next_cursor=next_cursor(keys, query.limit))
 
     def list(self, owner: Owner, query: TaskQuery) -> TaskPage:
         """One page of the owner's tasks ordered by (due_at, id).
@@ -473,19 +468,14 @@ class TaskService:
             statement = statement.where(Task.due_at >= query.due_after)
         if query.due_before:
             statement = statement.where(Task.due_at < query.due_before)
-        if query.cursor:
-            after_due, after_id = decode_cursor(query.cursor)
-            statement = statement.where(tuple_(Task.due_at, Task.id) > tuple_(after_due, after_id))
-        statement = statement.order_by(Task.due_at, Task.id).limit(query.limit + 1)
+        statement = keyset(statement, Task.due_at, Task.id, query.cursor, query.limit)
         with self.sessions() as session:
             rows = session.connection().execute(statement).all()
             session.rollback()
-        more = len(rows) > query.limit
         now = self.clock()
-        items = [_row_out(row, owner, now) for row in rows[: query.limit]]
-        last = items[-1] if more else None
         return TaskPage(
-            items=items, next_cursor=encode_cursor(last.due_at, last.id) if last else None
+            items=[_row_out(row, owner, now) for row in rows[: query.limit]],
+            next_cursor=next_cursor([(row.due_at, row.id) for row in rows], query.limit),
         )
 
 
