@@ -61,7 +61,9 @@ class OutageAwareRetries(Retries):
         broker.enqueue(message, delay=self.min_backoff)
 
 
-def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisBroker:
+def make_broker(
+    settings: Settings, client: redis.Redis | None = None, *, ack_linger_seconds: float = 0.0
+) -> RedisBroker:
     """A Redis broker with retries, backoff and dead-letter TTL taken from ``settings``.
 
     Of Dramatiq's default middleware only what the service uses: TimeLimit (a hung delivery
@@ -70,7 +72,9 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisB
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
     hooks on every message. `BatchedDelayHandOver` moves due delayed messages to their
     queue in batches (Dramatiq's worker does it one round trip at a time). Passing
-    ``client`` (e.g. a fakeredis client) replaces the connection to ``REDIS_URL``.
+    ``client`` (e.g. a fakeredis client) replaces the connection to ``REDIS_URL``;
+    ``ack_linger_seconds`` lets acknowledgements gather before they are sent
+    (`GroupAckRedisBroker`).
     """
     retries = OutageAwareRetries(
         max_retries=settings.max_retries,
@@ -84,6 +88,7 @@ def make_broker(settings: Settings, client: redis.Redis | None = None) -> RedisB
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         dead_message_ttl=settings.dead_letter_ttl_seconds * 1000,
         middleware=[TimeLimit(), retries],
+        ack_linger_seconds=ack_linger_seconds,
     )
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(BatchedDelayHandOver())

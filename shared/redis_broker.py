@@ -151,7 +151,13 @@ def _overrides(middleware: Middleware, hook: str) -> bool:
 
 
 class GroupAckRedisBroker(RedisBroker):
-    """Dramatiq's Redis broker, whose consumers acknowledge messages in groups.
+    """Dramatiq's Redis broker, whose consumers acknowledge messages in groups (`AckGroup`).
+
+    ``ack_linger_seconds`` > 0 (the workers' broker, `ACK_LINGER_SECONDS`): an
+    acknowledgement waits up to that long for others to join it, and a thread of the
+    broker sends each group; the worker thread goes on at once. 0: the acknowledging thread
+    sends it (with whatever other threads add while it is on its way), and a connection
+    error reaches the caller, as with Dramatiq's own consumer.
 
     A signal is emitted only to the middleware whose class overrides its hook: Dramatiq
     calls every middleware's hook for each of a message's signals (``process_message``,
@@ -161,9 +167,25 @@ class GroupAckRedisBroker(RedisBroker):
 
     _listeners: tuple[tuple[Middleware, ...], dict[str, list[Middleware]]] = ((), {})
 
+    def __init__(self, *, ack_linger_seconds: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ack_linger_seconds = ack_linger_seconds
+        self._ack_script = _client(self).register_script(_ACK_GROUP)
+        self._ack_groups: dict[str, AckGroup] = {}
+        self._ack_groups_lock = threading.Lock()
+
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _GroupAckConsumer
+
+    def ack_group(self, queue_name: str) -> AckGroup:
+        """The acknowledgements waiting for ``queue_name``'s consumers of this broker: one
+        per queue, kept when a consumer is replaced (after a lost connection)."""
+        with self._ack_groups_lock:
+            group = self._ack_groups.get(queue_name)
+            if group is None:
+                group = self._ack_groups[queue_name] = AckGroup(self, queue_name)
+            return group
 
     def _listening(self, hook: str) -> list[Middleware]:
         stack, by_hook = self._listeners
@@ -196,6 +218,143 @@ class GroupAckRedisBroker(RedisBroker):
                 self.logger.critical(
                     "Unexpected failure in %s of %r.", hook, middleware, exc_info=True
                 )
+
+
+# The workers' broker: how long an acknowledgement waits for others to share its round trip.
+# At a few hundred messages per second and thread, 10 ms gathers a handful per group; an
+# acknowledgement lost with a crash in that window only means a redelivery (a no-op).
+ACK_LINGER_SECONDS = 0.01
+ACK_GROUP_MAX = 1000  # broker ids per script call
+
+
+class AckGroup:
+    """The acknowledgements of one queue's consumers, sent to Redis in groups.
+
+    Each group is one call of `_ACK_GROUP`, which does for every id what Dramatiq's ``ack``
+    does for one (remove it from the instance's set of unacknowledged ids and its message
+    from the queue's hash) and beats the instance's heartbeat, as every Dramatiq call does.
+
+    With a linger (`GroupAckRedisBroker`), ``add`` only records the ids: a thread started
+    at the first one sends what has gathered ``linger`` seconds after each wake-up, and
+    after a lost connection tries again every `ACK_RETRY_SECONDS`, keeping the ids; a
+    worker closing its consumers sends what waits (`flush`). Without one, the first thread
+    to add ids sends them, with every id other threads add meanwhile, until none is left;
+    the others go on.
+    """
+
+    def __init__(self, broker: GroupAckRedisBroker, queue_name: str) -> None:
+        self._broker = broker
+        self._queue_name = queue_name
+        self._linger = broker.ack_linger_seconds
+        self._lock = threading.Lock()
+        self._waiting: list[str] = []
+        self._sending = False
+        self._wake = threading.Event()
+        self._sender: threading.Thread | None = None
+        namespace = broker.namespace
+        self._keys = [
+            f"{namespace}:__heartbeats__",
+            f"{namespace}:__acks__.{broker.broker_id}.{queue_name}",
+            f"{namespace}:{queue_name}.msgs",
+        ]
+
+    @property
+    def sending(self) -> bool:
+        """Whether a group is on its way to Redis."""
+        return self._sending
+
+    def add(self, broker_ids: Sequence[str]) -> None:
+        """Acknowledge ``broker_ids``: now (no linger), or within the linger.
+
+        Raises:
+            ConnectionClosed: no linger, and Redis could not be reached; the ids stay
+                waiting and go with the next ``add`` (Dramatiq's worker acknowledges again
+                after a pause).
+        """
+        with self._lock:
+            self._waiting.extend(broker_ids)
+            if self._linger:
+                if self._sender is None:
+                    self._sender = threading.Thread(
+                        target=self._send_lingering, name=f"acks-{self._queue_name}", daemon=True
+                    )
+                    self._sender.start()
+                self._wake.set()
+                return
+        self._send_waiting()
+
+    def flush(self) -> None:
+        """Send what waits now (the worker is stopping, or its consumer is replaced after a
+        lost connection). What cannot reach Redis stays unacknowledged: the lingering
+        sender tries again, and if the process ends first, maintenance gives it back once
+        this instance stops beating."""
+        deadline = time.monotonic() + ACK_RETRY_SECONDS
+        while self._sending and time.monotonic() < deadline:  # another thread's group
+            time.sleep(0.001)
+        try:
+            self._send_waiting()
+        except (ConnectionClosed, redis.RedisError) as error:
+            log.warning(
+                "broker.acks_not_sent",
+                queue=self._queue_name,
+                count=len(self._waiting),
+                error=str(error),
+            )
+
+    def _send_lingering(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self._linger)
+            self._wake.clear()
+            try:
+                self._send_waiting()
+            except Exception as error:  # kept waiting: tried again after a pause
+                log.warning("broker.ack_failed", queue=self._queue_name, error=str(error))
+                self._wake.set()
+                time.sleep(ACK_RETRY_SECONDS)
+
+    def _send_waiting(self) -> None:
+        with self._lock:
+            if self._sending:
+                return
+            self._sending = True
+        group: list[str] = []
+        try:
+            while True:
+                with self._lock:
+                    group = self._waiting[:ACK_GROUP_MAX]
+                    del self._waiting[:ACK_GROUP_MAX]
+                    if not group:
+                        self._sending = False
+                        return
+                self._send(group)
+        except BaseException:
+            with self._lock:
+                self._waiting[:0] = group
+                self._sending = False
+            raise
+
+    def _send(self, broker_ids: list[str]) -> None:
+        try:
+            # A Script call loads the script again if Redis lost it (restarted).
+            self._broker._ack_script(
+                keys=self._keys, args=[current_millis(), self._broker.broker_id, *broker_ids]
+            )
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+
+
+# Dramatiq's ``ack`` (dispatch.lua) for many broker ids at once, with its heartbeat.
+# KEYS: the heartbeats set, the instance's unacknowledged ids of the queue, the queue's
+# messages hash. ARGV: the time (ms), the broker instance's id, then the broker ids.
+_ACK_GROUP = """
+redis.call("zadd", KEYS[1], ARGV[1], ARGV[2])
+for i = 3, #ARGV do
+    if redis.call("srem", KEYS[2], ARGV[i]) > 0 then
+        redis.call("hdel", KEYS[3], ARGV[i])
+    end
+end
+"""
 
 
 HAND_OVER_BATCH = 1000  # due delayed messages moved to their queue per round trip
@@ -293,26 +452,19 @@ def _acknowledge(broker: GroupAckRedisBroker, thread: Any, messages: list[Messag
 
 
 class _GroupAckConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer, with acknowledgements sent as a group.
+    """Dramatiq's Redis consumer, with acknowledgements sent as a group (`AckGroup`).
 
     Dramatiq acknowledges each processed message from the worker thread that processed it,
-    one script call and one Redis round trip per message. Here the first thread to
-    acknowledge becomes the sender: it sends its own acknowledgement and every one the other
-    threads add meanwhile, as Dramatiq's own ``ack`` script calls pipelined in one round
-    trip, until none is left; the other threads add theirs and go on. An idle worker still
-    acknowledges at once; a busy one sends one round trip for several messages.
-
-    If sending fails, the group is kept for the next sender and the connection error goes
-    to Dramatiq, which retries the acknowledgement. A message whose acknowledgement never
-    reached Redis (the process was killed) is given back by maintenance and delivered
-    again; delivery is idempotent in the database, so that costs a no-op, not a duplicate.
+    one script call and one Redis round trip per message. Here the ids go to the broker's
+    `AckGroup` for the queue, which sends several in one call. A message whose
+    acknowledgement never reached Redis (the process was killed) is given back by
+    maintenance and delivered again; delivery is idempotent in the database, so that costs
+    a no-op, not a duplicate.
     """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._lock = threading.Lock()
-        self._waiting: list[str] = []
-        self._sending = False
+        self._acks = self.broker.ack_group(self.queue_name)
         self._set_aside_script = _client(self.broker).register_script(_SET_ASIDE)
 
     def __next__(self) -> MessageProxy | None:
@@ -375,60 +527,16 @@ class _GroupAckConsumer(_RedisConsumer):
         self.ack_many([message])
 
     def ack_many(self, messages: Sequence[MessageProxy]) -> None:
-        """Acknowledge ``messages``, with whatever other threads add meanwhile.
+        """Acknowledge ``messages`` in a group (see `AckGroup.add`); ``ack_many([])`` sends
+        again what a connection error kept waiting."""
+        for message in messages:
+            self.queued_message_ids.discard(message.message_id)
+        self._acks.add([message.options["redis_message_id"] for message in messages])
 
-        After a connection error the group stays waiting: ``ack_many([])`` sends it again.
-        """
-        with self._lock:
-            for message in messages:
-                self.queued_message_ids.discard(message.message_id)
-                self._waiting.append(message.options["redis_message_id"])
-            if self._sending:
-                return
-            self._sending = True
-        group: list[str] = []
-        try:
-            while True:
-                with self._lock:
-                    group, self._waiting = self._waiting, []
-                    if not group:
-                        self._sending = False
-                        return
-                self._send_acks(group)
-        except BaseException:
-            with self._lock:
-                self._waiting[:0] = group
-                self._sending = False
-            raise
-
-    def _send_acks(self, broker_ids: list[str]) -> None:
-        broker: RedisBroker = self.broker
-        try:
-            if len(broker_ids) == 1:
-                broker.do_ack(self.queue_name, broker_ids[0])
-                return
-            sha = broker.scripts["dispatch"].sha
-            common = [
-                current_millis(),
-                self.queue_name,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                0,  # no maintenance: Dramatiq never does it on an ack either
-                broker._max_unpack_size(),
-            ]
-            with _client(broker).pipeline(transaction=False) as pipe:
-                for broker_id in broker_ids:
-                    pipe.evalsha(sha, 1, broker.namespace, "ack", *common, broker_id)
-                try:
-                    pipe.execute()
-                except redis.exceptions.NoScriptError:
-                    # Redis lost its scripts (restarted): acknowledge one by one, which loads
-                    # the script again. Acknowledging a message twice is harmless.
-                    for broker_id in broker_ids:
-                        broker.do_ack(self.queue_name, broker_id)
-        except redis.ConnectionError as error:
-            raise ConnectionClosed(error) from None
+    def close(self) -> None:
+        """Send the acknowledgements still waiting (the worker is stopping, or this consumer
+        is replaced after a lost connection)."""
+        self._acks.flush()
 
 
 # Finds the entry of an undecodable body among a consumer's fetched, unacknowledged ids and

@@ -13,6 +13,7 @@ from shared.config import settings_or_exit
 from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
 from shared.queue import make_broker
+from shared.redis_broker import ACK_LINGER_SECONDS
 from workers.actors import Pipeline, declare_actors
 from workers.channels import make_channel
 from workers.endpoint_channel import make_endpoint_channel
@@ -20,7 +21,9 @@ from workers.endpoint_channel import make_endpoint_channel
 settings = settings_or_exit()
 
 configure_logging(settings.log_level)
-broker = make_broker(settings)
+# Acknowledgements gather for a few milliseconds and go to Redis together, from a thread of
+# their own: a worker thread never waits on one.
+broker = make_broker(settings, ack_linger_seconds=ACK_LINGER_SECONDS)
 if settings.metrics_port:
     from dramatiq.middleware.prometheus import Prometheus
 

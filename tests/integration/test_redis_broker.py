@@ -29,6 +29,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.worker import Worker
 
 from shared.queue import QUEUE_NAME, make_broker, reminder_message
+from shared import redis_broker
 from shared.redis_broker import (
     QueueDepth,
     dead_letters,
@@ -53,9 +54,9 @@ def brokers(redis_namespace: str) -> Iterator[BrokerFactory]:
     """Broker instances on this test's namespace, each like one worker process."""
     made: list[RedisBroker] = []
 
-    def build(**settings: Any) -> RedisBroker:
+    def build(ack_linger_seconds: float = 0.0, **settings: Any) -> RedisBroker:
         settings = {"redis_url": REDIS_URL, "redis_namespace": redis_namespace, **settings}
-        broker = make_broker(make_settings(**settings))
+        broker = make_broker(make_settings(**settings), ack_linger_seconds=ack_linger_seconds)
         made.append(broker)
         return broker
 
@@ -564,7 +565,7 @@ def test_acks_made_while_one_waits_on_redis_go_with_it(brokers: BrokerFactory) -
         sender = threading.Thread(target=consumer.ack, args=(fetched[0],))
         sender.start()
         deadline = time.monotonic() + 5
-        while not getattr(consumer, "_sending", False) and time.monotonic() < deadline:
+        while not consumer._acks.sending and time.monotonic() < deadline:
             time.sleep(0.01)
         others = threading.Thread(target=lambda: [consumer.ack(p) for p in fetched[1:]])
         others.start()
@@ -604,4 +605,84 @@ def test_acks_that_could_not_reach_redis_are_sent_with_the_next(
 
     direct = brokers()
     assert queue_depth(direct, QUEUE_NAME).in_flight == 1  # only fetched[2], never acked
+    assert pending_message_ids(direct, QUEUE_NAME) == {fetched[2].message_id}
+
+
+def in_flight_within(broker: RedisBroker, expected: int, seconds: float = 5) -> int:
+    """The queue's in-flight count once it is ``expected``, or when ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while (count := queue_depth(broker, QUEUE_NAME).in_flight) != expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return count
+
+
+def test_lingering_acks_never_hold_up_a_worker_thread_and_all_reach_redis(
+    brokers: BrokerFactory,
+) -> None:
+    broker = brokers(ack_linger_seconds=0.02)  # as the workers' broker
+    enqueue_batch(broker, [message() for _ in range(400)])
+    consumer, fetched = fetch_all(broker, 400)
+    admin = redis.Redis.from_url(REDIS_URL)
+    admin.client_pause(10_000, all=False)  # writes (every script call) wait; reads go on
+    try:
+
+        def ack_from_eight_threads() -> None:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(consumer.ack, fetched))
+
+        acking = threading.Thread(target=ack_from_eight_threads, daemon=True)
+        acking.start()
+        acking.join(timeout=5)
+
+        assert not acking.is_alive(), "a worker thread waited on Redis to acknowledge"
+        assert queue_depth(broker, QUEUE_NAME).in_flight == 400  # none sent yet
+    finally:
+        admin.client_unpause()
+        admin.close()
+
+    assert in_flight_within(broker, 0) == 0
+    assert stored_keys(broker) == set()
+
+
+def test_closing_a_consumer_sends_its_lingering_acks_at_once(brokers: BrokerFactory) -> None:
+    broker = brokers(ack_linger_seconds=60)  # nothing would go out on its own in this test
+    enqueue_batch(broker, [message() for _ in range(3)])
+    consumer, fetched = fetch_all(broker, 3)
+    for proxy in fetched[:2]:
+        consumer.ack(proxy)
+    assert queue_depth(broker, QUEUE_NAME).in_flight == 3  # still lingering
+
+    consumer.close()  # what Dramatiq's worker does as it stops
+
+    assert queue_depth(broker, QUEUE_NAME).in_flight == 1
+    assert pending_message_ids(broker, QUEUE_NAME) == {fetched[2].message_id}
+
+
+def test_lingering_acks_cut_off_from_redis_are_sent_once_it_is_back(
+    brokers: BrokerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_broker, "ACK_RETRY_SECONDS", 0.2)
+    server = urlsplit(REDIS_URL)
+    proxy = TcpProxy((server.hostname or "127.0.0.1", server.port or 6379))
+    direct = brokers()
+    try:
+        through_proxy = brokers(
+            redis_url=server._replace(netloc=f"127.0.0.1:{proxy.port}").geturl(),
+            ack_linger_seconds=0.01,
+        )
+        enqueue_batch(through_proxy, [message() for _ in range(3)])
+        consumer, fetched = fetch_all(through_proxy, 3)
+
+        proxy.cut()
+        consumer.ack(fetched[0])  # no error: the worker thread goes on
+        consumer.ack(fetched[1])
+        time.sleep(0.5)  # the sender tries, fails and waits to try again, twice over
+        assert queue_depth(direct, QUEUE_NAME).in_flight == 3
+        proxy.restore()
+
+        assert in_flight_within(direct, 1) == 1  # only fetched[2], never acked
+    finally:
+        proxy.close()
     assert pending_message_ids(direct, QUEUE_NAME) == {fetched[2].message_id}
