@@ -54,8 +54,8 @@ class PermanentDeliveryError(DeliveryError):
 class ReminderPayload:
     """One reminder as handed to a channel.
 
-    ``body`` is what a webhook receives, byte for byte; ``sent_at`` is this attempt's time,
-    which is deliberately not in the body.
+    ``body`` is what a webhook receives, byte for byte (empty for a channel that sends no
+    body); ``sent_at`` is this attempt's time, which is deliberately not in the body.
     """
 
     message_id: str
@@ -108,6 +108,9 @@ class Channel(Protocol):
     # True when delivering *is* writing the ``reminder.sent`` log event (the log channel),
     # so the actor does not write a second one after the commit.
     announces_delivery: bool
+    # False when the channel never reads ``ReminderPayload.body`` (the log channel): the
+    # body is then not built.
+    sends_body: bool
 
     def deliver(self, reminder: ReminderPayload) -> None:
         """Hand the reminder over. Raises: TransientDeliveryError, PermanentDeliveryError."""
@@ -118,6 +121,7 @@ class LogChannel:
 
     name = "log"
     announces_delivery = True
+    sends_body = False
 
     def deliver(self, reminder: ReminderPayload) -> None:
         log.info(
@@ -136,6 +140,7 @@ class WebhookChannel:
 
     name = "webhook"
     announces_delivery = False
+    sends_body = True
 
     def __init__(self, url: str, secret: str, timeout_seconds: float) -> None:
         self.url = url

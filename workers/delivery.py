@@ -196,7 +196,8 @@ def deliver_occurrence(
                 # The driver's rows are in the session's zone.
                 due_at, remind_at = due_at.astimezone(UTC), remind_at.astimezone(UTC)
                 message_id, task_id = named.message_id, named.task_id
-                if kept_body is None:
+                # A user's endpoint, or a channel that sends it, needs the body.
+                if kept_body is None and (endpoint_id is not None or channel.sends_body):
                     body = reminder_body(
                         message_id=str(message_id),
                         task_id=str(task_id),
@@ -213,7 +214,7 @@ def deliver_occurrence(
                     due_at=due_at,
                     remind_at=remind_at,
                     sent_at=now,
-                    body=body if body is not None else kept_body.encode(),
+                    body=body if body is not None else (kept_body or "").encode(),
                 )
                 if (
                     endpoints is not None

@@ -28,6 +28,8 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 class Recorder:
     name = "recorder"
+    announces_delivery = False
+    sends_body = True
 
     def __init__(self, fail: bool = False) -> None:
         self.delivered: list[ReminderPayload] = []

@@ -202,6 +202,7 @@ class Broken:
 
     name = "broken"
     announces_delivery = False
+    sends_body = False
 
     def deliver(self, reminder: ReminderPayload) -> None:
         raise ZeroDivisionError("a bug in the channel")

@@ -43,6 +43,7 @@ class Recorder:
 
     name = "recorder"
     announces_delivery = False
+    sends_body = True
 
     def __init__(self) -> None:
         self.delivered: list[ReminderPayload] = []
