@@ -137,9 +137,16 @@ def _driver_sql(statement: Executable, dialect: Dialect) -> tuple[str, dict[str,
     return compiled.string, dict(compiled.params)
 
 
+_KEPT_CURSOR = "reminders.cursor"
+
+
 @contextmanager
-def _driver_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
-    """A pooled psycopg connection, failing as a SQLAlchemy connection would.
+def _driver_cursor(engine: Engine) -> Iterator[psycopg.Cursor[Any]]:
+    """A cursor of a pooled psycopg connection, failing as a SQLAlchemy connection would.
+
+    The cursor is kept with the connection (its pool record's ``info``, cleared when the
+    connection is replaced) and used again by its next users: a new cursor would look up
+    its parameter and row adapters again.
 
     A psycopg error is raised as SQLAlchemy's ``DBAPIError`` subclass. A lost connection
     marks every pooled connection as old, as SQLAlchemy does (they were all opened to the
@@ -155,7 +162,10 @@ def _driver_connection(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
         driver = pooled.driver_connection
         assert isinstance(driver, psycopg.Connection)
         try:
-            yield driver
+            cursor = pooled.info.get(_KEPT_CURSOR)
+            if cursor is None or cursor.closed or cursor.connection is not driver:
+                cursor = pooled.info[_KEPT_CURSOR] = driver.cursor()
+            yield cursor
         except psycopg.Error as exc:
             lost = driver.closed or driver.broken  # as SQLAlchemy's psycopg dialect tells
             if lost:
@@ -188,9 +198,9 @@ def hot_transaction(engine: Engine) -> Iterator[Rows]:
         with engine.begin() as connection:
             yield lambda statement, params: connection.execute(statement, params).all()
         return
-    with _driver_connection(engine) as driver, driver.cursor() as cursor:
+    with _driver_cursor(engine) as cursor:
         yield lambda statement, params: _driver_rows(cursor, engine.dialect, statement, params)
-        driver.commit()
+        cursor.connection.commit()
 
 
 def hot_statement(
@@ -200,11 +210,11 @@ def hot_statement(
     if engine.dialect.name != "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             return connection.execute(statement, params).all()
-    with _driver_connection(engine) as driver:
+    with _driver_cursor(engine) as cursor:
+        driver = cursor.connection
         driver.autocommit = True
         try:
-            with driver.cursor() as cursor:
-                return _driver_rows(cursor, engine.dialect, statement, params)
+            return _driver_rows(cursor, engine.dialect, statement, params)
         finally:
             if not (driver.closed or driver.broken):
                 driver.autocommit = False  # as the pool's other users expect it
@@ -217,7 +227,7 @@ def once_more_if_connection_lost(action: Callable[[], T]) -> T:
     """Run ``action``, and once more if its pooled connection turned out to be dead.
 
     For reads on an engine without pre-ping: the pool has then marked that connection and
-    every one as old (a SQLAlchemy connection and `_driver_connection` both do), so the
+    every one as old (a SQLAlchemy connection and `_driver_cursor` both do), so the
     second try runs on a fresh one. Never for writes, whose first try may have committed.
     """
     try:

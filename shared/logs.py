@@ -19,7 +19,6 @@ import structlog
 from dramatiq.compat import StreamablePipe
 
 _SHARED_PROCESSORS: list[Any] = [
-    structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
 ]
