@@ -28,8 +28,8 @@ from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.worker import Worker
 
-from shared.queue import QUEUE_NAME, make_broker, reminder_message
 from shared import redis_broker
+from shared.queue import QUEUE_NAME, make_broker, reminder_message
 from shared.redis_broker import (
     QueueDepth,
     dead_letters,
