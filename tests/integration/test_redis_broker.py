@@ -686,3 +686,45 @@ def test_lingering_acks_cut_off_from_redis_are_sent_once_it_is_back(
     finally:
         proxy.close()
     assert pending_message_ids(direct, QUEUE_NAME) == {fetched[2].message_id}
+
+
+def test_a_stopping_worker_sends_its_lingering_acks_before_it_ends(
+    brokers: BrokerFactory,
+) -> None:
+    """A Dramatiq worker whose acknowledgements would linger a minute: stopping it sends
+    them, so nothing it processed is left in flight (to be redelivered after maintenance)."""
+    broker = brokers(ack_linger_seconds=60)
+    processed: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE_NAME, actor_name="record")
+    def record(number: int) -> None:
+        processed.append(number)
+
+    enqueue_batch(
+        broker,
+        [
+            Message(
+                queue_name=QUEUE_NAME,
+                actor_name="record",
+                args=(number,),
+                kwargs={},
+                options={},
+                message_id=str(uuid.uuid4()),
+            )
+            for number in range(300)
+        ],
+    )
+    worker = Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(processed) < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lingering = queue_depth(broker, QUEUE_NAME).in_flight
+    finally:
+        worker.stop()
+
+    assert sorted(processed) == list(range(300))
+    assert lingering > 0  # processed, not yet acknowledged: the linger holds them
+    assert queue_depth(broker, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
+    assert stored_keys(broker) == set()
