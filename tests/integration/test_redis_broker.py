@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,6 +76,33 @@ def message(**options: Any) -> Message[Any]:
         options=options,
         message_id=str(uuid.uuid4()),
     )
+
+
+def recorded(number: int, queue_name: str = QUEUE_NAME, **options: Any) -> Message[Any]:
+    """A message for a test's ``record`` actor."""
+    return Message(
+        queue_name=queue_name,
+        actor_name="record",
+        args=(number,),
+        kwargs={},
+        options=options,
+        message_id=str(uuid.uuid4()),
+    )
+
+
+@contextmanager
+def worker_until(broker: RedisBroker, done: Callable[[], bool], seconds: float) -> Iterator[None]:
+    """A Dramatiq worker (4 threads) on ``broker``, entered once ``done()`` or after
+    ``seconds``; stopped as the block ends."""
+    worker = Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield
+    finally:
+        worker.stop()
 
 
 def fetch(broker: RedisBroker, queue_name: str = QUEUE_NAME, timeout: float = 5) -> MessageProxy:
@@ -496,28 +524,11 @@ def test_due_delayed_messages_are_each_processed_once_and_the_not_due_are_held(
 
     soon, later = current_millis() + 1500, current_millis() + 600_000
 
-    def delayed(number: int, eta: int) -> Message[Any]:
-        return Message(
-            queue_name=dq_name(QUEUE_NAME),
-            actor_name="record",
-            args=(number,),
-            kwargs={},
-            options={"eta": eta},
-            message_id=str(uuid.uuid4()),
-        )
-
-    enqueue_batch(broker, [delayed(n, soon) for n in range(2500)])
-    enqueue_batch(broker, [delayed(n, later) for n in range(2500, 2800)])
-    worker = Worker(broker, worker_threads=4, worker_timeout=100)
-    worker.start()
-    try:
-        deadline = time.monotonic() + 60
-        while len(processed) < 2500 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    enqueue_batch(broker, [recorded(n, dq_name(QUEUE_NAME), eta=soon) for n in range(2500)])
+    enqueue_batch(broker, [recorded(n, dq_name(QUEUE_NAME), eta=later) for n in range(2500, 2800)])
+    with worker_until(broker, lambda: len(processed) >= 2500, seconds=60):
         time.sleep(0.5)  # a duplicate hand-over would show up by now
         held = queue_depth(broker, QUEUE_NAME)
-    finally:
-        worker.stop()
 
     assert sorted(number for number, _ in processed) == list(range(2500))
     assert min(at for _, at in processed) >= soon
@@ -700,29 +711,9 @@ def test_a_stopping_worker_sends_its_lingering_acks_before_it_ends(
     def record(number: int) -> None:
         processed.append(number)
 
-    enqueue_batch(
-        broker,
-        [
-            Message(
-                queue_name=QUEUE_NAME,
-                actor_name="record",
-                args=(number,),
-                kwargs={},
-                options={},
-                message_id=str(uuid.uuid4()),
-            )
-            for number in range(300)
-        ],
-    )
-    worker = Worker(broker, worker_threads=4, worker_timeout=100)
-    worker.start()
-    try:
-        deadline = time.monotonic() + 30
-        while len(processed) < 300 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    enqueue_batch(broker, [recorded(number) for number in range(300)])
+    with worker_until(broker, lambda: len(processed) >= 300, seconds=30):
         lingering = queue_depth(broker, QUEUE_NAME).in_flight
-    finally:
-        worker.stop()
 
     assert sorted(processed) == list(range(300))
     assert lingering > 0  # processed, not yet acknowledged: the linger holds them
