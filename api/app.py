@@ -47,15 +47,16 @@ from api.problems import (
 from api.schemas import Health, Problem, Readiness
 from api.service import Planning, TaskService
 from api.tasks import json_response, tasks_api
-from shared import activity, endpoints
-from shared.address_guard import Resolver, system_resolver
+from shared.broker.queue import make_broker, ping
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory, once_more_if_connection_lost, utcnow
-from shared.dead_letters import DeadLetterDesk
-from shared.endpoints import UrlPolicy
-from shared.queue import make_broker, ping
-from shared.secret_box import SecretBox
-from shared.webhooks import WebhookSender
+from shared.delivery import endpoints
+from shared.delivery.address_guard import Resolver, system_resolver
+from shared.delivery.endpoints import UrlPolicy
+from shared.delivery.secret_box import SecretBox
+from shared.delivery.webhooks import WebhookSender
+from shared.ops import activity
+from shared.ops.dead_letters import DeadLetterDesk
+from shared.store.db import make_engine, make_session_factory, once_more_if_connection_lost, utcnow
 
 MAX_BODY_BYTES = 64 * 1024
 DRAIN_LIMIT_BYTES = 1024 * 1024

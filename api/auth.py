@@ -6,9 +6,9 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.service import Owner
-from shared.db import hot_statement, once_more_if_connection_lost
-from shared.keys import hash_token
-from shared.models import ApiToken, User
+from shared.planning.keys import hash_token
+from shared.store.db import hot_statement, once_more_if_connection_lost
+from shared.store.models import ApiToken, User
 
 MAX_TOKEN_LENGTH = 200
 

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from markupsafe import Markup
 
-from shared.activity import Minute
+from shared.ops.activity import Minute
 
 # The drawing's own units; the browser scales them to the container's width. Small enough
 # that the 10-unit text stays legible on a phone, large enough for 60 bars.
@@ -43,7 +43,7 @@ class Chart:
 
 
 def last_hour_charts(minutes: Sequence[Minute]) -> list[Chart]:
-    """The page's charts of ``shared.activity.last_hour``: one per measure."""
+    """The page's charts of ``shared.ops.activity.last_hour``: one per measure."""
     starts = [minute.start for minute in minutes]
 
     def bars(key: str, caption: str, values: Sequence[Value], summed: bool = True) -> Chart:

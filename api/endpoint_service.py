@@ -1,7 +1,7 @@
 """Endpoint operations behind the HTTP API, each one transaction, each scoped to one owner.
 
 Another user's endpoint is simply not found (404), as for tasks. A URL is checked by the
-address guard before it is saved (`shared.endpoints.UrlPolicy`); the secret is shown only
+address guard before it is saved (`shared.delivery.endpoints.UrlPolicy`); the secret is shown only
 by `create` and `rotate_secret`.
 """
 
@@ -29,12 +29,12 @@ from api.schemas import (
     HistoryQuery,
 )
 from api.service import Owner
-from shared import endpoints
-from shared.db import unit_of_work, utcnow
-from shared.endpoints import Attempt, UrlPolicy
-from shared.models import Endpoint, EndpointAttempt
-from shared.secret_box import SecretBox
-from shared.webhooks import WebhookSender, signed_headers
+from shared.delivery import endpoints
+from shared.delivery.endpoints import Attempt, UrlPolicy
+from shared.delivery.secret_box import SecretBox
+from shared.delivery.webhooks import WebhookSender, signed_headers
+from shared.store.db import unit_of_work, utcnow
+from shared.store.models import Endpoint, EndpointAttempt
 
 
 def _endpoint_out(endpoint: Endpoint) -> EndpointOut:

@@ -20,7 +20,7 @@ from api.schemas import (
     HistoryQuery,
 )
 from api.tasks import SECURITY, caller, json_response
-from shared.address_guard import AddressRefused
+from shared.delivery.address_guard import AddressRefused
 
 NO_ENDPOINT = {404: "No such endpoint (or not yours)"}
 CREATED = {

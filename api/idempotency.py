@@ -3,7 +3,7 @@
 - same key, same body: the stored response again (same status, same task), no second task;
 - same key, another body: 422;
 - same key while the first request is still in flight: 409;
-- keys are per user and kept ``KEY_LIFETIME`` (24 h), then purged (``shared.housekeeping``).
+- keys are per user and kept ``KEY_LIFETIME`` (24 h), then purged (``shared.store.housekeeping``).
 
 The draft makes the field a Structured Field string (RFC 9651), ``Idempotency-Key: "abc"``;
 many clients send the key bare, ``Idempotency-Key: abc``. Both name the key ``abc``
@@ -39,9 +39,9 @@ from sqlalchemy import delete
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import database_unreachable, unit_of_work, utcnow
 from shared.logs import get_logger
-from shared.models import IdempotencyKey
+from shared.store.db import database_unreachable, unit_of_work, utcnow
+from shared.store.models import IdempotencyKey
 
 log = get_logger("api.idempotency")
 

@@ -16,7 +16,7 @@ from flask_limiter import HeaderNames, Limiter, RateLimitExceeded
 from api.auth import bearer_token
 from api.problems import problem
 from shared.config import Settings
-from shared.keys import hash_token
+from shared.planning.keys import hash_token
 
 
 def caller_key() -> str:

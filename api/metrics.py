@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shared.queue import QUEUE_NAME
-from shared.redis_broker import queue_depth
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import queue_depth
 
 
 class QueueDepthCollector(Collector):

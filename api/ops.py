@@ -21,7 +21,7 @@ from api.schemas import (
 )
 from api.service import Owner
 from api.tasks import SECURITY, json_response
-from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
+from shared.ops.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
 
 
 def operator() -> Owner:

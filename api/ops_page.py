@@ -27,8 +27,8 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from api.problems import problem_responses
 from api.schemas import DeadLetterPath, RequestModel
-from shared.db import utcnow
-from shared.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
+from shared.ops.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
+from shared.store.db import utcnow
 
 COOKIE = "reminders_ops_token"
 NOTICE_COOKIE = "reminders_ops_notice"

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from shared.db import database_unreachable
-from shared.recurrence import RecurrenceError
+from shared.planning.recurrence import RecurrenceError
+from shared.store.db import database_unreachable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 VALIDATION_TYPE = "urn:reminders:problem:validation-error"
@@ -196,7 +196,8 @@ def bad_idempotency_key_problem(exc: ValueError) -> Response:
 
 
 def database_unavailable_problem(exc: DBAPIError) -> Response:
-    """503 with Retry-After when the database is unreachable (`shared.db.database_unreachable`).
+    """503 with Retry-After when the database is unreachable
+    (`shared.store.db.database_unreachable`).
 
     A connection that cannot be opened (the server is down, refusing, shutting down or
     starting up) is the same outage as one lost under the request; in both cases the pool

@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from shared.config import THIRTY_DAYS
-from shared.recurrence import parse_rule, time_zone
+from shared.planning.recurrence import parse_rule, time_zone
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50

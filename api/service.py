@@ -30,13 +30,10 @@ from api.schemas import (
     TaskPatch,
     TaskQuery,
 )
-from shared import endpoints
-from shared.db import hot_statement, unit_of_work, utcnow
-from shared.keys import snooze_message_id
-from shared.models import Reminder, Task
-from shared.occurrences import local_start, plan_reminders, reminder_values, series_of
-from shared.queue import SoonDue, enqueue_if_due_soon
-from shared.recurrence import (
+from shared.broker.queue import SoonDue, enqueue_if_due_soon
+from shared.delivery import endpoints
+from shared.planning.keys import snooze_message_id
+from shared.planning.recurrence import (
     Occurrence,
     Series,
     next_occurrence,
@@ -44,7 +41,10 @@ from shared.recurrence import (
     parse_rule,
     validate,
 )
-from shared.rules import PENDING_STATES, normalize_due_at, remind_at
+from shared.planning.rules import PENDING_STATES, normalize_due_at, remind_at
+from shared.store.db import hot_statement, unit_of_work, utcnow
+from shared.store.models import Reminder, Task
+from shared.store.occurrences import local_start, plan_reminders, reminder_values, series_of
 
 
 @dataclass(frozen=True)
@@ -359,7 +359,8 @@ class TaskService:
     ) -> ReminderOut | None:
         """One more reminder at ``until`` for the task's latest occurrence: the one whose
         reminders have started (a remind time passed), else the next one. Its own row and
-        message ID (`shared.keys.snooze_message_id`): the same ``until`` is the same snooze.
+        message ID (`shared.planning.keys.snooze_message_id`): the same ``until`` is the same
+        snooze.
 
         Raises:
             TaskDone: the task is done (nothing to snooze).

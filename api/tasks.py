@@ -38,8 +38,8 @@ from api.schemas import (
     TaskQuery,
 )
 from api.service import NoEndpoint, NoTask, Owner, TaskDone, TaskService
-from shared.db import utcnow
-from shared.recurrence import RecurrenceError
+from shared.planning.recurrence import RecurrenceError
+from shared.store.db import utcnow
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 

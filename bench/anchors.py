@@ -3,7 +3,7 @@
 - *The single loop* (the seeds' design): one process, one loop, per task an atomic
   ``UPDATE … RETURNING`` plus an insert into a log table, one transaction each.
 - *The no-op ceiling*: a no-op Dramatiq actor with the same worker settings, fed as the
-  producer feeds the real one (batches through ``shared.redis_broker.enqueue_batch``), in
+  producer feeds the real one (batches through ``shared.broker.redis_broker.enqueue_batch``), in
   two variants: the plain broker (``bench.noop_app``) and the real worker's broker with all
   its middleware (``bench.noop_real_app``).
 - *pgbench*: a one-insert transaction against a scratch table of the run's schema, with
@@ -28,8 +28,8 @@ from dramatiq import Message
 from bench.harness import PG, Env, wait_until, worker_group
 from bench.noop_app import NOOP_QUEUE
 from bench.noop_real_app import NOOP_ACTOR
-from shared.queue import QUEUE_NAME, make_broker
-from shared.redis_broker import enqueue_batch, queue_depth
+from shared.broker.queue import QUEUE_NAME, make_broker
+from shared.broker.redis_broker import enqueue_batch, queue_depth
 
 CEILING_VARIANTS = {
     # variant: (module the workers load, queue, actor)

@@ -61,12 +61,12 @@ if __name__ == "__main__":
 
 from bench.harness import load_reminders  # noqa: E402
 from cli.processes import worker_env  # noqa: E402
+from shared.broker.queue import QUEUE_NAME, make_broker  # noqa: E402
+from shared.broker.redis_broker import GroupAckRedisBroker, enqueue_batch, queue_depth  # noqa: E402
 from shared.config import Settings, load_settings  # noqa: E402
-from shared.db import make_engine, make_session_factory  # noqa: E402
 from shared.logs import configure_logging  # noqa: E402
-from shared.queue import QUEUE_NAME, make_broker  # noqa: E402
-from shared.redis_broker import GroupAckRedisBroker, enqueue_batch, queue_depth  # noqa: E402
-from shared.schema import upgrade  # noqa: E402
+from shared.store.db import make_engine, make_session_factory  # noqa: E402
+from shared.store.schema import upgrade  # noqa: E402
 from workers.producer import scan_due_tasks  # noqa: E402
 
 PYTHON = sys.executable
@@ -419,7 +419,7 @@ _PARTS_BY_FRAME: list[tuple[str, tuple[str, ...]]] = [
     ("middleware: calling the hooks", ("Broker.emit_before", "Broker.emit_after")),
     ("pool checkout and return (SQLAlchemy)", ("sqlalchemy/",)),
     ("psycopg", ("psycopg/",)),
-    ("Redis client", ("redis/", "shared/redis_broker.py", "dramatiq/brokers/redis.py")),
+    ("Redis client", ("redis/", "shared/broker/redis_broker.py", "dramatiq/brokers/redis.py")),
     ("JSON decode of messages", ("json/", "dramatiq/encoder.py", "dramatiq/message.py")),
     ("thread hand-offs (queue, locks, conditions)", ("queue.py", "threading.py")),
     ("delivery and actor (our code)", ("workers/", "shared/", "uuid.py", "datetime")),

@@ -35,9 +35,9 @@ if str(ROOT) not in sys.path:
 
 from cli.processes import scheduler_env, worker_argv, worker_env  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.db import make_engine, make_session_factory  # noqa: E402
-from shared.keys import hash_token, message_id, new_token  # noqa: E402
-from shared.schema import upgrade  # noqa: E402
+from shared.planning.keys import hash_token, message_id, new_token  # noqa: E402
+from shared.store.db import make_engine, make_session_factory  # noqa: E402
+from shared.store.schema import upgrade  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PG = os.environ.get("REMINDERS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -37,8 +37,8 @@ import pendulum
 from periodiq import cron
 
 from bench.harness import Env, load_reminders, make_user, scheduler, worker_group
+from shared.broker.queue import make_broker
 from shared.config import Settings
-from shared.queue import make_broker
 from workers.producer import scan_due_tasks
 
 CREATE_BEFORE_TICK = 5.0  # periodiq mode: seconds before a tick the rows are written

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dramatiq
 
+from shared.broker.queue import make_broker
 from shared.config import load_settings
-from shared.queue import make_broker
 
 NOOP_QUEUE = "bench_noop"
 

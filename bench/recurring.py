@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.harness import Env, PeakRss, count_sent, make_user, wait_until, worker_group
-from shared.queue import make_broker
+from shared.broker.queue import make_broker
 from workers.producer import ScanResult, _extend_series, scan_due_tasks
 
 RULES = (

@@ -53,8 +53,8 @@ from bench.harness import (  # noqa: E402
 from bench.lateness import bench_burst, bench_steady  # noqa: E402
 from bench.recurring import bench_recurring  # noqa: E402
 from cli.processes import web_argv  # noqa: E402
-from shared.queue import QUEUE_NAME, make_broker  # noqa: E402
-from shared.redis_broker import queue_depth  # noqa: E402
+from shared.broker.queue import QUEUE_NAME, make_broker  # noqa: E402
+from shared.broker.redis_broker import queue_depth  # noqa: E402
 from workers.producer import scan_due_tasks  # noqa: E402
 
 PARTS = ("anchors", "steady", "burst", "e2e", "producer", "recurring", "api")

@@ -15,15 +15,15 @@ import click
 
 from cli.environment import command_settings
 from cli.output import emit_json, jsonable, table
-from shared.db import make_engine, make_session_factory
-from shared.dead_letters import (
+from shared.broker.queue import make_broker
+from shared.ops.dead_letters import (
     DeadLetterDesk,
     DeadLetterFilter,
     DeadLetterView,
     RetryOutcome,
     as_uuid,
 )
-from shared.queue import make_broker
+from shared.store.db import make_engine, make_session_factory
 
 PAGE = 200
 

@@ -40,11 +40,11 @@ from cli.processes import (
     worker_argv,
     worker_env,
 )
-from shared.accounts import create_user, issue_token
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory, unit_of_work
-from shared.models import User
-from shared.schema import upgrade
+from shared.store.accounts import create_user, issue_token
+from shared.store.db import make_engine, make_session_factory, unit_of_work
+from shared.store.models import User
+from shared.store.schema import upgrade
 
 DEV_USER = "dev"
 STOP_GRACE_SECONDS = 15

@@ -12,8 +12,8 @@ import click
 
 from cli.environment import command_settings
 from cli.output import emit_json, table
-from shared import endpoints
-from shared.db import make_engine, make_session_factory
+from shared.delivery import endpoints
+from shared.store.db import make_engine, make_session_factory
 
 
 @click.group("endpoints")

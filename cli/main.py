@@ -33,9 +33,9 @@ from cli.processes import (
     worker_env,
 )
 from shared.config import Settings, settings_or_exit
-from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
-from shared.schema import upgrade
+from shared.store.db import make_engine, make_session_factory
+from shared.store.schema import upgrade
 
 
 @click.group(cls=ReportingGroup)
@@ -68,7 +68,7 @@ def users() -> None:
 @click.option("--operator", is_flag=True, help="May use the /ops endpoints and page.")
 def users_create(name: str, operator: bool) -> None:
     """Create user NAME and print its API token (shown only this once)."""
-    from shared.accounts import DuplicateUser, create_user
+    from shared.store.accounts import DuplicateUser, create_user
 
     settings = command_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
@@ -88,9 +88,9 @@ def users_token(name: str) -> None:
     """
     from sqlalchemy import select
 
-    from shared.accounts import issue_token
-    from shared.db import unit_of_work
-    from shared.models import User
+    from shared.store.accounts import issue_token
+    from shared.store.db import unit_of_work
+    from shared.store.models import User
 
     settings = command_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
@@ -106,7 +106,7 @@ def users_token(name: str) -> None:
 @click.argument("name")
 def users_revoke(name: str) -> None:
     """Revoke every token of user NAME (``users token NAME`` issues a new one)."""
-    from shared.accounts import revoke_tokens
+    from shared.store.accounts import revoke_tokens
 
     settings = command_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
@@ -123,7 +123,7 @@ main.add_command(endpoints_group)
 @main.command("secret-key")
 def secret_key() -> None:
     """Print a new key for REMINDERS_SECRET_KEY (encrypts endpoint secrets at rest)."""
-    from shared.secret_box import generate_key
+    from shared.delivery.secret_box import generate_key
 
     click.echo(generate_key())
 
@@ -132,7 +132,7 @@ def secret_key() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def scan(as_json: bool) -> None:
     """Run the producer once now and print what it enqueued."""
-    from shared.queue import make_broker
+    from shared.broker.queue import make_broker
     from workers.producer import scan_due_tasks
 
     settings = command_settings(redis=True)

@@ -27,10 +27,10 @@ from cryptography.fernet import Fernet
 from sqlalchemy import Engine
 
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory, unit_of_work
-from shared.keys import hash_token, new_token
-from shared.models import ApiToken, User
-from shared.schema import upgrade
+from shared.planning.keys import hash_token, new_token
+from shared.store.db import make_engine, make_session_factory, unit_of_work
+from shared.store.models import ApiToken, User
+from shared.store.schema import upgrade
 
 PG_URL = os.environ.get("REMINDERS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("REMINDERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -4,7 +4,7 @@
 `Pipeline` (database sessions, channel, settings); ``workers.app`` calls it once for the
 ``dramatiq`` and ``periodiq`` command lines, tests call it with their own broker.
 
-Retries are Dramatiq's Retries middleware, configured from settings (``shared.queue``):
+Retries are Dramatiq's Retries middleware, configured from settings (``shared.broker.queue``):
 every exception retries with exponential backoff and jitter except
 `PermanentDeliveryError`, which is in the actor's ``throws`` and dead-letters at once.
 
@@ -31,14 +31,14 @@ from periodiq import PeriodiqMiddleware, cron
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.activity import record_retry, sample_queue_depth
+from shared.broker.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
 from shared.config import Settings
-from shared.db import database_unreachable, utcnow
-from shared.endpoints import purge_attempts
-from shared.housekeeping import purge_expired_idempotency_keys, purge_history
+from shared.delivery.endpoints import purge_attempts
 from shared.logs import get_logger
-from shared.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
-from shared.rules import describe_error
+from shared.ops.activity import record_retry, sample_queue_depth
+from shared.planning.rules import describe_error
+from shared.store.db import database_unreachable, utcnow
+from shared.store.housekeeping import purge_expired_idempotency_keys, purge_history
 from workers import metrics
 from workers.channels import Channel, PermanentDeliveryError
 from workers.delivery import Outcome, deliver_occurrence, parse_occurrence, record_failed_attempt

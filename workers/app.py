@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dramatiq
 
+from shared.broker.queue import make_broker
+from shared.broker.redis_broker import ACK_LINGER_SECONDS
 from shared.config import settings_or_exit
-from shared.db import make_engine, make_session_factory
 from shared.logs import configure_logging
-from shared.queue import make_broker
-from shared.redis_broker import ACK_LINGER_SECONDS
+from shared.store.db import make_engine, make_session_factory
 from workers.actors import Pipeline, declare_actors
 from workers.channels import make_channel
 from workers.endpoint_channel import make_endpoint_channel

@@ -4,7 +4,7 @@
 at-least-once (a crash between delivery and commit repeats it with the same message ID).
 ``webhook`` POSTs the reminder's body with the occurrence's message ID as
 ``Idempotency-Key`` and ``webhook-id``, signed with ``REMINDERS_WEBHOOK_SECRET`` in both
-schemes of `shared.signing` (Standard Webhooks' ``webhook-signature`` and the Stripe-style
+schemes of `shared.delivery.signing` (Standard Webhooks' ``webhook-signature`` and the Stripe-style
 ``X-Reminders-Signature``), so a receiver can check with an off-the-shelf library where it
 came from, and drop repeats. The body is the same bytes on every attempt (`reminder_body`;
 nothing per attempt inside it): only the signatures' timestamp changes, so a receiver
@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo
 from dramatiq import Retry
 
 from shared.config import Settings
+from shared.delivery.webhooks import Answer, WebhookSender, signed_headers
 from shared.logs import get_logger
-from shared.webhooks import Answer, WebhookSender, signed_headers
 
 log = get_logger("delivery")
 
@@ -136,7 +136,7 @@ class LogChannel:
 
 class WebhookChannel:
     """POSTs each reminder to the deployment's URL, signed; the whole call ends within the
-    timeout. The URL is the operator's: no address guard (`shared.webhooks`)."""
+    timeout. The URL is the operator's: no address guard (`shared.delivery.webhooks`)."""
 
     name = "webhook"
     announces_delivery = False

@@ -25,10 +25,10 @@ from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import database_unreachable, hot_transaction, unit_of_work, utcnow
 from shared.logs import get_logger
-from shared.models import Reminder, Task, User
-from shared.rules import DELIVERABLE_STATES, describe_error
+from shared.planning.rules import DELIVERABLE_STATES, describe_error
+from shared.store.db import database_unreachable, hot_transaction, unit_of_work, utcnow
+from shared.store.models import Reminder, Task, User
 from workers.channels import Channel, PermanentDeliveryError, ReminderPayload, reminder_body
 from workers.endpoint_channel import EndpointChannel, Made
 

@@ -19,15 +19,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared import endpoints
-from shared.address_guard import Resolver, system_resolver
 from shared.config import Settings
-from shared.db import Rows, utcnow
-from shared.endpoints import Attempt
+from shared.delivery import endpoints
+from shared.delivery.address_guard import Resolver, system_resolver
+from shared.delivery.endpoints import Attempt
+from shared.delivery.secret_box import SecretBox, SecretKeyMismatch
+from shared.delivery.webhooks import Answer, WebhookSender, signed_headers
 from shared.logs import get_logger
-from shared.models import Endpoint
-from shared.secret_box import SecretBox, SecretKeyMismatch
-from shared.webhooks import Answer, WebhookSender, signed_headers
+from shared.store.db import Rows, utcnow
+from shared.store.models import Endpoint
 from workers import metrics
 from workers.channels import PermanentDeliveryError, ReminderPayload, raise_for_answer
 
@@ -63,7 +63,7 @@ class Made:
 
 
 class EndpointChannel:
-    """Sends reminders to users' endpoints (`shared.endpoints`)."""
+    """Sends reminders to users' endpoints (`shared.delivery.endpoints`)."""
 
     name = "endpoint"
 

@@ -2,11 +2,11 @@
 
 An outage of the database is not a property of a reminder, so it must not use up the
 reminder's retries or end it in the dead-letter queue. When an attempt fails because the
-database is unreachable (`shared.db.database_unreachable`), the `DatabaseGate` closes: the
+database is unreachable (`shared.store.db.database_unreachable`), the `DatabaseGate` closes: the
 worker's threads stop taking messages, one of them probes the database with backoff, and
 the gate opens again when the database answers. The attempt that met the outage is put
 back on the queue without counting against ``REMINDERS_MAX_RETRIES``
-(``shared.queue.OutageAwareRetries``). Messages wait in Redis meanwhile, costing nothing;
+(``shared.broker.queue.OutageAwareRetries``). Messages wait in Redis meanwhile, costing nothing;
 when the database returns each is delivered once, as after any downtime.
 """
 
@@ -20,8 +20,8 @@ from dramatiq import Middleware
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.db import database_unreachable
 from shared.logs import get_logger
+from shared.store.db import database_unreachable
 
 log = get_logger("worker")
 

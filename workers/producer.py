@@ -4,7 +4,7 @@ It works from the database, not from which scheduler tick fired, so it may run a
 of times, from any number of schedulers, in any time zone, with the same result:
 
 0. Extend the rows of recurring series whose ``refill_at`` has come, in batches of tasks
-   locked ``FOR UPDATE SKIP LOCKED`` (`shared.occurrences.plan_reminders`): every reminder
+   locked ``FOR UPDATE SKIP LOCKED`` (`shared.store.occurrences.plan_reminders`): every reminder
    whose remind time is less than ``REMINDERS_HORIZON`` away exists as a ``waiting`` row
    (never the whole series). An (occurrence, offset) has one row (UNIQUE), so two
    schedulers cannot open it twice. After downtime the rows of the occurrences that came
@@ -39,20 +39,20 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import and_, bindparam, case, literal_column, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.config import Settings
-from shared.db import hot_transaction, unit_of_work, utcnow
-from shared.logs import get_logger
-from shared.models import Reminder, Task
-from shared.occurrences import plan_reminders
-from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SoonDue, message_for
-from shared.recurrence import RecurrenceError
-from shared.redis_broker import (
+from shared.broker.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SoonDue, message_for
+from shared.broker.redis_broker import (
     dead_message_ids,
     enqueue_batch,
     pending_message_ids,
     run_maintenance,
 )
-from shared.rules import missed_before
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.planning.recurrence import RecurrenceError
+from shared.planning.rules import missed_before
+from shared.store.db import hot_transaction, unit_of_work, utcnow
+from shared.store.models import Reminder, Task
+from shared.store.occurrences import plan_reminders
 
 log = get_logger("producer")
 

@@ -27,8 +27,8 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from api.app import MAX_BODY_BYTES, create_app
-from shared.db import make_session_factory, unit_of_work
-from shared.models import Task
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.models import Task
 from tests.conftest import ApiHarness, create_account
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import BIN, Stack

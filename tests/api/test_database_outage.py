@@ -33,9 +33,9 @@ from sqlalchemy import Engine, func, select, text
 
 from api.app import create_app
 from shared.config import Settings
-from shared.db import make_engine, make_session_factory, unit_of_work
-from shared.models import Reminder, Task
-from shared.schema import upgrade
+from shared.store.db import make_engine, make_session_factory, unit_of_work
+from shared.store.models import Reminder, Task
+from shared.store.schema import upgrade
 from tests.conftest import REDIS_URL, Account, ApiHarness, create_account, make_settings
 from tests.private_servers import PrivatePostgres, PrivateRedis, private_postgres, private_redis
 from tests.processes import REPO, free_port, procfile, service_env, tail

@@ -18,8 +18,8 @@ import stripe
 from sqlalchemy import Engine, select, text
 
 from api.app import create_app
-from shared.db import make_session_factory, unit_of_work
-from shared.models import Endpoint, Task
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.models import Endpoint, Task
 from tests.conftest import REDIS_URL, Account, ApiHarness, make_settings
 from tests.pipeline.conftest import Receipt, Receiver
 

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import func, select, update
 
 from api.idempotency import BadKey, parse_key
-from shared.db import make_session_factory, unit_of_work
-from shared.housekeeping import purge_expired_idempotency_keys
-from shared.models import IdempotencyKey, Task
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.housekeeping import purge_expired_idempotency_keys
+from shared.store.models import IdempotencyKey, Task
 from tests.conftest import ApiHarness
 
 BODY = {"title": "file taxes", "due_at": "2031-04-15T09:00:00+02:00"}

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from api.app import create_app
-from shared.db import make_engine
-from shared.schema import upgrade
+from shared.store.db import make_engine
+from shared.store.schema import upgrade
 from tests.conftest import REDIS_URL, create_account, make_settings
 
 BASE_URL = "postgresql://postgres@127.0.0.1:5432/test"

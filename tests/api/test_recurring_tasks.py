@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import Engine, select
 
 from api.app import create_app
-from shared.db import make_session_factory, unit_of_work
-from shared.models import Reminder
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.models import Reminder
 from tests.conftest import REDIS_URL, Account, ApiHarness, make_settings
 
 PROBLEM = "application/problem+json"
@@ -425,8 +425,8 @@ def test_the_embedded_sqlite_database_plans_completes_and_snoozes_a_series_the_s
     sqlite_url: str, redis_namespace: str
 ) -> None:
     """The embedded default's database: the same rows, complete and snooze as on PostgreSQL."""
-    from shared.db import make_engine
-    from shared.schema import upgrade
+    from shared.store.db import make_engine
+    from shared.store.schema import upgrade
 
     settings = make_settings(
         database_url=sqlite_url, redis_url=REDIS_URL, redis_namespace=redis_namespace

@@ -15,9 +15,9 @@ from openapi_spec_validator import validate
 from sqlalchemy import Engine, select, update
 
 from api.app import create_app
-from shared.db import make_engine, make_session_factory, unit_of_work
-from shared.keys import hash_token
-from shared.models import ApiToken, Reminder, Task
+from shared.planning.keys import hash_token
+from shared.store.db import make_engine, make_session_factory, unit_of_work
+from shared.store.models import ApiToken, Reminder, Task
 from tests.conftest import REDIS_URL, Account, ApiHarness, make_settings
 
 PROBLEM = "application/problem+json"

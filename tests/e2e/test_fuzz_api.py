@@ -58,10 +58,10 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import Engine, select
 
-from shared.db import make_session_factory, unit_of_work
-from shared.models import Reminder
-from shared.queue import make_broker
-from shared.webhooks import WebhookSender
+from shared.broker.queue import make_broker
+from shared.delivery.webhooks import WebhookSender
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.models import Reminder
 from tests.conftest import PG_URL, REDIS_URL, Account, create_account, make_settings
 from workers.actors import Pipeline, declare_actors
 from workers.channels import make_channel

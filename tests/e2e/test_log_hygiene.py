@@ -48,8 +48,8 @@ import redis
 import stripe
 from standardwebhooks import Webhook
 
-from shared.db import make_engine
-from shared.keys import message_id as occurrence_id
+from shared.planning.keys import message_id as occurrence_id
+from shared.store.db import make_engine
 from tests.conftest import REDIS_URL, _unavailable, create_account, pg_schema
 from tests.pipeline.conftest import FAST_RETRIES, Receipt, Receiver, Stack
 from tests.processes import REPO, free_port, json_lines, procfile, tail

@@ -28,9 +28,9 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 from werkzeug.serving import make_server
 
-from shared.models import Reminder
-from shared.queue import QUEUE_NAME
-from shared.redis_broker import dead_letters
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import dead_letters
+from shared.store.models import Reminder
 from tests.conftest import IN_CI, Account, create_account
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import Receiver, Stack, reminder_id

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from shared import endpoints
-from shared.db import unit_of_work
-from shared.models import Endpoint, Reminder
-from shared.secret_box import SecretBox, generate_key
+from shared.delivery import endpoints
+from shared.delivery.secret_box import SecretBox, generate_key
+from shared.store.db import unit_of_work
+from shared.store.models import Endpoint, Reminder
 from tests.conftest import create_account
 from tests.e2e import test_ops_page as ops_harness
 from tests.pipeline import conftest as pipeline_harness

@@ -16,8 +16,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine
 
-from shared import activity
-from shared.activity import (
+from shared.broker.queue import make_broker, reminder_message
+from shared.broker.redis_broker import enqueue_batch
+from shared.logs import configure_logging
+from shared.ops import activity
+from shared.ops.activity import (
     ACTIVITY_TTL_SECONDS,
     Minute,
     last_hour,
@@ -27,12 +30,9 @@ from shared.activity import (
     retried_key,
     sample_queue_depth,
 )
-from shared.db import make_session_factory, unit_of_work, utcnow
-from shared.keys import message_id
-from shared.logs import configure_logging
-from shared.models import Reminder, Task
-from shared.queue import make_broker, reminder_message
-from shared.redis_broker import enqueue_batch
+from shared.planning.keys import message_id
+from shared.store.db import make_session_factory, unit_of_work, utcnow
+from shared.store.models import Reminder, Task
 from tests.conftest import REDIS_URL, create_account, make_settings
 from workers.actors import Pipeline, RecordFailedAttempts, declare_actors
 from workers.channels import LogChannel, TransientDeliveryError

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import OperationalError
 
-from shared.db import make_engine, make_session_factory, unit_of_work
-from shared.keys import message_id
-from shared.models import Reminder, Task
-from shared.occurrences import plan_reminders
-from shared.schema import upgrade
+from shared.planning.keys import message_id
+from shared.store.db import make_engine, make_session_factory, unit_of_work
+from shared.store.models import Reminder, Task
+from shared.store.occurrences import plan_reminders
+from shared.store.schema import upgrade
 from tests.conftest import create_account
 from workers.channels import PermanentDeliveryError, ReminderPayload
 from workers.delivery import Named, Outcome, deliver_occurrence

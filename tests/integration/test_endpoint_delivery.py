@@ -16,12 +16,12 @@ import pytest
 import standardwebhooks
 from sqlalchemy import Engine, func, select
 
-from shared import endpoints
-from shared.db import make_session_factory, unit_of_work
-from shared.endpoints import Attempt
-from shared.models import EndpointAttempt, Task
-from shared.secret_box import SecretBox, generate_key
-from shared.webhooks import WebhookSender
+from shared.delivery import endpoints
+from shared.delivery.endpoints import Attempt
+from shared.delivery.secret_box import SecretBox, generate_key
+from shared.delivery.webhooks import WebhookSender
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.models import EndpointAttempt, Task
 from tests.integration.test_delivery_transaction import NOW, Recorder, add_task, named, state
 from tests.pipeline.conftest import Receiver
 from workers.delivery import Outcome, deliver_occurrence
@@ -39,7 +39,7 @@ def receiver() -> Iterator[Receiver]:
 
 def local_channel(engine: Engine, box: SecretBox) -> EndpointChannel:
     """Endpoints on 127.0.0.1 allowed, as in a local setup."""
-    from shared.webhook_transport import AddressGuard
+    from shared.delivery.webhook_transport import AddressGuard
 
     sender = WebhookSender(5.0, AddressGuard(allow_private=True))
     return EndpointChannel(engine, box, sender, disable_after=5 * DAY, clock=lambda: NOW)

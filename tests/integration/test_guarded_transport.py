@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shared.address_guard import Resolver, check_url
-from shared.webhook_transport import (
+from shared.delivery.address_guard import Resolver, check_url
+from shared.delivery.webhook_transport import (
     AddressGuard,
     AddressRefusedError,
     Deadline,

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from shared.db import make_session_factory, unit_of_work
-from shared.housekeeping import purge_history
-from shared.keys import message_id
-from shared.models import Reminder, Task
-from shared.occurrences import plan_reminders
+from shared.planning.keys import message_id
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.housekeeping import purge_history
+from shared.store.models import Reminder, Task
+from shared.store.occurrences import plan_reminders
 from tests.conftest import create_account
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)

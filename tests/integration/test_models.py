@@ -11,9 +11,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from shared.db import make_session_factory, unit_of_work
-from shared.keys import legacy_message_id, message_id
-from shared.models import Base, Reminder, Task
+from shared.planning.keys import legacy_message_id, message_id
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.models import Base, Reminder, Task
 from tests.conftest import create_account
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -164,7 +164,7 @@ def test_migrations_match_the_models(migrated: Engine) -> None:
 def _upgrade_to_before(engine: Engine, revision: str) -> None:
     from alembic.script import ScriptDirectory
 
-    from shared.schema import alembic_config, upgrade
+    from shared.store.schema import alembic_config, upgrade
 
     before = ScriptDirectory.from_config(alembic_config(engine)).get_revision(revision)
     assert isinstance(before.down_revision, str)
@@ -175,7 +175,7 @@ def _old_task(engine: Engine, remind_before_seconds: int = 86400) -> uuid.UUID:
     """A task as revisions 0001 to 0005 stored it (one lead time, no time zone)."""
     from sqlalchemy import Integer, String, Uuid, column, insert, table
 
-    from shared.db import UTCDateTime
+    from shared.store.db import UTCDateTime
 
     owner = create_account(engine, f"user-{uuid.uuid4().hex[:8]}")
     old_tasks = table(
@@ -209,7 +209,7 @@ def _old_reminder(
     """A reminder row as revision 0004 stored it (``planned``: 0005, with ``planned_at``)."""
     from sqlalchemy import Boolean, Integer, String, Uuid, column, insert, table
 
-    from shared.db import UTCDateTime
+    from shared.store.db import UTCDateTime
 
     old_reminders = table(
         "reminders",
@@ -248,8 +248,8 @@ def test_migration_0005_backfills_planned_and_cancelled_times(any_database_url: 
     table)."""
     from sqlalchemy import inspect
 
-    from shared.db import make_engine
-    from shared.schema import upgrade
+    from shared.store.db import make_engine
+    from shared.store.schema import upgrade
 
     engine = make_engine(any_database_url)
     _upgrade_to_before(engine, "0005")
@@ -292,9 +292,9 @@ def test_migration_0006_keeps_existing_tasks_rows_and_message_ids(any_database_u
     its one offset and the UTC zone, each row its offset (due_at - remind_at) and kind, and
     keeps its message ID; the task then re-plans without touching the rows that still match,
     and a second offset is a second row for the same occurrence."""
-    from shared.db import make_engine
-    from shared.occurrences import plan_reminders
-    from shared.schema import upgrade
+    from shared.store.db import make_engine
+    from shared.store.occurrences import plan_reminders
+    from shared.store.schema import upgrade
 
     engine = make_engine(any_database_url)
     _upgrade_to_before(engine, "0006")

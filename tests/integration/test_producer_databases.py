@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from shared.db import make_session_factory, unit_of_work
-from shared.models import Reminder, Task
-from shared.occurrences import plan_reminders
-from shared.queue import QUEUE_NAME, make_broker
-from shared.redis_broker import pending_message_ids
+from shared.broker.queue import QUEUE_NAME, make_broker
+from shared.broker.redis_broker import pending_message_ids
+from shared.store.db import make_session_factory, unit_of_work
+from shared.store.models import Reminder, Task
+from shared.store.occurrences import plan_reminders
 from tests.conftest import REDIS_URL, create_account, make_settings
 from workers.producer import ScanResult, scan_due_tasks
 

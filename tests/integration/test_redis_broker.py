@@ -1,4 +1,4 @@
-"""The adapter over Dramatiq's Redis key layout (``shared.redis_broker``), on a real Redis.
+"""The adapter over Dramatiq's Redis key layout (``shared.broker.redis_broker``), on a real Redis.
 
 Each test drives the broker the way Dramatiq's own workers do (enqueue, fetch through a
 consumer, ack, nack) and checks what the adapter then reports: which occurrences the
@@ -29,9 +29,9 @@ from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.worker import Worker
 
-from shared import redis_broker
-from shared.queue import QUEUE_NAME, make_broker, reminder_message
-from shared.redis_broker import (
+from shared.broker import redis_broker
+from shared.broker.queue import QUEUE_NAME, make_broker, reminder_message
+from shared.broker.redis_broker import (
     QueueDepth,
     dead_letters,
     dead_message_ids,

@@ -31,13 +31,13 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.address_guard import Resolver, system_resolver
+from shared.broker.queue import make_broker
 from shared.config import Settings
-from shared.db import make_session_factory, unit_of_work, utcnow
-from shared.keys import message_id
-from shared.models import Reminder, Task
-from shared.occurrences import plan_reminders
-from shared.queue import make_broker
+from shared.delivery.address_guard import Resolver, system_resolver
+from shared.planning.keys import message_id
+from shared.store.db import make_session_factory, unit_of_work, utcnow
+from shared.store.models import Reminder, Task
+from shared.store.occurrences import plan_reminders
 from tests.conftest import REDIS_URL, Account, create_account, make_settings
 from tests.processes import service_env
 from workers.actors import Actors, Pipeline, declare_actors

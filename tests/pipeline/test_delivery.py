@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import stripe
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from shared.db import unit_of_work
-from shared.models import Task
-from shared.queue import QUEUE_NAME, reminder_message
-from shared.redis_broker import dead_letters, queue_depth
+from shared.broker.queue import QUEUE_NAME, reminder_message
+from shared.broker.redis_broker import dead_letters, queue_depth
+from shared.store.db import unit_of_work
+from shared.store.models import Task
 from tests.pipeline.conftest import Receipt, Receiver, Stack, reminder_id
 from workers.channels import ReminderPayload
 from workers.producer import scan_due_tasks

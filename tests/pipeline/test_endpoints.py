@@ -22,8 +22,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from api.app import create_app
-from shared.db import unit_of_work
-from shared.models import Reminder
+from shared.store.db import unit_of_work
+from shared.store.models import Reminder
 from tests.pipeline.conftest import Receipt, Receiver, Stack
 from workers.producer import scan_due_tasks
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.queue import QUEUE_NAME
-from shared.redis_broker import queue_depth
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import queue_depth
 from tests.pipeline.conftest import BIN, Stack
 from tests.processes import free_port
 from workers.producer import scan_due_tasks

@@ -14,10 +14,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared.keys import message_id
-from shared.models import Task
-from shared.queue import QUEUE_NAME, reminder_message
-from shared.redis_broker import enqueue_batch
+from shared.broker.queue import QUEUE_NAME, reminder_message
+from shared.broker.redis_broker import enqueue_batch
+from shared.planning.keys import message_id
+from shared.store.models import Task
 from tests.pipeline.conftest import BIN, Receiver, Stack, reminder_id
 from workers.producer import scan_due_tasks
 

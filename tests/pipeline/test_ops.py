@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shared.db import unit_of_work
-from shared.models import OperatorAction, Reminder
-from shared.queue import QUEUE_NAME
-from shared.redis_broker import dead_letters, queue_depth, remove_dead_letter
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import dead_letters, queue_depth, remove_dead_letter
+from shared.store.db import unit_of_work
+from shared.store.models import OperatorAction, Reminder
 from tests.conftest import create_account
 from tests.pipeline.conftest import BIN, Receiver, Stack
 from workers.producer import scan_due_tasks
@@ -116,7 +116,7 @@ def test_retrying_an_occurrence_already_sent_sends_nothing_more(
     client = api_client_for(stack)
 
     assert client.get("/ops/dead-letters", headers=ops.headers).json["items"] == []
-    from shared.dead_letters import DeadLetterDesk, RetryOutcome
+    from shared.ops.dead_letters import DeadLetterDesk, RetryOutcome
 
     outcome = DeadLetterDesk(stack.sessions, broker).retry(
         stack.reminders()[0].message_id, "olivia"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.db import make_engine
-from shared.queue import QUEUE_NAME
-from shared.redis_broker import dead_letters
-from shared.schema import upgrade
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import dead_letters
+from shared.store.db import make_engine
+from shared.store.schema import upgrade
 from tests.pipeline.conftest import BIN, FAST_RETRIES, Receiver, Stack
 from tests.private_servers import PrivatePostgres, private_postgres, private_redis
 from tests.processes import json_lines, tail

@@ -19,10 +19,10 @@ from dramatiq import Message
 from prometheus_client import REGISTRY
 from sqlalchemy import update
 
-from shared.db import unit_of_work
-from shared.models import Reminder
-from shared.queue import QUEUE_NAME
-from shared.redis_broker import dead_letters, pending_message_ids, queue_depth
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import dead_letters, pending_message_ids, queue_depth
+from shared.store.db import unit_of_work
+from shared.store.models import Reminder
 from tests.conftest import create_account
 from tests.pipeline.conftest import BIN, ROOT, Stack
 from workers.producer import scan_due_tasks

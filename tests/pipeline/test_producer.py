@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from shared.occurrences import cancel_pending
-from shared.queue import QUEUE_NAME
-from shared.redis_broker import decode_message, pending_message_ids, queue_depth
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import decode_message, pending_message_ids, queue_depth
+from shared.store.occurrences import cancel_pending
 from tests.pipeline.conftest import Receiver, Stack, reminder_id
 from workers.producer import scan_due_tasks
 
@@ -154,7 +154,7 @@ def test_catch_up_window_starts_when_a_past_due_task_was_created(stack: Stack) -
     with stack.sessions.begin() as session:
         from sqlalchemy import update
 
-        from shared.models import Reminder
+        from shared.store.models import Reminder
 
         session.execute(
             update(Reminder)
@@ -173,7 +173,7 @@ def test_claim_of_due_reminders_is_a_range_of_the_waiting_index(stack: Stack) ->
     the prepared statement: the custom plans of its first runs and the generic one after."""
     import re
 
-    from shared.db import _driver_sql
+    from shared.store.db import _driver_sql
     from workers.producer import _CLAIM_DUE
 
     alice = stack.account()
@@ -321,7 +321,7 @@ def test_failed_occurrences_are_never_requeued_by_the_producer(stack: Stack) -> 
     with stack.sessions.begin() as session:
         from sqlalchemy import update
 
-        from shared.models import Reminder
+        from shared.store.models import Reminder
 
         session.execute(update(Reminder).values(state="failed", last_error="X: y"))
 
@@ -353,7 +353,7 @@ def test_selection_is_the_same_under_any_process_time_zone(stack: Stack, moment:
             with stack.sessions.begin() as session:
                 from sqlalchemy import update
 
-                from shared.models import Reminder
+                from shared.store.models import Reminder
 
                 session.execute(update(Reminder).values(state="waiting"))
             broker, _ = stack.broker()
@@ -374,7 +374,7 @@ def test_cancel_pending_leaves_final_states_alone(stack: Stack) -> None:
     alice = stack.account()
     task = stack.add_task(alice, NOW + timedelta(hours=1))
     with stack.sessions.begin() as session:
-        from shared.models import Reminder
+        from shared.store.models import Reminder
 
         row = session.get(Reminder, stack.reminders()[0].message_id)
         assert row is not None

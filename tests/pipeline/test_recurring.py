@@ -27,9 +27,9 @@ from sqlalchemy import select
 
 from api.schemas import TaskCreate, TaskPatch
 from api.service import Owner, Planning, TaskService
-from shared.models import Reminder
-from shared.recurrence import time_zone
-from shared.rules import PENDING_STATES
+from shared.planning.recurrence import time_zone
+from shared.planning.rules import PENDING_STATES
+from shared.store.models import Reminder
 from tests.pipeline.conftest import ROOT, Stack
 from workers.channels import ReminderPayload
 from workers.delivery import Named, Outcome, deliver_occurrence
@@ -347,8 +347,8 @@ SCAN_SCRIPT = """
 import json, sys
 from datetime import datetime
 from shared.config import load_settings
-from shared.db import make_engine, make_session_factory
-from shared.queue import make_broker
+from shared.store.db import make_engine, make_session_factory
+from shared.broker.queue import make_broker
 from workers.producer import scan_due_tasks
 
 settings = load_settings()

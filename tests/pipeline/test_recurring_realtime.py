@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.redis_broker import decode_message
-from shared.rules import PENDING_STATES
+from shared.broker.redis_broker import decode_message
+from shared.planning.rules import PENDING_STATES
 from tests.conftest import Account
 from tests.pipeline.conftest import BIN, Receiver, Stack
 from workers.producer import ScanResult, scan_due_tasks

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from shared.address_guard import (
+from shared.delivery.address_guard import (
     MAX_URL_LENGTH,
     AddressRefused,
     Resolver,

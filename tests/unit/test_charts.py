@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from api.charts import bar_chart, last_hour_charts, line_chart
-from shared.activity import Minute
+from shared.ops.activity import Minute
 
 SVG = "{http://www.w3.org/2000/svg}"
 FIRST = datetime(2026, 11, 27, 13, 4, tzinfo=UTC)  # the hour 13:04 to 14:03

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from shared.keys import (
+from shared.planning.keys import (
     TOKEN_PREFIX,
     hash_token,
     legacy_message_id,

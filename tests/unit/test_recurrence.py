@@ -20,7 +20,7 @@ from dateutil import rrule as du
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from shared.recurrence import (
+from shared.planning.recurrence import (
     Occurrence,
     RecurrenceError,
     Series,

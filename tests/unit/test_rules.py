@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from shared.rules import (
+from shared.planning.rules import (
     admit_due_occurrence,
     describe_error,
     normalize_due_at,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from shared.secret_box import KEY_FILE_NAME, SecretBox, SecretKeyMismatch, generate_key
-from shared.signing import new_endpoint_secret
+from shared.delivery.secret_box import KEY_FILE_NAME, SecretBox, SecretKeyMismatch, generate_key
+from shared.delivery.signing import new_endpoint_secret
 
 SECRET = "whsec_vT6YhicApx5ycSNjqEr/qHauitbTdcq9g0f8EMjhnaY="
 

@@ -20,7 +20,7 @@ import pytest
 import stripe
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from shared.signing import ENDPOINT_SECRET_PREFIX, new_endpoint_secret, signature_headers
+from shared.delivery.signing import ENDPOINT_SECRET_PREFIX, new_endpoint_secret, signature_headers
 
 MESSAGE_ID = "5f0c1b9e-3a4d-5e6f-8a9b-0c1d2e3f4a5b"
 BODY = b'{"type":"reminder","message_id":"5f0c1b9e-3a4d-5e6f-8a9b-0c1d2e3f4a5b","title":"pay rent"}'

@@ -41,7 +41,7 @@ from typing import Literal
 
 from dateutil import rrule as du
 
-from shared.rules import normalize_due_at
+from shared.planning.rules import normalize_due_at
 
 FREQUENCIES = ("MINUTELY", "HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
 WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")

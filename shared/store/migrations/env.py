@@ -1,12 +1,13 @@
-"""Alembic environment: runs migrations on the connection or URL that `shared.schema` hands in."""
+"""Alembic environment: runs migrations on the connection or URL that `shared.store.schema`
+hands in."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection
 
-from shared.db import make_engine
-from shared.models import Base
+from shared.store.db import make_engine
+from shared.store.models import Base
 
 config = context.config
 

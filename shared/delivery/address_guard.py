@@ -5,7 +5,7 @@ deployment's network; without a guard it would reach loopback services, the priv
 network or the cloud's metadata address (server-side request forgery). An endpoint must
 use ``https`` and every address it resolves to must be a global unicast address. The
 URL is checked when the endpoint is saved (`check_url`) and the address again at delivery,
-against the address actually connected to (``shared.webhook_transport``), since a host
+against the address actually connected to (``shared.delivery.webhook_transport``), since a host
 name can resolve to a public address today and to 127.0.0.1 tomorrow (DNS rebinding).
 ``REMINDERS_ALLOW_PRIVATE_ENDPOINTS`` lifts both rules, for tests and local setups.
 

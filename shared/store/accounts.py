@@ -11,9 +11,9 @@ import uuid
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import unit_of_work, utcnow
-from shared.keys import hash_token, new_token
-from shared.models import ApiToken, User
+from shared.planning.keys import hash_token, new_token
+from shared.store.db import unit_of_work, utcnow
+from shared.store.models import ApiToken, User
 
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
 

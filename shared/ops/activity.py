@@ -40,10 +40,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import queue_depth
 from shared.logs import get_logger
-from shared.models import Reminder
-from shared.queue import QUEUE_NAME
-from shared.redis_broker import queue_depth
+from shared.store.models import Reminder
 
 log = get_logger("activity")
 

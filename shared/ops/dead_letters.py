@@ -26,11 +26,8 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Select, or_, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import unit_of_work, utcnow
-from shared.logs import get_logger
-from shared.models import Endpoint, EndpointAttempt, OperatorAction, Reminder, Task, User
-from shared.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SEND_REMINDER, reminder_message
-from shared.redis_broker import (
+from shared.broker.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SEND_REMINDER, reminder_message
+from shared.broker.redis_broker import (
     UNDECODABLE,
     DeadLetter,
     QueueDepth,
@@ -38,7 +35,10 @@ from shared.redis_broker import (
     queue_depth,
     remove_dead_letter,
 )
-from shared.rules import error_type_of
+from shared.logs import get_logger
+from shared.planning.rules import error_type_of
+from shared.store.db import unit_of_work, utcnow
+from shared.store.models import Endpoint, EndpointAttempt, OperatorAction, Reminder, Task, User
 
 log = get_logger("ops")
 

@@ -1,7 +1,7 @@
 """Keeping a task's reminder rows in step with the task, inside the caller's transaction.
 
 Every change of a task that affects its reminders goes through `plan_reminders`: it expands
-the task's occurrences (`shared.recurrence`: a one-off task has one, a recurring one every
+the task's occurrences (`shared.planning.recurrence`: a one-off task has one, a recurring one every
 instance of its rule within the horizon) and, for each (occurrence, offset), keeps the row
 that exists, opens the one that is missing (``waiting``) and cancels the pending rows that
 no longer match. Rows that reached a final state (``sent``, ``failed``, ``missed``) are
@@ -34,10 +34,17 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.keys import message_id
-from shared.models import Reminder, Task
-from shared.recurrence import Occurrence, Series, occurrences, parse_rule, resolve, time_zone
-from shared.rules import PENDING_STATES, remind_at
+from shared.planning.keys import message_id
+from shared.planning.recurrence import (
+    Occurrence,
+    Series,
+    occurrences,
+    parse_rule,
+    resolve,
+    time_zone,
+)
+from shared.planning.rules import PENDING_STATES, remind_at
+from shared.store.models import Reminder, Task
 
 
 def series_of(task: Any) -> Series:

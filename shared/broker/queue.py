@@ -23,11 +23,11 @@ from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
+from shared.broker.redis_broker import BatchedDelayHandOver, GroupAckRedisBroker, enqueue_batch
 from shared.config import Settings
-from shared.db import database_unreachable, utcnow
 from shared.logs import get_logger
-from shared.models import Reminder
-from shared.redis_broker import BatchedDelayHandOver, GroupAckRedisBroker, enqueue_batch
+from shared.store.db import database_unreachable, utcnow
+from shared.store.models import Reminder
 
 log = get_logger("queue")
 

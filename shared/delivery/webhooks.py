@@ -1,11 +1,11 @@
 """Sending one signed webhook request, for the deployment channel, endpoints and pings.
 
-`WebhookSender.post` makes one ``POST`` within a deadline (`shared.webhook_transport`) and
+`WebhookSender.post` makes one ``POST`` within a deadline (`shared.delivery.webhook_transport`) and
 never raises for what the network or the receiver did: it answers an `Answer` — the status
 code, how long it took, and for a failure an error that says whether a later attempt may
 succeed (5xx, 408, 429, timeouts, connection errors) or not (other statuses, an address the
 guard refused). A sender for users' endpoints checks every address it connects to
-(`shared.address_guard`); the deployment's own channel, configured by its operator, is not.
+(`shared.delivery.address_guard`); the deployment's own channel, configured by its operator, is not.
 """
 
 from __future__ import annotations
@@ -16,11 +16,16 @@ from dataclasses import dataclass
 
 import httpx
 
-from shared.address_guard import Resolver, system_resolver
 from shared.config import Settings
-from shared.rules import webhook_status_is_transient
-from shared.signing import signature_headers
-from shared.webhook_transport import AddressGuard, Deadline, deadline_client, refused_reason
+from shared.delivery.address_guard import Resolver, system_resolver
+from shared.delivery.signing import signature_headers
+from shared.delivery.webhook_transport import (
+    AddressGuard,
+    Deadline,
+    deadline_client,
+    refused_reason,
+)
+from shared.planning.rules import webhook_status_is_transient
 
 # The answer's body means nothing to delivery; more than this of it is not read.
 MAX_ANSWER_BYTES = 64 * 1024

@@ -29,8 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime, utcnow
-from shared.rules import REMINDER_KINDS, REMINDER_STATES, TASK_STATUSES
+from shared.planning.rules import REMINDER_KINDS, REMINDER_STATES, TASK_STATUSES
+from shared.store.db import UTCDateTime, utcnow
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -109,7 +109,7 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Deleted tasks are kept (hidden from the API) so their reminders stay an audit trail.
     deleted_at: Mapped[datetime | None]
-    # A recurring series' rows (`shared.occurrences`): occurrences due up to
+    # A recurring series' rows (`shared.store.occurrences`): occurrences due up to
     # ``series_filled_until`` have theirs; the producer extends them from ``refill_at`` on,
     # resuming the rule's expansion at ``series_cursor`` (NULL: from the start). Both NULL
     # for a one-off task and for a series that ended or is done.
@@ -128,9 +128,9 @@ class Task(Base):
 
 
 class Endpoint(Base):
-    """A user's own webhook endpoint: a URL and a signing secret (`shared.signing`).
+    """A user's own webhook endpoint: a URL and a signing secret (`shared.delivery.signing`).
 
-    Secrets are kept encrypted (`shared.secret_box`). After a rotation the previous secret
+    Secrets are kept encrypted (`shared.delivery.secret_box`). After a rotation the previous secret
     keeps signing beside the new one until ``previous_secret_expires_at``. ``failing_since``
     is the first failed attempt since the last success; an endpoint failing for
     ``REMINDERS_ENDPOINT_DISABLE_AFTER`` is disabled (``enabled`` false, with a reason).
@@ -191,7 +191,7 @@ class EndpointAttempt(Base):
 class Reminder(Base):
     """One reminder of one occurrence of a task, at one offset before it (``kind`` reminder),
     or a snooze of the occurrence (``kind`` snooze, no offset); ``message_id`` is derived
-    from them (`shared.keys`), and kept as given when the formula changed.
+    from them (`shared.planning.keys`), and kept as given when the formula changed.
 
     The row is the occurrence's history as well as its state: a cancelled row made pending
     again (the task moved away and back, or was reopened) is the same row, so its message ID
@@ -253,7 +253,8 @@ class Reminder(Base):
     discarded_by: Mapped[str | None] = mapped_column(String(100))
     # When ``remind_at`` was last set: the row created, reopened, or its lead time changed.
     # A reminder is owed from max(remind_at, planned_at), so one planned when its remind time
-    # had already passed is due at once, not missed (see `shared.rules.admit_due_occurrence`).
+    # had already passed is due at once, not missed (see
+    # `shared.planning.rules.admit_due_occurrence`).
     planned_at: Mapped[datetime] = mapped_column(default=utcnow)
     cancelled_at: Mapped[datetime | None]  # the last cancellation, kept when reopened
     reopened_at: Mapped[datetime | None]  # the last time a cancelled row became pending again

@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import unit_of_work
-from shared.models import IdempotencyKey, Reminder, Task
-from shared.rules import FINAL_STATES
+from shared.planning.rules import FINAL_STATES
+from shared.store.db import unit_of_work
+from shared.store.models import IdempotencyKey, Reminder, Task
 
 HISTORY_BATCH = 500  # rows deleted per transaction: short locks, small WAL bursts
 HISTORY_BATCHES_PER_RUN = 200  # at most 100,000 rows an hour; the rest next time

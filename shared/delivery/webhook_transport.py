@@ -11,7 +11,7 @@ threads through one pooled client; a pooled connection reads the deadline of whi
 thread uses it.
 
 With an `AddressGuard` (users' endpoints), the transport resolves each host itself, connects
-only to addresses ``shared.address_guard`` allows and checks the address it is connected to
+only to addresses ``shared.delivery.address_guard`` allows and checks the address it is connected to
 before a byte is sent: a host that resolved to a public address when its endpoint was saved
 and resolves to 127.0.0.1 now (DNS rebinding) is refused at delivery. TLS still verifies the
 certificate against the URL's host name (httpcore takes the TLS server name from the URL,
@@ -33,7 +33,7 @@ import certifi
 import httpcore
 import httpx
 
-from shared.address_guard import (
+from shared.delivery.address_guard import (
     RESOLVE_TIMEOUT_SECONDS,
     AddressRefused,
     IPAddress,
@@ -74,7 +74,7 @@ def refused_reason(exc: BaseException) -> str | None:
 
 @dataclass(frozen=True)
 class AddressGuard:
-    """Which addresses a client may connect to (`shared.address_guard`'s rules).
+    """Which addresses a client may connect to (`shared.delivery.address_guard`'s rules).
 
     ``allow_private`` lifts the rules (``REMINDERS_ALLOW_PRIVATE_ENDPOINTS``): hosts are
     still resolved through ``resolve`` but every address is allowed, and so is ``http``.

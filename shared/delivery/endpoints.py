@@ -1,7 +1,7 @@
 """Users' own webhook endpoints: keeping them, their secrets, their health and attempt log.
 
-An endpoint is a URL checked by the address guard (`shared.address_guard`) and a secret
-shown once, kept encrypted (`shared.secret_box`). Rotating the secret keeps the previous
+An endpoint is a URL checked by the address guard (`shared.delivery.address_guard`) and a secret
+shown once, kept encrypted (`shared.delivery.secret_box`). Rotating the secret keeps the previous
 one signing beside the new one for `ROTATION_OVERLAP`. Every delivery attempt (a reminder
 or a ``ping``) is recorded (`record_attempt`): the attempt log the owner reads, and the
 endpoint's health — a success clears ``failing_since``, and an endpoint whose attempts have
@@ -20,13 +20,13 @@ from typing import Protocol
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.address_guard import Resolver, check_url, system_resolver
-from shared.db import unit_of_work, utcnow
+from shared.delivery.address_guard import Resolver, check_url, system_resolver
+from shared.delivery.secret_box import SecretBox
+from shared.delivery.signing import new_endpoint_secret
+from shared.delivery.webhooks import Answer
 from shared.logs import get_logger
-from shared.models import Endpoint, EndpointAttempt, OperatorAction, Task, User
-from shared.secret_box import SecretBox
-from shared.signing import new_endpoint_secret
-from shared.webhooks import Answer
+from shared.store.db import unit_of_work, utcnow
+from shared.store.models import Endpoint, EndpointAttempt, OperatorAction, Task, User
 
 log = get_logger("endpoints")
 
@@ -36,7 +36,8 @@ MAX_ERROR_CHARS = 500
 
 @dataclass(frozen=True)
 class UrlPolicy:
-    """What an endpoint URL may be: `shared.address_guard`'s rules, lifted for local setups."""
+    """What an endpoint URL may be: `shared.delivery.address_guard`'s rules, lifted for local
+    setups."""
 
     allow_private: bool
     resolve: Resolver = system_resolver

@@ -1,0 +1,1 @@
+"""Redis and Dramatiq: the broker and the queue the processes share."""

@@ -1,0 +1,1 @@
+"""What operators read and act on: dead letters and the last hour's activity."""

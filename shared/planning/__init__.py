@@ -1,0 +1,1 @@
+"""The reminder rules as plain functions: state rules, recurrence, message IDs. No database."""

@@ -1,0 +1,2 @@
+"""The database: engine and sessions, models, schema and migrations, and what writes rows
+(planning reminders, accounts, housekeeping)."""
