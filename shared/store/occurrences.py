@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.planning.keys import message_id
@@ -147,7 +147,7 @@ def plan_reminders(
     pending = (
         [row for row in after_cursor if row.state in PENDING_STATES]
         if after_cursor is not None
-        else _pending_rows(session, task, None)
+        else _pending_rows(session, task)
     )
     purged = task.purged_through
     if series.rule is None:
@@ -155,8 +155,13 @@ def plan_reminders(
         upper = None
     else:
         # Up to the horizon, and at least to the latest pending row: each is judged against
-        # the rule (a shorter REMINDERS_HORIZON since it was planned must not cancel it).
+        # the rule (a shorter REMINDERS_HORIZON since it was planned must not cancel it). A
+        # user's change also reaches the latest cancelled row to come: one the task wants again
+        # (done, then open; moved away and back) is reopened now, however far ahead, since
+        # the producer's extension never reopens a cancelled row.
         latest = max((row.due_at for row in pending), default=now)
+        if edited:
+            latest = max(latest, _latest_cancelled(session, task, now) or latest)
         upper = max(now + timedelta(seconds=horizon_seconds + max(offsets)), latest)
         after = None if resume is not None else _lower_bound(task, pending, now, edited)
         done = max((t for t in (task.completed_through, purged) if t is not None), default=None)
@@ -192,6 +197,14 @@ def plan_reminders(
             row.updated_at = now
             opened.append(row)
     stale = [row for row in pending if (row.due_at, row.offset_seconds) not in wanted]
+    if edited and resume is not None:
+        # Occurrences up to the cursor are settled, but a user's change of offsets still
+        # applies to their reminders not yet sent (the series is the same: it has a cursor).
+        stale += [
+            row
+            for row in _pending_rows(session, task, through=resume.due_at)
+            if row.offset_seconds not in offsets
+        ]
     for row in stale:
         row.state = "cancelled"
         row.cancelled_at = now
@@ -235,16 +248,30 @@ def _advance(
     task.refill_at = now + timedelta(seconds=horizon_seconds // 2)
 
 
-def _pending_rows(session: Session, task: Task, resume: Occurrence | None) -> list[Reminder]:
-    """The task's pending reminder rows (snoozes aside), after ``resume`` if given."""
+def _pending_rows(
+    session: Session, task: Task, through: datetime | None = None
+) -> list[Reminder]:
+    """The task's pending reminder rows (snoozes aside), due up to ``through`` if given."""
     query = select(Reminder).where(
         Reminder.task_id == task.id,
         Reminder.kind == "reminder",
         Reminder.state.in_(sorted(PENDING_STATES)),
     )
-    if resume is not None:
-        query = query.where(Reminder.due_at > resume.due_at)
+    if through is not None:
+        query = query.where(Reminder.due_at <= through)
     return list(session.scalars(query))
+
+
+def _latest_cancelled(session: Session, task: Task, now: datetime) -> datetime | None:
+    """The due date of the task's latest cancelled reminder (snoozes aside) still to come."""
+    return session.scalar(
+        select(func.max(Reminder.due_at)).where(
+            Reminder.task_id == task.id,
+            Reminder.kind == "reminder",
+            Reminder.state == "cancelled",
+            Reminder.due_at > now,
+        )
+    )
 
 
 def _rows_after(session: Session, task: Task, resume: Occurrence) -> list[Reminder]:
