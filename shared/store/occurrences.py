@@ -248,9 +248,7 @@ def _advance(
     task.refill_at = now + timedelta(seconds=horizon_seconds // 2)
 
 
-def _pending_rows(
-    session: Session, task: Task, through: datetime | None = None
-) -> list[Reminder]:
+def _pending_rows(session: Session, task: Task, through: datetime | None = None) -> list[Reminder]:
     """The task's pending reminder rows (snoozes aside), due up to ``through`` if given."""
     query = select(Reminder).where(
         Reminder.task_id == task.id,
