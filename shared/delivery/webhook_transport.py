@@ -17,6 +17,15 @@ and resolves to 127.0.0.1 now (DNS rebinding) is refused at delivery. TLS still 
 certificate against the URL's host name (httpcore takes the TLS server name from the URL,
 not from the address connected to). A refusal is an `AddressRefusedError`, which httpx raises
 as the cause of an `httpx.ConnectError`; `refused_reason` tells it from other connect errors.
+
+The worker threads of a process share one pool, so a keep-alive connection is reused by
+whichever thread needs one next. httpcore 1.0.9's pool can close a connection it has just
+handed to another thread (encode/httpcore#1110): it decides under its lock, closes after
+releasing it, and the other thread may have sent its request in between, which then fails
+after the receiver has answered (and the reminder is sent again). Each pooled connection
+here (`_OneRequestAtATime`) makes the start of a request and its closing exclusive: a
+connection being closed takes no request (the pool tries another one), and one carrying
+a request is closed when its answer has been read.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -268,6 +277,107 @@ class _HttpsOnly(httpx.BaseTransport):
         raise httpx.ConnectError(str(refused), request=request) from refused
 
 
+class _ReleasingStream:
+    """A response body that hands its connection back (`_OneRequestAtATime`) once closed."""
+
+    def __init__(self, stream: Iterable[bytes], release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release = release
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._release()
+
+
+class _OneRequestAtATime(httpcore.ConnectionInterface):
+    """A pooled HTTP/1.1 connection that the pool cannot close under a request.
+
+    httpcore's pool picks connections to close (expired, surplus keep-alive) under its lock
+    and closes them after releasing it; a connection it just handed to another thread looks
+    idle until that thread starts its request, so the request could start and then lose its
+    socket (encode/httpcore#1110). Here starting a request and closing are decided under one
+    lock: after `close` no request starts (`ConnectionNotAvailable`, on which the pool picks
+    another connection), and a `close` during a request is carried out when the request's
+    answer is closed. A request is taken only while none is in progress, so a connection
+    the pool gave to two requests at once serves one and sends the other back to the pool.
+    """
+
+    def __init__(self, connection: httpcore.ConnectionInterface) -> None:
+        self._connection = connection
+        self._lock = threading.Lock()
+        self._in_use = False
+        self._closing = False
+
+    def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+        with self._lock:
+            if self._closing or self._in_use:
+                raise httpcore.ConnectionNotAvailable()
+            self._in_use = True
+        try:
+            response = self._connection.handle_request(request)
+        except BaseException:
+            self._release()
+            raise
+        assert isinstance(response.stream, Iterable)
+        response.stream = _ReleasingStream(response.stream, self._release)
+        return response
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_use = False
+            close_now = self._closing
+        if close_now:
+            self._connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            if self._in_use:
+                return  # closed by `_release` when the request's answer is closed
+        self._connection.close()
+
+    # The pool reads these under its own lock to choose connections; a stale answer is
+    # harmless since `handle_request` and `close` decide again under this one's.
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return self._connection.can_handle_request(origin)
+
+    def is_available(self) -> bool:
+        return not self._in_use and self._connection.is_available()
+
+    def has_expired(self) -> bool:
+        return not self._in_use and self._connection.has_expired()
+
+    def is_idle(self) -> bool:
+        return not self._in_use and self._connection.is_idle()
+
+    def is_closed(self) -> bool:
+        return self._connection.is_closed()
+
+    def info(self) -> str:
+        return self._connection.info()
+
+    def __repr__(self) -> str:
+        return repr(self._connection)
+
+
+class _Pool(httpcore.ConnectionPool):
+    """httpcore's pool whose connections each take one request at a time, closed between."""
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.ConnectionInterface:
+        return _OneRequestAtATime(super().create_connection(origin))
+
+
 def deadline_client(
     deadline: Deadline, timeout_seconds: float, *, guard: AddressGuard | None = None
 ) -> httpx.Client:
@@ -280,8 +390,9 @@ def deadline_client(
     """
     transport = httpx.HTTPTransport()
     # httpx's transport is a thin adapter over an httpcore pool and takes no network backend
-    # of its own; the pool is replaced by one with the same limits and this backend.
-    transport._pool = httpcore.ConnectionPool(
+    # of its own; the pool is replaced by one with the same limits and this backend, whose
+    # connections are never closed under a request (see the module's docstring).
+    transport._pool = _Pool(
         ssl_context=ssl.create_default_context(cafile=certifi.where()),
         max_connections=MAX_CONNECTIONS,
         max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
