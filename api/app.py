@@ -6,7 +6,6 @@ environment; ``api.wsgi`` is the one place that loads the environment for gunico
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api import idempotency
+from api import idempotency, json_body
 from api.auth import authenticate
 from api.charts import last_hour_charts
 from api.endpoint_service import EndpointService
@@ -203,11 +202,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
             return None  # an endpoint that needs a body says so with a 422
         if request.mimetype != "application/json":
             return problem(415, "the body must be application/json")
-        try:
-            json.loads(raw or b"")
-        except (ValueError, UnicodeDecodeError):
-            return problem(400, "the body is not valid JSON")
-        return None
+        refused = json_body.refusal()
+        return problem(400, refused) if refused else None
 
     @app.after_request
     def _drain_unread_body(response: Response) -> Response:

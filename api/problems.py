@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from api.json_body import MAX_DEPTH
 from shared.planning.recurrence import RecurrenceError
 from shared.store.db import database_unreachable
 
@@ -46,8 +47,9 @@ PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
     429: RETRY_AFTER,
     503: RETRY_AFTER,
 }
+BAD_BODY = f"The body is not JSON, or is nested more than {MAX_DEPTH} levels deep"
 PROBLEM_DESCRIPTIONS = {
-    400: "Malformed request: the body is not JSON",
+    400: BAD_BODY,
     401: "No valid bearer token",
     403: "The token is not an operator's",
     404: "No such resource",
