@@ -58,6 +58,7 @@ from shared.ops.dead_letters import DeadLetterDesk
 from shared.store.db import make_engine, make_session_factory, once_more_if_connection_lost, utcnow
 
 MAX_BODY_BYTES = 64 * 1024
+BODY_TOO_LARGE = f"the body is over {MAX_BODY_BYTES // 1024} KiB"
 DRAIN_LIMIT_BYTES = 1024 * 1024
 PUBLIC_ENDPOINTS = frozenset(
     {
@@ -104,7 +105,12 @@ def read_chunked_body() -> None:
     body = request.get_data(cache=True)
     if len(body) >= MAX_BODY_BYTES and request.environ["wsgi.input"].read(1):
         g.body_refused = True
-        raise RequestEntityTooLarge(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+        raise RequestEntityTooLarge()
+
+
+def body_too_large(exc: RequestEntityTooLarge) -> Response:
+    """The one 413 of a body over the limit, whether it had a length or was chunked."""
+    return problem(413, BODY_TOO_LARGE)
 
 
 def drain(stream: Any, limit: int) -> None:
@@ -144,6 +150,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     app.extensions["reminders"] = {"settings": settings, "engine": engine, "broker": broker}
 
     app.register_error_handler(HTTPException, http_problem)
+    app.register_error_handler(RequestEntityTooLarge, body_too_large)
     app.register_error_handler(DBAPIError, database_unavailable_problem)
     for unreachable in BROKER_UNREACHABLE:
         app.register_error_handler(unreachable, broker_unavailable_problem)
