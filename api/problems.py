@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from api.field_messages import message
 from api.json_body import MAX_DEPTH
 from shared.planning.recurrence import RecurrenceError
 from shared.store.db import database_unreachable
@@ -130,7 +131,7 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
         "body",
     )
     entries: dict[str, dict[str, str]] = {}
-    for item in error.errors(include_url=False, include_input=False, include_context=False):
+    for item in error.errors(include_url=False, include_input=False):
         # A union (e.g. "integer, or absent") reports one error per branch; name the field once,
         # preferring the branch that says what the value should have been.
         name = str(item["loc"][0]) if item["loc"] else location
@@ -140,7 +141,7 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
             entries[name] = {
                 "in": location,
                 "field": name,
-                "message": item["msg"],
+                "message": message(item, location),
                 "code": item["type"],
             }
     return list(entries.values())
