@@ -6,7 +6,6 @@ environment; ``api.wsgi`` is the one place that loads the environment for gunico
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api import idempotency
+from api import idempotency, json_body
 from api.auth import authenticate
 from api.charts import last_hour_charts
 from api.endpoint_service import EndpointService
@@ -59,6 +58,7 @@ from shared.ops.dead_letters import DeadLetterDesk
 from shared.store.db import make_engine, make_session_factory, once_more_if_connection_lost, utcnow
 
 MAX_BODY_BYTES = 64 * 1024
+BODY_TOO_LARGE = f"the body is over {MAX_BODY_BYTES // 1024} KiB"
 DRAIN_LIMIT_BYTES = 1024 * 1024
 PUBLIC_ENDPOINTS = frozenset(
     {
@@ -105,7 +105,12 @@ def read_chunked_body() -> None:
     body = request.get_data(cache=True)
     if len(body) >= MAX_BODY_BYTES and request.environ["wsgi.input"].read(1):
         g.body_refused = True
-        raise RequestEntityTooLarge(f"the body is over {MAX_BODY_BYTES // 1024} KiB")
+        raise RequestEntityTooLarge()
+
+
+def body_too_large(exc: RequestEntityTooLarge) -> Response:
+    """The one 413 of a body over the limit, whether it had a length or was chunked."""
+    return problem(413, BODY_TOO_LARGE)
 
 
 def drain(stream: Any, limit: int) -> None:
@@ -145,6 +150,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     app.extensions["reminders"] = {"settings": settings, "engine": engine, "broker": broker}
 
     app.register_error_handler(HTTPException, http_problem)
+    app.register_error_handler(RequestEntityTooLarge, body_too_large)
     app.register_error_handler(DBAPIError, database_unavailable_problem)
     for unreachable in BROKER_UNREACHABLE:
         app.register_error_handler(unreachable, broker_unavailable_problem)
@@ -203,11 +209,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
             return None  # an endpoint that needs a body says so with a 422
         if request.mimetype != "application/json":
             return problem(415, "the body must be application/json")
-        try:
-            json.loads(raw or b"")
-        except (ValueError, UnicodeDecodeError):
-            return problem(400, "the body is not valid JSON")
-        return None
+        refused = json_body.refusal()
+        return problem(400, refused) if refused else None
 
     @app.after_request
     def _drain_unread_body(response: Response) -> Response:

@@ -7,7 +7,13 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from api.endpoint_service import EndpointService
 from api.pagination import BadCursor
-from api.problems import bad_cursor_problem, field_problem, problem, problem_responses
+from api.problems import (
+    BAD_BODY,
+    bad_cursor_problem,
+    field_problem,
+    problem,
+    problem_responses,
+)
 from api.schemas import (
     AttemptOut,
     AttemptPage,
@@ -67,7 +73,7 @@ def endpoints_api(service: EndpointService) -> APIBlueprint:
         operation_id="createEndpoint",
         responses={
             201: CREATED,
-            **problem_responses(400, 422, descriptions={**REFUSED, 400: "The body is not JSON"}),
+            **problem_responses(400, 422, descriptions={**REFUSED, 400: BAD_BODY}),
         },
     )
     def create_endpoint(body: EndpointCreate) -> Response:

@@ -72,10 +72,12 @@ def parse_key(field_value: str) -> str:
             draft defines none of, are ignored) nor one bare key, or the string is empty.
     """
     value = field_value.strip(" \t")
+    if not value.isascii():  # neither form may hold anything else
+        raise BadKey(f"{HEADER} must hold ASCII characters only")
     if value.startswith('"'):
         try:
             parsed = http_sf.parse(value.encode("ascii"), tltype="item")
-        except (UnicodeEncodeError, http_sf.StructuredFieldError) as exc:
+        except http_sf.StructuredFieldError as exc:  # says what is wrong, and where
             raise BadKey(
                 f"{HEADER} must be one Structured Field string or one bare key, given once: {exc}"
             ) from None

@@ -10,8 +10,8 @@ cannot drift from them:
   authenticated request queries the database; the operator operations that read the
   broker answer the same 503 when it cannot be reached);
 - the rate limit: 429 with ``Retry-After`` on every operation that is not exempt;
-- the body: 413 on every operation that takes one, and 415 and 400 (not JSON) on the JSON
-  ones.
+- the body: 413 on every operation that takes one, and 415 and 400 (not JSON, or nested
+  too deep: `api.json_body`) on the JSON ones.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, BeforeValidator, Field
 
 from api.problems import problem_responses
-from api.schemas import DeadLetterPath, RequestModel
+from api.schemas import ERROR_TYPE_NAME_OR_EMPTY, DeadLetterPath, RequestModel
 from shared.ops.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
 from shared.store.db import utcnow
 
@@ -54,7 +54,7 @@ def _text(value: Any) -> Any:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-ErrorTypeChoice = Annotated[str, Field(max_length=100, pattern=r"^([A-Za-z_][A-Za-z0-9_.]*)?$")]
+ErrorTypeChoice = Annotated[str, Field(max_length=100, pattern=ERROR_TYPE_NAME_OR_EMPTY)]
 Search = Annotated[str, BeforeValidator(_text), Field(max_length=100)]
 
 

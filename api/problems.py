@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from api.field_messages import message
+from api.json_body import MAX_DEPTH
 from shared.planning.recurrence import RecurrenceError
 from shared.store.db import database_unreachable
 
@@ -46,8 +48,9 @@ PROBLEM_HEADERS: dict[int, dict[str, Any]] = {
     429: RETRY_AFTER,
     503: RETRY_AFTER,
 }
+BAD_BODY = f"The body is not JSON, or is nested more than {MAX_DEPTH} levels deep"
 PROBLEM_DESCRIPTIONS = {
-    400: "Malformed request: the body is not JSON",
+    400: BAD_BODY,
     401: "No valid bearer token",
     403: "The token is not an operator's",
     404: "No such resource",
@@ -128,7 +131,7 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
         "body",
     )
     entries: dict[str, dict[str, str]] = {}
-    for item in error.errors(include_url=False, include_input=False, include_context=False):
+    for item in error.errors(include_url=False, include_input=False):
         # A union (e.g. "integer, or absent") reports one error per branch; name the field once,
         # preferring the branch that says what the value should have been.
         name = str(item["loc"][0]) if item["loc"] else location
@@ -138,7 +141,7 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
             entries[name] = {
                 "in": location,
                 "field": name,
-                "message": item["msg"],
+                "message": message(item, location),
                 "code": item["type"],
             }
     return list(entries.values())

@@ -8,6 +8,10 @@ an integer is a number with no fractional part (``3600.0`` is one, ``3600.5`` is
 ``null`` only where the document says a field is nullable (leave a field out to get its
 default); times are RFC 3339 strings that carry an offset. A query parameter is the text of
 such a JSON value (``limit=50``, not ``limit=+50`` or ``limit=5_0``).
+
+What a client reads about a refused field is written here, beside each constraint: the
+validators raise `PydanticCustomError` with their own code and sentence, and each pattern
+has its sentence in `PATTERN_SENTENCES`; `api.field_messages` words pydantic's own checks.
 """
 
 from __future__ import annotations
@@ -32,15 +36,40 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from shared.config import THIRTY_DAYS
-from shared.planning.recurrence import parse_rule, time_zone
+from shared.planning.recurrence import RecurrenceError, parse_rule, time_zone
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
 
 
 RFC3339_SHAPE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+DATE_TIME_SENTENCE = (
+    "must be an RFC 3339 date-time string with an offset, e.g. 2030-01-31T09:00:00+01:00"
+)
+
+# The patterns of the document, each with what a client reads when a value does not match
+# it (pydantic would show the regular expression).
+NO_NUL = r"^[^\x00]*$"
+VISIBLE_NO_NUL = r"^[^\x00]*[^\s\x00][^\x00]*$"
+HTTP_URL = r"^[Hh][Tt][Tt][Pp][Ss]?://\S+$"
+VISIBLE_ASCII = r"^[\x21-\x7e]+$"
+ERROR_TYPE_NAME = r"^[A-Za-z_][A-Za-z0-9_.]*$"
+ERROR_TYPE_NAME_OR_EMPTY = r"^([A-Za-z_][A-Za-z0-9_.]*)?$"
+_ERROR_TYPE_SENTENCE = (
+    "must be an error type's name: letters, digits, '_' and '.', not starting with a digit"
+)
+PATTERN_SENTENCES = {
+    NO_NUL: "must not contain the NUL character (U+0000)",
+    VISIBLE_NO_NUL: "must contain a character other than spaces, and not the NUL character "
+    "(U+0000)",
+    HTTP_URL: "must be an https:// (or http://) URL without spaces",
+    VISIBLE_ASCII: "must be printable ASCII characters without spaces",
+    ERROR_TYPE_NAME: _ERROR_TYPE_SENTENCE,
+    ERROR_TYPE_NAME_OR_EMPTY: _ERROR_TYPE_SENTENCE + ", or empty",
+}
 
 
 def _rfc3339_text(value: Any) -> Any:
@@ -49,7 +78,7 @@ def _rfc3339_text(value: Any) -> Any:
     if isinstance(value, datetime):
         return value
     if not isinstance(value, str) or not RFC3339_SHAPE.match(value):
-        raise ValueError("must be an RFC 3339 date-time string with an offset")
+        raise PydanticCustomError("datetime_format", DATE_TIME_SENTENCE)
     return value
 
 
@@ -64,7 +93,7 @@ def _in_range(value: datetime) -> datetime:
     except OverflowError:
         utc = None
     if utc is None or not EARLIEST <= utc <= LATEST:
-        raise ValueError("must be between 1970-01-01 and 9998-12-31")
+        raise PydanticCustomError("datetime_range", "must be between 1970-01-01 and 9998-12-31")
     return value
 
 
@@ -72,7 +101,9 @@ def _refuse_null(value: Any) -> Any:
     # pydantic lets None through the "absent" branch of an optional field; the document says
     # the field is not nullable, so an explicit null is refused, in POST as in PATCH.
     if value is None:
-        raise ValueError("may not be null; leave the field out instead")
+        raise PydanticCustomError(
+            "null_not_allowed", "may not be null; leave the field out instead"
+        )
     return value
 
 
@@ -97,7 +128,7 @@ def _query_integer(value: Any) -> Any:
     # A query parameter is text: the text of a JSON integer (as above), nothing looser.
     if isinstance(value, str):
         if not JSON_NUMBER.match(value):
-            raise ValueError("must be an integer")
+            raise PydanticKnownError("int_parsing")
         number = float(value) if any(mark in value for mark in ".eE") else int(value)
         return _json_integer(number)
     return _json_integer(value)
@@ -117,10 +148,8 @@ Timestamp = Annotated[
     ),
 ]
 # PostgreSQL text cannot hold NUL characters: refuse them with a 422, not a 500.
-Title = Annotated[
-    StrictStr, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
-]
-Notes = Annotated[StrictStr, Field(max_length=10_000, pattern=r"^[^\x00]*$")]
+Title = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=VISIBLE_NO_NUL)]
+Notes = Annotated[StrictStr, Field(max_length=10_000, pattern=NO_NUL)]
 RemindBefore = Annotated[
     StrictInt,
     Field(ge=60, le=THIRTY_DAYS, description="Seconds before due_at at which to remind."),
@@ -131,17 +160,23 @@ MAX_REMINDERS = 5
 
 
 def _known_zone(value: str) -> str:
-    time_zone(value)  # RecurrenceError (a ValueError): the 422 names the zone
+    try:
+        time_zone(value)
+    except RecurrenceError as error:  # names the zone
+        raise PydanticCustomError("invalid_time_zone", str(error)) from None
     return value
 
 
 def _supported_rule(value: str) -> str:
-    return parse_rule(value).text  # stored normalised; RecurrenceError names the problem
+    try:
+        return parse_rule(value).text  # stored normalised
+    except RecurrenceError as error:  # names the problem
+        raise PydanticCustomError("invalid_rule", str(error)) from None
 
 
 def _distinct(values: list[int]) -> list[int]:
     if len(set(values)) != len(values):
-        raise ValueError("offsets must be distinct")
+        raise PydanticCustomError("duplicate_offsets", "offsets must be distinct")
     return sorted(values, reverse=True)  # the earliest reminder first
 
 
@@ -210,7 +245,10 @@ def _cached_schema(
 
 def _one_form_of_offsets(model: Any) -> Any:
     if "reminders" in model.model_fields_set and "remind_before_seconds" in model.model_fields_set:
-        raise ValueError("give reminders or remind_before_seconds (its one-offset form), not both")
+        raise PydanticCustomError(
+            "conflicting_fields",
+            "give reminders or remind_before_seconds (its one-offset form), not both",
+        )
     return model
 
 
@@ -246,7 +284,7 @@ class CreateHeaders(CachedSchemaModel):
         alias="Idempotency-Key",
         min_length=1,
         max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        pattern=VISIBLE_ASCII,
         description="Retry-safe creation: the same key and body return the first response "
         "again; kept 24 hours, per user.",
     )
@@ -387,7 +425,7 @@ SnoozeSeconds = Annotated[
 
 def _one_snooze_time(model: Any) -> Any:
     if (model.until is None) == (model.seconds is None):
-        raise ValueError("give until or seconds, one of them")
+        raise PydanticCustomError("until_or_seconds", "give until or seconds, one of them")
     return model
 
 
@@ -407,12 +445,12 @@ EndpointUrl = Annotated[
     Field(
         min_length=1,
         max_length=2048,
-        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://\S+$",
+        pattern=HTTP_URL,
         description="An https:// URL on a public address (loopback, private, link-local and "
         "reserved addresses are refused unless the deployment allows them).",
     ),
 ]
-EndpointDescription = Annotated[StrictStr, Field(max_length=500, pattern=r"^[^\x00]*$")]
+EndpointDescription = Annotated[StrictStr, Field(max_length=500, pattern=NO_NUL)]
 
 
 class EndpointCreate(RequestModel):
@@ -508,9 +546,7 @@ class Readiness(BaseModel):
 
 # -- operators ---------------------------------------------------------------------------
 
-ErrorType = Annotated[
-    StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
-]
+ErrorType = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=ERROR_TYPE_NAME)]
 MAX_AGE_SECONDS = 10 * 365 * 86400
 AgeSeconds = Annotated[StrictInt, Field(ge=0, le=MAX_AGE_SECONDS), BeforeValidator(_json_integer)]
 QueryAgeSeconds = Annotated[

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from api import idempotency
 from api.pagination import BadCursor
 from api.problems import (
+    BAD_BODY,
     MAYBE_RETRY_AFTER,
     bad_cursor_problem,
     field_problem,
@@ -160,7 +161,7 @@ def tasks_api(service: TaskService) -> APIBlueprint:
                 409,
                 422,
                 descriptions={
-                    400: "The body is not JSON, or Idempotency-Key is not one key: one "
+                    400: f"{BAD_BODY}; or Idempotency-Key is not one key: one "
                     'Structured Field string ("...") or one bare key, in one header line',
                     409: "A request with this Idempotency-Key is still in progress",
                     422: "Invalid fields, or this Idempotency-Key was used with another body",
@@ -262,7 +263,7 @@ def tasks_api(service: TaskService) -> APIBlueprint:
                 422,
                 descriptions={
                     **NO_TASK,
-                    400: "The body is not JSON, or Idempotency-Key is not one key",
+                    400: f"{BAD_BODY}; or Idempotency-Key is not one key",
                     409: "The task is done, or a request with this Idempotency-Key is still "
                     "in progress (then with Retry-After)",
                     422: "Invalid fields, or this Idempotency-Key was used with another body",

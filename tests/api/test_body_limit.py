@@ -172,6 +172,19 @@ def test_a_chunked_body_over_64_kib_is_413_not_400(api: ApiHarness) -> None:
     assert api.client.get("/tasks", headers=alice.headers).json["items"] == []
 
 
+def test_both_framings_of_a_body_over_64_kib_say_the_same(api: ApiHarness) -> None:
+    alice = api.account("alice")
+    body = task_body(70_000)
+
+    with_length = api.client.post(
+        "/tasks", data=body, content_type="application/json", headers=alice.headers
+    )
+    chunked = api.client.open(chunked_request(body, alice.headers))
+
+    assert with_length.status_code == chunked.status_code == 413
+    assert with_length.json["detail"] == chunked.json["detail"] == "the body is over 64 KiB"
+
+
 def test_a_chunked_body_within_the_limit_creates_the_task(api: ApiHarness) -> None:
     alice = api.account("alice")
 

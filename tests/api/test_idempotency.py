@@ -161,6 +161,17 @@ def test_a_string_with_an_escaped_quote_is_the_key_it_spells(api: ApiHarness) ->
     assert stored_keys(api) == ['say-"hi"']
 
 
+@pytest.mark.parametrize("value", ["\u00e9t\u00e9", '"\u00e9t\u00e9"'], ids=["bare", "quoted"])
+def test_a_key_that_is_not_ascii_is_400_saying_so_in_words(api: ApiHarness, value: str) -> None:
+    alice = api.account("alice")
+
+    response = post(api, alice.headers, value)
+
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["detail"] == "Idempotency-Key must hold ASCII characters only"
+    assert task_count(api) == 0
+
+
 def test_two_idempotency_key_lines_are_400_and_create_nothing(api: ApiHarness) -> None:
     alice = api.account("alice")
     for lines in (["k-1", "k-2"], ["k-1", "k-1"], ['"k-1"', '"k-1"']):

@@ -8,12 +8,14 @@ a request provokes is documented is checked with Schemathesis in tests/e2e/test_
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
 
 from api.app import create_app
+from api.schemas import PATTERN_SENTENCES
 from tests.conftest import make_settings
 
 OPERATION_IDS = {
@@ -146,3 +148,28 @@ def test_rate_limit_and_health_exemptions(document: dict[str, Any]) -> None:
     assert 429 in statuses(document, "GET", "/openapi.json")
     # The sign-in form reads a token: the database, so 503; and a form over 64 KiB is a 413.
     assert {413, 429, 503} <= statuses(document, "POST", "/ops/sign-in")
+
+
+def request_patterns(node: Any) -> Iterator[str]:
+    """The ``pattern`` of every schema a request is checked against (responses skipped)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                yield value
+            elif key != "responses":
+                yield from request_patterns(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from request_patterns(item)
+
+
+def test_every_pattern_of_a_request_has_a_sentence_for_the_client(
+    document: dict[str, Any],
+) -> None:
+    """A value refused by a pattern is explained in words, never by the expression."""
+    found = set(request_patterns(document["paths"])) | set(
+        request_patterns(document["components"]["schemas"])
+    )
+
+    assert found, "the document has patterns"
+    assert found <= set(PATTERN_SENTENCES), found - set(PATTERN_SENTENCES)
