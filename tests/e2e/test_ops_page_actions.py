@@ -248,8 +248,38 @@ def test_at_420_px_the_page_has_no_horizontal_scroll(
                 assert row.is_visible()
                 box = row.bounding_box()
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420
+                # The search box shows its whole placeholder, here and on a wide screen.
+                fit = placeholder_fit(narrow)
+                assert fit["text"] <= fit["room"], fit
+                narrow.locator("#filter").screenshot(path=str(tmp_path / "narrow-filter.png"))
+                narrow.set_viewport_size({"width": 1400, "height": 900})
+                fit = placeholder_fit(narrow)
+                assert fit["text"] <= fit["room"], fit
+                narrow.set_viewport_size({"width": 420, "height": 900})
     finally:
         context.close()
+
+
+def placeholder_fit(page: Any) -> dict[str, Any]:
+    """The search box's placeholder: its text's width in the box's font, and the room the
+    box has for text (its inner width less padding), in CSS pixels."""
+    fit: dict[str, Any] = page.evaluate(
+        """() => {
+            const input = document.querySelector('#filter input[name=q]');
+            const style = getComputedStyle(input);
+            const context = document.createElement('canvas').getContext('2d');
+            context.font = style.font;
+            return {
+                placeholder: input.placeholder,
+                text: context.measureText(input.placeholder).width,
+                room: input.clientWidth - parseFloat(style.paddingLeft)
+                    - parseFloat(style.paddingRight),
+                scroll: input.scrollWidth <= input.clientWidth,
+            };
+        }"""
+    )
+    assert fit["placeholder"] and fit["scroll"], fit
+    return fit
 
 
 def test_a_form_posted_from_another_site_is_refused_and_the_favicon_is_served(
