@@ -1,16 +1,21 @@
 """The ops page's charts of the last hour, drawn as inline SVG: no script, no CDN, no I/O.
 
 Each chart is one ``<svg role="img">`` whose ``aria-label`` and ``<title>`` summarise it in
-words. It scales to its container (a ``viewBox``, ``width="100%"``, no pixel size), labels
-the time axis in UTC every 15 minutes and the value axis with its maximum. Every minute is
-one element carrying ``data-minute`` (``2026-11-27T14:03Z``) and ``data-value`` (empty
-when the minute has no data), zeros included, so a test can read the numbers back.
-Colours are presentation attributes, not ``style``, so no Content-Security-Policy for
-inline styles is needed.
+words. It scales to its container (a ``viewBox``, ``width="100%"``, no pixel size). The time
+axis has a tick every 5 minutes and a label in UTC every 15; the value axis has ticks at
+round steps from 0 to a round top above the largest value (`value_axis`), each labelled,
+with a grid line. Every minute is one element carrying ``data-minute``
+(``2026-11-27T14:03Z``) and ``data-value`` (empty when the minute has no data), zeros
+included, so a test can read the numbers back; over it, a transparent column as tall as the
+plot (``data-hover-minute``) holds the minute's value in a ``<title>``, which the browser
+shows on hover wherever the pointer is in that minute, even over a zero-height bar. Colours
+are presentation attributes, not ``style``, so no Content-Security-Policy for inline styles
+is needed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +30,9 @@ WIDTH, HEIGHT = 360, 150
 LEFT, RIGHT, TOP, BOTTOM = 40, 6, 16, 18
 PLOT_WIDTH, PLOT_HEIGHT = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 BASELINE = TOP + PLOT_HEIGHT
-TICK_EVERY_MINUTES = 15
+LABEL_EVERY_MINUTES = 15
+TICK_EVERY_MINUTES = 5
+MOST_VALUE_STEPS = 5  # the value axis' ticks above 0, at most: 6 labels fit 116 units
 INK, MUTED, GRID = "#1d232a", "#5f6b76", "#dde2e7"
 BAR = "#1f5fae"
 LINES = ("#1f5fae", "#b35c00", "#1e6b35", "#a1261b")  # one per series, in order
@@ -88,20 +95,20 @@ def bar_chart(
 
     ``minutes`` are the minutes' UTC starts, oldest first; ``values[i]`` is minute ``i``'s,
     None for no data. ``summed``: the values are counts, summarised by their total;
-    otherwise samples (a queue's depth), summarised by the latest.
+    otherwise samples (a queue's depth), summarised by the latest. Either way they are
+    whole numbers, so the value axis steps by 1 at least.
     """
     _same_length(minutes, values)
-    top = _top(values)
+    axis = value_axis(values, unit, whole=True)
     step = PLOT_WIDTH / max(len(minutes), 1)
-    parts = [_frame(title, _bar_summary(title, minutes, values, unit, summed), top, unit)]
+    parts = [_frame(title, _bar_summary(title, minutes, values, unit, summed), axis)]
     parts.append(_time_axis(minutes))
     parts.append(Markup('<g fill="{}">').format(BAR))
     for index, (minute, value) in enumerate(zip(minutes, values, strict=True)):
-        height = 0.0 if value is None else PLOT_HEIGHT * max(value, 0) / top
+        height = 0.0 if value is None else PLOT_HEIGHT * max(value, 0) / axis.top
         parts.append(
             Markup(
-                '<rect x="{}" y="{}" width="{}" height="{}" data-minute="{}" data-value="{}">'
-                "<title>{}</title></rect>"
+                '<rect x="{}" y="{}" width="{}" height="{}" data-minute="{}" data-value="{}"/>'
             ).format(
                 _number(LEFT + index * step + step * 0.125),
                 _number(BASELINE - height),
@@ -109,10 +116,19 @@ def bar_chart(
                 _number(height),
                 _stamp(minute),
                 _data(value),
-                _point_label(minute, value, unit),
             )
         )
-    parts.append(Markup("</g></svg>"))
+    parts.append(Markup("</g>"))
+    parts.append(
+        _hover_columns(
+            minutes,
+            [
+                _point_label(minute, [("", value)], unit)
+                for minute, value in zip(minutes, values, strict=True)
+            ],
+        )
+    )
+    parts.append(Markup("</svg>"))
     return Markup("").join(parts)
 
 
@@ -127,9 +143,9 @@ def line_chart(
     radius 0 and ``data-value=""`` for no data)."""
     for values in series.values():
         _same_length(minutes, values)
-    top = _top([value for values in series.values() for value in values])
+    axis = value_axis([value for values in series.values() for value in values], unit)
     step = PLOT_WIDTH / max(len(minutes), 1)
-    parts = [_frame(title, _line_summary(title, minutes, series, unit), top, unit)]
+    parts = [_frame(title, _line_summary(title, minutes, series, unit), axis)]
     parts.append(_time_axis(minutes))
     legend_x = WIDTH - RIGHT
     for (name, _), colour in reversed(list(zip(series.items(), LINES, strict=False))):
@@ -143,7 +159,7 @@ def line_chart(
         points = [
             None
             if value is None
-            else (LEFT + (index + 0.5) * step, BASELINE - PLOT_HEIGHT * max(value, 0) / top)
+            else (LEFT + (index + 0.5) * step, BASELINE - PLOT_HEIGHT * max(value, 0) / axis.top)
             for index, value in enumerate(values)
         ]
         path = _path(points)
@@ -159,7 +175,7 @@ def line_chart(
             parts.append(
                 Markup(
                     '<circle cx="{}" cy="{}" r="{}" data-series="{}" data-minute="{}" '
-                    'data-value="{}"><title>{}</title></circle>'
+                    'data-value="{}"/>'
                 ).format(
                     _number(x),
                     _number(y),
@@ -167,44 +183,113 @@ def line_chart(
                     name,
                     _stamp(minute),
                     _data(value),
-                    _point_label(minute, value, unit, name),
                 )
             )
         parts.append(Markup("</g>"))
+    labels = [
+        _point_label(minute, [(name, values[index]) for name, values in series.items()], unit)
+        for index, minute in enumerate(minutes)
+    ]
+    parts.append(_hover_columns(minutes, labels))
     parts.append(Markup("</svg>"))
     return Markup("").join(parts)
 
 
-def _frame(title: str, summary: str, top: float, unit: str) -> Markup:
-    """The opening ``<svg>`` with its summary, the baseline, and the value axis (0, max)."""
-    return Markup(
-        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" '
-        'role="img" aria-label="{summary}" font-family="system-ui, sans-serif" '
-        'data-chart="{title}"><title>{summary}</title>'
-        '<line x1="{left}" y1="{top}" x2="{right}" y2="{top}" stroke="{grid}"/>'
-        '<line x1="{left}" y1="{base}" x2="{right}" y2="{base}" stroke="{muted}"/>'
-        '<text x="{label_x}" y="{top_label}" text-anchor="end" font-size="10" '
-        'fill="{muted}">{max}</text>'
-        '<text x="{label_x}" y="{base}" text-anchor="end" font-size="10" fill="{muted}">0</text>'
-    ).format(
-        w=WIDTH,
-        h=HEIGHT,
-        summary=summary,
-        title=title,
-        left=LEFT,
-        right=WIDTH - RIGHT,
-        top=TOP,
-        base=BASELINE,
-        grid=GRID,
-        muted=MUTED,
-        label_x=LEFT - 4,
-        top_label=TOP + 4,
-        max=_human(top, unit),
-    )
+@dataclass(frozen=True)
+class ValueAxis:
+    """A value axis: ticks at a round step from 0 up to its top (the first tick at or
+    above the largest value), labelled in one unit: a chart of lateness up to 90 minutes
+    reads 0, 20 min, 40 min, … rather than a mix of seconds and minutes."""
+
+    ticks: tuple[float, ...]  # in the values' own unit, from 0
+    scale: float  # how many of the values' unit one label unit is (60 for minutes)
+    unit: str  # the labels' unit: "", "s", "min" or "h"
+    decimals: int
+
+    @property
+    def top(self) -> float:
+        return self.ticks[-1]
+
+    def label(self, value: float) -> str:
+        if value == 0:
+            return "0"
+        shown = value / self.scale
+        if self.decimals == 0 and abs(shown) >= 10_000:
+            text = _compact(shown)
+        else:
+            text = f"{shown:,.{self.decimals}f}"
+        return f"{text} {self.unit}" if self.unit else text
+
+
+def value_axis(values: Sequence[Value], unit: str = "", *, whole: bool = False) -> ValueAxis:
+    """The axis for ``values`` (None for no data): at most `MOST_VALUE_STEPS` steps of 1, 2
+    or 5 times a power of ten. ``whole``: the values are whole numbers (counts), so the step
+    is 1 at least. Seconds past two minutes are labelled in minutes, past two hours in
+    hours, as `_human` writes them."""
+    largest = max((value for value in values if value is not None and value > 0), default=0.0)
+    scale, shown = 1.0, unit
+    if unit == "s" and largest >= 7200:
+        scale, shown = 3600.0, "h"
+    elif unit == "s" and largest >= 120:
+        scale, shown = 60.0, "min"
+    span = largest / scale or 1.0
+    step = _round_step(span / MOST_VALUE_STEPS)
+    if whole or shown == "min":
+        step = max(step, 1.0)
+    count = max(math.ceil(span / step - 1e-9), 1)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    ticks = tuple(round(index * step, decimals) * scale for index in range(count + 1))
+    return ValueAxis(ticks=ticks, scale=scale, unit=shown, decimals=decimals)
+
+
+def _round_step(least: float) -> float:
+    """The smallest of 1, 2 and 5 times a power of ten that is at least ``least``."""
+    power = 10.0 ** math.floor(math.log10(least))
+    return next(f * power for f in (1, 2, 5, 10) if f * power >= least * (1 - 1e-9))
+
+
+def _compact(value: float) -> str:
+    """A large round tick value in few characters: 20k, 1.5M."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:,.0f}"
+
+
+def _frame(title: str, summary: str, axis: ValueAxis) -> Markup:
+    """The opening ``<svg>`` with its summary and the value axis: a labelled tick and a
+    grid line at each of its values, the baseline darker."""
+    parts = [
+        Markup(
+            '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%" '
+            'role="img" aria-label="{summary}" font-family="system-ui, sans-serif" '
+            'data-chart="{title}"><title>{summary}</title>'
+        ).format(w=WIDTH, h=HEIGHT, summary=summary, title=title)
+    ]
+    for tick in axis.ticks:
+        y = _number(BASELINE - PLOT_HEIGHT * tick / axis.top)
+        parts.append(
+            Markup(
+                '<line x1="{tick_x}" y1="{y}" x2="{right}" y2="{y}" stroke="{stroke}"/>'
+                '<text x="{label_x}" y="{y}" dy="3.5" text-anchor="end" font-size="10" '
+                'fill="{muted}" data-tick="{value}">{label}</text>'
+            ).format(
+                tick_x=LEFT - 2,
+                y=y,
+                right=WIDTH - RIGHT,
+                stroke=MUTED if tick == 0 else GRID,
+                label_x=LEFT - 4,
+                muted=MUTED,
+                value=_data(tick),
+                label=axis.label(tick),
+            )
+        )
+    return Markup("").join(parts)
 
 
 def _time_axis(minutes: Sequence[datetime]) -> Markup:
-    """A tick and an ``HH:MM`` label at every quarter hour, and "UTC" under the value axis."""
+    """A tick every 5 minutes, longer with an ``HH:MM`` label every quarter hour, and "UTC"
+    under the value axis."""
     step = PLOT_WIDTH / max(len(minutes), 1)
     parts = [
         Markup('<text x="{}" y="{}" text-anchor="end" font-size="9" fill="{}">UTC</text>').format(
@@ -215,19 +300,22 @@ def _time_axis(minutes: Sequence[datetime]) -> Markup:
         if minute.minute % TICK_EVERY_MINUTES:
             continue
         x = LEFT + (index + 0.5) * step
+        labelled = minute.minute % LABEL_EVERY_MINUTES == 0
+        parts.append(
+            Markup('<line x1="{x}" y1="{base}" x2="{x}" y2="{tick}" stroke="{muted}"/>').format(
+                x=_number(x), base=BASELINE, tick=BASELINE + (4 if labelled else 2), muted=MUTED
+            )
+        )
+        if not labelled:
+            continue
         # Labels at either end stay inside the drawing.
         anchor = "start" if index < 4 else "end" if index > len(minutes) - 5 else "middle"
         label_x = x - step / 2 if anchor == "start" else x + step / 2 if anchor == "end" else x
         parts.append(
             Markup(
-                '<line x1="{x}" y1="{base}" x2="{x}" y2="{tick}" stroke="{muted}"/>'
                 '<text x="{label_x}" y="{y}" text-anchor="{anchor}" font-size="10" '
                 'fill="{ink}">{label}</text>'
             ).format(
-                x=_number(x),
-                base=BASELINE,
-                tick=BASELINE + 3,
-                muted=MUTED,
                 label_x=_number(label_x),
                 y=HEIGHT - 4,
                 anchor=anchor,
@@ -235,6 +323,30 @@ def _time_axis(minutes: Sequence[datetime]) -> Markup:
                 label=minute.strftime("%H:%M"),
             )
         )
+    return Markup("").join(parts)
+
+
+def _hover_columns(minutes: Sequence[datetime], labels: Sequence[str]) -> Markup:
+    """A transparent column over each minute, the plot's full height, whose ``<title>`` the
+    browser shows while the pointer is anywhere in that minute. Drawn last, so on top."""
+    step = PLOT_WIDTH / max(len(minutes), 1)
+    parts = [Markup('<g fill="{}" fill-opacity="0" class="hover">').format(INK)]
+    for index, (minute, label) in enumerate(zip(minutes, labels, strict=True)):
+        parts.append(
+            Markup(
+                '<rect x="{}" y="{}" width="{}" height="{}" data-hover-minute="{}">'
+                "<title>{}</title></rect>"
+            ).format(
+                _number(LEFT + index * step),
+                TOP,
+                # A hundredth wider than the step once rounded: no gap between columns.
+                _number(math.ceil(step * 100) / 100 + 0.01),
+                PLOT_HEIGHT,
+                _stamp(minute),
+                label,
+            )
+        )
+    parts.append(Markup("</g>"))
     return Markup("").join(parts)
 
 
@@ -272,9 +384,13 @@ def _line_summary(
     return f"{title}, last hour: {'; '.join(said) or 'no data'}"
 
 
-def _point_label(minute: datetime, value: Value, unit: str, series: str | None = None) -> str:
-    what = "no data" if value is None else _human(value, unit)
-    return f"{minute:%H:%M} UTC{f' {series}' if series else ''}: {what}"
+def _point_label(minute: datetime, values: Sequence[tuple[str, Value]], unit: str) -> str:
+    """E.g. "14:03 UTC: 7", or for series "14:03 UTC: p50 0.21 s, p99 no data"."""
+    said = [
+        f"{f'{name} ' if name else ''}{'no data' if value is None else _human(value, unit)}"
+        for name, value in values
+    ]
+    return f"{minute:%H:%M} UTC: {', '.join(said)}"
 
 
 def _path(points: Sequence[tuple[float, float] | None]) -> str:
@@ -288,12 +404,6 @@ def _path(points: Sequence[tuple[float, float] | None]) -> str:
         commands.append(f"{'L' if pen_down else 'M'}{_number(point[0])} {_number(point[1])}")
         pen_down = True
     return " ".join(commands)
-
-
-def _top(values: Sequence[Value]) -> float:
-    """The value axis' maximum: the largest value, or 1 when every value is 0 or missing."""
-    largest = max((value for value in values if value is not None), default=0)
-    return float(largest) if largest > 0 else 1.0
 
 
 def _same_length(minutes: Sequence[datetime], values: Sequence[Value]) -> None:

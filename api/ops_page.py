@@ -60,7 +60,11 @@ Search = Annotated[str, BeforeValidator(_text), Field(max_length=100)]
 
 class PageQuery(RequestModel):
     error_type: ErrorTypeChoice = Field(default="", description="Only this final error type.")
-    q: Search = Field(default="", description="A task ID or a message ID.")
+    q: Search = Field(
+        default="",
+        description="A task ID, a message ID or an owner's user name (exact). Text that can "
+        "be none of them matches nothing.",
+    )
 
 
 class SignInForm(BaseModel):
@@ -130,14 +134,17 @@ def back(notice: str, **query: str) -> Response:
     return response  # type: ignore[return-value]
 
 
-def _search(q: str) -> tuple[uuid.UUID | None, str | None]:
-    """The ID searched for, or why the text is not one."""
-    if not q.strip():
-        return None, None
-    try:
-        return uuid.UUID(q.strip()), None
-    except ValueError:
-        return None, "Search takes a whole task ID or message ID (a UUID)."
+def _page_filter(error_type: str, q: str) -> tuple[DeadLetterFilter, str | None]:
+    """The dead letters the page lists for its filter and search, and why the search
+    matches nothing when it cannot. A bulk action by filter acts on exactly these: a search
+    that matches nothing makes it act on nothing."""
+    matching = DeadLetterFilter.by_age(error_type or None, None, search=q)
+    if matching.search is not None and matching.search.matches_nothing:
+        return matching, (
+            "Search takes a whole task ID or message ID, or an owner's user name (letters, "
+            "digits and _.@-): nothing matches this."
+        )
+    return matching, None
 
 
 def _dashboard_query(error_type: str, q: str) -> dict[str, str]:
@@ -173,10 +180,9 @@ def ops_page(
         "", summary="The operations page", operation_id="showOpsPage", responses=PAGE_RESPONSES
     )
     def dashboard(query: PageQuery) -> Response:
-        search, search_problem = _search(query.q)
+        matching, search_problem = _page_filter(query.error_type, query.q)
         letters: list[DeadLetterView] = []
-        if not search_problem:
-            matching = DeadLetterFilter.by_age(query.error_type or None, None, search=search)
+        if not search_problem:  # else nothing can match: no need to ask
             letters, _ = desk.page(matching, limit=PAGE_SIZE)
         notice = request.cookies.get(NOTICE_COOKIE)
         response = Response(
@@ -187,6 +193,7 @@ def ops_page(
                 notice=unquote(notice)[:300] if notice else None,
                 queues=desk.queues(),
                 letters=letters,
+                owners=desk.owners(letter.task_id for letter in letters),
                 error_types=desk.error_types(),
                 error_type=query.error_type,
                 q=query.q,
@@ -322,7 +329,6 @@ def ops_page(
         touch (a dry run) and asking to confirm; with it, the action, then the page. A
         selection is confirmed as listed; a filter is applied again on confirmation."""
         verb = "retry" if form.action.startswith("retry") else "discard"
-        search, _ = _search(form.q)
         if form.action.endswith("selected"):
             ids = []
             for text in form.message_id:
@@ -334,7 +340,8 @@ def ops_page(
             if not ids:
                 return back("Select dead letters first (the boxes in the first column).")
         else:
-            matching = DeadLetterFilter.by_age(form.error_type or None, None, search=search)
+            # The page's own filter, the same search included: never wider than the list.
+            matching, _ = _page_filter(form.error_type, form.q)
             ids = desk.matching_ids(matching)
             scope = _scope(form.error_type, form.q)
         fields = [("action", form.action), ("error_type", form.error_type), ("q", form.q)]
@@ -385,8 +392,8 @@ def _scope(error_type: str, q: str) -> str:
     parts = []
     if error_type:
         parts.append(f"error type {error_type}")
-    if q:
-        parts.append(f"ID {q}")
+    if q.strip():
+        parts.append(f"search “{q.strip()}”")
     return f" (matching {' and '.join(parts)})" if parts else " (all)"
 
 

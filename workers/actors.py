@@ -35,7 +35,7 @@ from shared.broker.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEN
 from shared.config import Settings
 from shared.delivery.endpoints import purge_attempts
 from shared.logs import get_logger
-from shared.ops.activity import record_retry, sample_queue_depth
+from shared.ops.activity import record_dead_letters, record_retry, sample_queue_depth
 from shared.planning.rules import describe_error
 from shared.store.db import database_unreachable, utcnow
 from shared.store.housekeeping import purge_expired_idempotency_keys, purge_history
@@ -100,6 +100,12 @@ class RecordFailedAttempts(Middleware):
         # The ops page's retries per minute; best effort, it never fails the attempt.
         record_retry(broker.client, self.pipeline.settings.redis_namespace, utcnow())
 
+    def _count_dead_letter(self, broker: Any, error_type: str) -> None:
+        metrics.DEAD_LETTERED.labels(error_type).inc()
+        # The ops page's dead letters per minute, kept as they happen: an operator's retry
+        # later does not take one back. Best effort, it never fails the attempt.
+        record_dead_letters(broker.client, self.pipeline.settings.redis_namespace, utcnow())
+
     def after_process_message(
         self,
         broker: Any,
@@ -133,7 +139,7 @@ class RecordFailedAttempts(Middleware):
             # No row to record on; a wrong number of arguments is retried like any TypeError,
             # so only the final attempt is the dead letter.
             if message.failed:
-                metrics.DEAD_LETTERED.labels(error_type).inc()
+                self._count_dead_letter(broker, error_type)
                 log.error("reminder.dead_lettered", reason="malformed message", **fields)
             else:
                 self._count_retry(broker, error_type)
@@ -146,7 +152,7 @@ class RecordFailedAttempts(Middleware):
         )
         attempt = recorded.attempts if recorded else message.options.get("retries", 0)
         if message.failed:
-            metrics.DEAD_LETTERED.labels(error_type).inc()
+            self._count_dead_letter(broker, error_type)
             log.error("reminder.dead_lettered", attempt=attempt, **fields)
         else:
             self._count_retry(broker, error_type)
@@ -260,8 +266,12 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         metrics.ENQUEUED.labels("due").inc(result.enqueued)
         metrics.ENQUEUED.labels("requeued").inc(result.requeued)
         metrics.MISSED.inc(result.missed)
-        # The ops page's queue depth per minute; best effort, it never fails the scan.
+        # The ops page's queue depth and dead letters per minute; best effort, they never
+        # fail the scan.
         sample_queue_depth(broker, settings.redis_namespace, utcnow())
+        record_dead_letters(
+            broker.client, settings.redis_namespace, utcnow(), result.repaired_failed
+        )
 
     def housekeeping() -> None:
         """Purge expired Idempotency-Keys (kept at least 24 hours), reminder history older

@@ -1,14 +1,20 @@
 """What the pipeline did in the last hour, minute by minute: the numbers behind the ops
 page's charts.
 
-Where a reminder row records the event, the row is the source: sent (and lateness) by
-``sent_at``, dead-lettered by ``failed_at``, missed by ``updated_at`` of ``missed`` rows.
-What no row records is kept in Redis by the workers, one key per minute under the
-deployment's namespace, expiring after `ACTIVITY_TTL_SECONDS`::
+Where a reminder row records the event for good, the row is the source: sent (and
+lateness) by ``sent_at``, missed by ``updated_at`` of ``missed`` rows. What no row records
+is kept in Redis by the workers, one key per minute under the deployment's namespace,
+expiring after `ACTIVITY_TTL_SECONDS`::
 
-    <namespace>:activity:retried:<minute>      counter: failed attempts put back for a retry
-    <namespace>:activity:queue_depth:<minute>  the reminders queue's ready messages, as the
-                                               minute's last producer scan saw them
+    <namespace>:activity:retried:<minute>        counter: failed attempts put back for a retry
+    <namespace>:activity:dead_lettered:<minute>  counter: messages dead-lettered
+    <namespace>:activity:queue_depth:<minute>    the reminders queue's ready messages, as the
+                                                 minute's last producer scan saw them
+
+A dead letter is counted when it happens: its row's ``failed_at`` is cleared by an
+operator's retry and moved by a later failure, so the rows alone would rewrite the past.
+The rows still count as a floor (``failed`` rows by ``failed_at``), so a minute whose
+counter was lost to a Redis error shows at least the dead letters still standing.
 
 ``<minute>`` is the minute's start in Unix seconds (a multiple of 60). Writing them is
 best effort: a Redis error is logged once (until a write succeeds again) and never fails
@@ -79,6 +85,10 @@ def retried_key(namespace: str, moment: datetime) -> str:
     return f"{namespace}:activity:retried:{_epoch(moment)}"
 
 
+def dead_lettered_key(namespace: str, moment: datetime) -> str:
+    return f"{namespace}:activity:dead_lettered:{_epoch(moment)}"
+
+
 def queue_depth_key(namespace: str, moment: datetime) -> str:
     return f"{namespace}:activity:queue_depth:{_epoch(moment)}"
 
@@ -111,10 +121,21 @@ def record_retry(client: Any, namespace: str, now: datetime) -> None:
 
     ``client`` is a synchronous redis-py client (the broker's ``client``).
     """
-    key = retried_key(namespace, now)
-    with _best_effort("retried"), client.pipeline(transaction=True) as pipe:
+    _count(client, "retried", retried_key(namespace, now), 1)
+
+
+def record_dead_letters(client: Any, namespace: str, now: datetime, count: int = 1) -> None:
+    """Count ``count`` messages dead-lettered in ``now``'s minute (a final failed attempt,
+    or rows the producer found dead-lettered without their failure recorded). Never raises
+    a Redis error."""
+    if count > 0:
+        _count(client, "dead_lettered", dead_lettered_key(namespace, now), count)
+
+
+def _count(client: Any, kind: str, key: str, count: int) -> None:
+    with _best_effort(kind), client.pipeline(transaction=True) as pipe:
         # In one transaction, so the counter never lives on without its expiry.
-        pipe.incr(key)
+        pipe.incrby(key, count)
         pipe.expire(key, ACTIVITY_TTL_SECONDS)
         pipe.execute()
 
@@ -156,9 +177,10 @@ def last_hour(
     here); ``client`` the Redis client of the broker, ``namespace`` the deployment's key
     prefix. Minutes with nothing counted hold zeros, and None for lateness and depth.
 
-    Dead-lettered counts rows by ``failed_at``, which an operator's retry clears: a dead
-    letter retried since no longer shows in its minute. Missed counts ``missed`` rows by
-    ``updated_at``, which is when the producer marked them (the state is final).
+    Dead-lettered is the workers' count of the minute (what was dead-lettered then, whatever
+    became of it since), or the ``failed`` rows whose ``failed_at`` falls in the minute if
+    they are more (the count was lost). Missed counts ``missed`` rows by ``updated_at``,
+    which is when the producer marked them (the state is final).
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed.
@@ -174,9 +196,11 @@ def last_hour(
     starts = [first + timedelta(minutes=index) for index in range(MINUTES)]
     stored = client.mget(
         [retried_key(namespace, start) for start in starts]
+        + [dead_lettered_key(namespace, start) for start in starts]
         + [queue_depth_key(namespace, start) for start in starts]
     )
-    retried, depths = stored[:MINUTES], stored[MINUTES:]
+    retried, dead_lettered = stored[:MINUTES], stored[MINUTES : 2 * MINUTES]
+    depths = stored[2 * MINUTES :]
     minutes = []
     for index, start in enumerate(starts):
         epoch = int(start.timestamp())
@@ -186,7 +210,9 @@ def last_hour(
                 start=start,
                 sent=counted.sent.get(epoch, 0),
                 retried=int(retried[index] or 0),
-                dead_lettered=counted.dead_lettered.get(epoch, 0),
+                dead_lettered=max(
+                    int(dead_lettered[index] or 0), counted.dead_lettered.get(epoch, 0)
+                ),
                 missed=counted.missed.get(epoch, 0),
                 lateness_p50=p50,
                 lateness_p99=p99,

@@ -23,8 +23,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import Select, or_, select, tuple_
+from sqlalchemy import Select, false, or_, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from shared.broker.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SEND_REMINDER, reminder_message
 from shared.broker.redis_broker import (
@@ -37,6 +38,7 @@ from shared.broker.redis_broker import (
 )
 from shared.logs import get_logger
 from shared.planning.rules import error_type_of
+from shared.store.accounts import USER_NAME
 from shared.store.db import unit_of_work, utcnow
 from shared.store.models import Endpoint, EndpointAttempt, OperatorAction, Reminder, Task, User
 
@@ -47,23 +49,62 @@ _BROKER_IDS = uuid.UUID("6f1d7f1e-3c1b-4c9e-9a57-5c0a4b0e8d21")  # names non-UUI
 
 
 @dataclass(frozen=True)
+class DeadLetterSearch:
+    """What an operator searched for: a task ID or message ID, or an owner's user name.
+
+    The text is read both ways (a user may be named like a UUID). Text that can be neither
+    matches nothing; it never falls back to matching everything, so an action taken on a
+    search's matches can only touch what the search lists.
+    """
+
+    text: str
+
+    @property
+    def id(self) -> uuid.UUID | None:
+        try:
+            return uuid.UUID(self.text)
+        except ValueError:
+            return None
+
+    @property
+    def owner(self) -> str | None:
+        return self.text if USER_NAME.match(self.text) else None
+
+    @property
+    def matches_nothing(self) -> bool:
+        return self.id is None and self.owner is None
+
+    @classmethod
+    def of(cls, text: str | None) -> DeadLetterSearch | None:
+        """The search for what was typed (surrounding spaces dropped); None for no text."""
+        text = (text or "").strip()
+        return cls(text) if text else None
+
+
+@dataclass(frozen=True)
 class DeadLetterFilter:
-    """Which dead letters an operator means: by final error type and by age."""
+    """Which dead letters an operator means: by final error type, by age, and a search."""
 
     error_type: str | None = None
     failed_before: datetime | None = None
     failed_after: datetime | None = None
-    search: uuid.UUID | None = None  # a message ID or a task ID
+    search: DeadLetterSearch | None = None
 
     def matches(self, view: DeadLetterView) -> bool:
-        """Whether an entry the database does not know passes the filter."""
+        """Whether an entry the database does not know passes the filter. Such an entry
+        has no owner on record: a search matches it by ID only."""
         failed_at = view.failed_at
         return (
             failed_at is not None
             and (not self.error_type or view.error_type == self.error_type)
             and (self.failed_before is None or failed_at < self.failed_before)
             and (self.failed_after is None or failed_at >= self.failed_after)
-            and (self.search is None or self.search in (view.message_id, view.task_id))
+            and (
+                self.search is None
+                or (
+                    self.search.id is not None and self.search.id in (view.message_id, view.task_id)
+                )
+            )
         )
 
     @classmethod
@@ -72,12 +113,13 @@ class DeadLetterFilter:
         error_type: str | None = None,
         older_than_seconds: int | None = None,
         newer_than_seconds: int | None = None,
-        search: uuid.UUID | None = None,
+        search: str | None = None,
     ) -> DeadLetterFilter:
-        """A filter by error type, by how long ago the occurrence failed, and by ID."""
+        """A filter by error type, by how long ago the occurrence failed, and by what an
+        operator searched for (`DeadLetterSearch`)."""
         now = utcnow()
         return cls(
-            search=search,
+            search=DeadLetterSearch.of(search),
             error_type=error_type,
             failed_before=None
             if older_than_seconds is None
@@ -246,14 +288,21 @@ def _failed(query_filter: DeadLetterFilter) -> Select[Reminder]:
         statement = statement.where(Reminder.failed_at < query_filter.failed_before)
     if query_filter.failed_after:
         statement = statement.where(Reminder.failed_at >= query_filter.failed_after)
-    if query_filter.search:
-        statement = statement.where(
-            or_(
-                Reminder.message_id == query_filter.search,
-                Reminder.task_id == query_filter.search,
-            )
-        )
+    if query_filter.search is not None:
+        statement = statement.where(_searched(query_filter.search))
     return statement
+
+
+def _searched(search: DeadLetterSearch) -> ColumnElement[bool]:
+    """The rows a search names: by message or task ID, or the tasks of the owner so named;
+    none when the text can be neither."""
+    named: list[ColumnElement[bool]] = []
+    if search.id is not None:
+        named += [Reminder.message_id == search.id, Reminder.task_id == search.id]
+    if search.owner is not None:
+        owned = select(Task.id).join(User, User.id == Task.owner_id)
+        named.append(Reminder.task_id.in_(owned.where(User.name == search.owner)))
+    return or_(*named) if named else false()
 
 
 class DeadLetterDesk:
@@ -341,6 +390,20 @@ class DeadLetterDesk:
         last = items[-1] if items else None
         next_key = (last.failed_at, last.message_id) if (more and last and last.failed_at) else None
         return items, next_key
+
+    def owners(self, task_ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+        """The user names owning these tasks (one query), so a listing can say whose each
+        dead letter is; a task that no longer exists is left out."""
+        wanted = {task_id for task_id in task_ids if task_id is not None}
+        if not wanted:
+            return {}
+        with unit_of_work(self.sessions) as session:
+            found = session.execute(
+                select(Task.id, User.name)
+                .join(User, User.id == Task.owner_id)
+                .where(Task.id.in_(wanted))
+            )
+            return {task_id: name for task_id, name in found}
 
     def error_types(self) -> dict[str, int]:
         """Live dead letters grouped by final error type, with counts."""

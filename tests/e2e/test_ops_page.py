@@ -212,9 +212,9 @@ def test_operator_signs_in_sees_the_dead_letter_and_retries_it_after_the_fix(
     assert row.count() == 1
     cells = row.locator("td").all_inner_texts()  # select, failed at, message, task, …
     assert cells[2].splitlines()[0] == mid
-    assert cells[3] == str(task_id)
-    assert cells[4] == "2"  # one retry: two attempts
-    assert cells[5] == FINAL_ERROR
+    assert (cells[3], cells[4]) == (str(task_id), "owen")
+    assert cells[5] == "2"  # one retry: two attempts
+    assert cells[6] == FINAL_ERROR
     assert "expired from the broker" not in cells[2]
     assert queue_row(page, "reminders")["dead"] == "1"
     assert "TransientDeliveryError (1)" in page.locator("select[name=error_type]").inner_text()

@@ -161,6 +161,11 @@ def test_bulk_retry_of_a_filter_counts_first_then_the_page_reports_each_one_sent
         )
     assert {reminder(stack, mid).state for mid in mids} == {"sent"}
     assert sorted(receiver.keys()[-3:]) == sorted(mids)
+    # Retried and sent since, they were still dead-lettered when they were.
+    dead_lettered = page.eval_on_selector_all(
+        "#chart-dead-lettered [data-minute]", "els => els.map(e => Number(e.dataset.value))"
+    )
+    assert sum(dead_lettered) == 3
     outcomes = {cells[1]: cells[3] for cells in table(page, "#retried")}
     assert set(outcomes) == set(mids) and all(o.startswith("sent at") for o in outcomes.values())
     assert page.locator("#retrying").inner_text().count("TransientDeliveryError") == 0
@@ -195,7 +200,34 @@ def test_the_sent_chart_shows_the_rows_of_each_minute(
     assert len(points) == 60
     shown = {minute: value for minute, value in points if value}
     assert shown == {f"{minute:%Y-%m-%dT%H:%MZ}": count for minute, count in counts.items()}
+
+    # The pointer anywhere in a minute's column, well above its bar or over no bar at all,
+    # is over what shows that minute's value (its title, as the browser's tooltip).
+    busy, quiet = now - timedelta(minutes=3), now - timedelta(minutes=10)
+    for minute, value in ((busy, "4"), (quiet, "0")):
+        hovered = hover(page, "#chart-sent", minute)
+        assert hovered == {"title": f"{minute:%H:%M} UTC: {value}", "highlighted": True}
     shot(page, tmp_path, "charts")
+
+
+def hover(page: Any, chart: str, minute: datetime) -> dict[str, Any]:
+    """Move the pointer into ``minute``'s column near the top of the plot; what is under
+    it: its title and whether it is highlighted."""
+    stamp = f"{minute:%Y-%m-%dT%H:%MZ}"
+    column = page.locator(f'{chart} [data-hover-minute="{stamp}"]').bounding_box()
+    assert column is not None
+    x, y = column["x"] + column["width"] / 2, column["y"] + 3
+    page.mouse.move(x, y)
+    under: dict[str, Any] = page.evaluate(
+        """([x, y]) => {
+            const el = document.elementFromPoint(x, y);
+            const title = el && el.querySelector(':scope > title');
+            return {title: title ? title.textContent : null,
+                    highlighted: el !== null && getComputedStyle(el).fillOpacity !== '0'};
+        }""",
+        [x, y],
+    )
+    return under
 
 
 def test_at_420_px_the_page_has_no_horizontal_scroll(
@@ -216,8 +248,38 @@ def test_at_420_px_the_page_has_no_horizontal_scroll(
                 assert row.is_visible()
                 box = row.bounding_box()
                 assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420
+                # The search box shows its whole placeholder, here and on a wide screen.
+                fit = placeholder_fit(narrow)
+                assert fit["text"] <= fit["room"], fit
+                narrow.locator("#filter").screenshot(path=str(tmp_path / "narrow-filter.png"))
+                narrow.set_viewport_size({"width": 1400, "height": 900})
+                fit = placeholder_fit(narrow)
+                assert fit["text"] <= fit["room"], fit
+                narrow.set_viewport_size({"width": 420, "height": 900})
     finally:
         context.close()
+
+
+def placeholder_fit(page: Any) -> dict[str, Any]:
+    """The search box's placeholder: its text's width in the box's font, and the room the
+    box has for text (its inner width less padding), in CSS pixels."""
+    fit: dict[str, Any] = page.evaluate(
+        """() => {
+            const input = document.querySelector('#filter input[name=q]');
+            const style = getComputedStyle(input);
+            const context = document.createElement('canvas').getContext('2d');
+            context.font = style.font;
+            return {
+                placeholder: input.placeholder,
+                text: context.measureText(input.placeholder).width,
+                room: input.clientWidth - parseFloat(style.paddingLeft)
+                    - parseFloat(style.paddingRight),
+                scroll: input.scrollWidth <= input.clientWidth,
+            };
+        }"""
+    )
+    assert fit["placeholder"] and fit["scroll"], fit
+    return fit
 
 
 def test_a_form_posted_from_another_site_is_refused_and_the_favicon_is_served(

@@ -1,6 +1,6 @@
 """The last hour's activity, per minute, on both databases and a real Redis: the rows' events
-(sent with lateness, dead-lettered, missed) and the workers' counters (retries, queue depth)
-land in their minute, and nothing else does."""
+(sent with lateness, dead-lettered, missed) and the workers' counters (retries, dead letters,
+queue depth) land in their minute, and nothing else does."""
 
 from __future__ import annotations
 
@@ -8,28 +8,34 @@ import json
 import socket
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
+from dramatiq import Message
 from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from shared.broker.queue import make_broker, reminder_message
+from shared.broker.queue import QUEUE_NAME, make_broker, reminder_message
 from shared.broker.redis_broker import enqueue_batch
 from shared.logs import configure_logging
 from shared.ops import activity
 from shared.ops.activity import (
     ACTIVITY_TTL_SECONDS,
     Minute,
+    dead_lettered_key,
     last_hour,
     queue_depth_key,
+    record_dead_letters,
     record_queue_depth,
     record_retry,
     retried_key,
     sample_queue_depth,
 )
+from shared.ops.dead_letters import DeadLetterDesk
 from shared.planning.keys import message_id
 from shared.store.db import make_session_factory, unit_of_work, utcnow
 from shared.store.models import Reminder, Task
@@ -107,7 +113,7 @@ def test_each_event_counts_in_its_minute_and_nowhere_else(
     for _ in range(2):
         rows.add("failed", at("12:10:00"), failed_at=at("12:10:00"), attempts=3)
     rows.add("failed", at("11:00:00"), failed_at=at("11:00:00"))  # an hour too old
-    # Dead-lettered at 12:11, then retried by an operator: no longer counted (failed_at cleared).
+    # Dead-lettered at 12:11, then retried by an operator: only the workers' count keeps it.
     rows.add("queued", at("12:12:00"), attempts=3)
     for _ in range(3):
         rows.add("missed", at("12:20:30"))
@@ -116,6 +122,9 @@ def test_each_event_counts_in_its_minute_and_nowhere_else(
     client = redis.Redis.from_url(REDIS_URL)
     for moment in ("12:15:01", "12:15:59", "12:16:00", "11:00:00"):
         record_retry(client, redis_namespace, at(moment))
+    record_dead_letters(client, redis_namespace, at("12:11:30"))
+    # The count of 12:10 was lost (a Redis error): the two failed rows are the floor.
+    record_dead_letters(client, redis_namespace, at("12:10:40"), count=1)
     record_queue_depth(client, redis_namespace, at("12:29:01"), 5)
     record_queue_depth(client, redis_namespace, at("12:29:40"), 7)  # the minute's last sample
     record_queue_depth(client, redis_namespace, at("12:30:00"), 0)
@@ -126,7 +135,7 @@ def test_each_event_counts_in_its_minute_and_nowhere_else(
     assert [m.start for m in hour] == [minute("11:31") + timedelta(minutes=i) for i in range(60)]
     events = {m.start: m for m in hour if m != quiet(m.start)}
     assert set(events) == {
-        minute(hhmm) for hhmm in ("11:31", "12:03", "12:10", "12:15", "12:16")
+        minute(hhmm) for hhmm in ("11:31", "12:03", "12:10", "12:11", "12:15", "12:16")
     } | {minute(hhmm) for hhmm in ("12:20", "12:29", "12:30")}
     busy = events[minute("12:03")]
     assert (busy.sent, busy.lateness_p50) == (4, pytest.approx(2.5))
@@ -137,6 +146,7 @@ def test_each_event_counts_in_its_minute_and_nowhere_else(
     assert (running.sent, running.lateness_p50, running.lateness_p99) == (1, 0.25, 0.25)
     assert running.queue_depth == 0
     assert events[minute("12:10")] == Minute(minute("12:10"), 0, 0, 2, 0, None, None, None)
+    assert events[minute("12:11")] == Minute(minute("12:11"), 0, 0, 1, 0, None, None, None)
     assert events[minute("12:15")] == Minute(minute("12:15"), 0, 2, 0, 0, None, None, None)
     assert events[minute("12:16")] == Minute(minute("12:16"), 0, 1, 0, 0, None, None, None)
     assert events[minute("12:20")] == Minute(minute("12:20"), 0, 0, 0, 3, None, None, None)
@@ -175,12 +185,15 @@ def test_the_counters_expire_within_two_hours(redis_namespace: str) -> None:
 
     record_retry(client, redis_namespace, NOW)
     record_retry(client, redis_namespace, NOW)
+    record_dead_letters(client, redis_namespace, NOW, count=4)
     record_queue_depth(client, redis_namespace, NOW, 3)
 
     retried, depth = retried_key(redis_namespace, NOW), queue_depth_key(redis_namespace, NOW)
+    dead = dead_lettered_key(redis_namespace, NOW)
     assert retried == f"{redis_namespace}:activity:retried:{int(minute('12:30').timestamp())}"
-    assert (client.get(retried), client.get(depth)) == (b"2", b"3")
+    assert (client.get(retried), client.get(dead), client.get(depth)) == (b"2", b"4", b"3")
     assert 0 < client.ttl(retried) <= ACTIVITY_TTL_SECONDS == 2 * 3600
+    assert 0 < client.ttl(dead) <= ACTIVITY_TTL_SECONDS
     assert 0 < client.ttl(depth) <= ACTIVITY_TTL_SECONDS
 
 
@@ -198,6 +211,7 @@ def test_a_redis_failure_is_logged_once_and_never_raised(
 
     for _ in range(3):
         record_retry(client, "down", NOW)
+        record_dead_letters(client, "down", NOW)
         record_queue_depth(client, "down", NOW, 1)
         sample_queue_depth(broker, "down", NOW)
 
@@ -205,6 +219,7 @@ def test_a_redis_failure_is_logged_once_and_never_raised(
     warnings = [(line["event"], line["kind"], line["level"]) for line in lines]
     assert warnings == [
         ("activity.not_recorded", "retried", "warning"),
+        ("activity.not_recorded", "dead_lettered", "warning"),
         ("activity.not_recorded", "queue_depth", "warning"),
     ]
     assert lines[0]["error_type"] == "ConnectionError"
@@ -233,3 +248,63 @@ def test_the_workers_record_retries_and_the_scans_queue_depth(
     hour = last_hour(migrated, broker.client, redis_namespace, utcnow())
     assert sum(m.retried for m in hour) == 1
     assert [m.queue_depth for m in hour if m.queue_depth is not None] == [3]
+
+
+def test_dead_letters_stay_counted_in_their_minute_after_an_operator_retries_them(
+    migrated: Engine, redis_namespace: str
+) -> None:
+    settings = make_settings(redis_url=REDIS_URL, redis_namespace=redis_namespace)
+    broker = make_broker(settings)
+    sessions = make_session_factory(migrated)
+    actors = declare_actors(
+        broker, Pipeline(sessions=sessions, channel=LogChannel(), settings=settings)
+    )
+    [recorder] = [m for m in broker.middleware if isinstance(m, RecordFailedAttempts)]
+    rows = Rows(migrated)
+    messages = []
+    for _ in range(4):
+        # The fourth was left queued by a worker that died after Dramatiq dead-lettered it.
+        rows.add("queued", utcnow() - timedelta(hours=1), attempts=2)
+        due_at = NOW + timedelta(days=rows.count)
+        messages.append(reminder_message(rows.task_id, due_at, message_id(rows.task_id, due_at, 0)))
+    for message in messages[:3]:  # each one's last attempt fails: three dead letters
+        attempt = MessageProxy(message)
+        attempt.fail()
+        recorder.after_process_message(broker, attempt, exception=TransientDeliveryError("503"))
+    nack_unrecorded(broker, messages[3])
+    actors.scan_due_tasks.fn()  # finds the fourth in the dead letters: failed now
+    now = utcnow()  # one hour for every reading, so only the retries can change it
+    dead_lettered = {
+        m.start: m.dead_lettered
+        for m in last_hour(migrated, broker.client, redis_namespace, now)
+        if m.dead_lettered
+    }
+    assert sum(dead_lettered.values()) == 4
+    desk = DeadLetterDesk(sessions, broker)
+    ids = [uuid.UUID(message.message_id) for message in messages]
+
+    desk.retry(ids[0], "olivia")
+    after_one = last_hour(migrated, broker.client, redis_namespace, now)
+    for mid in ids[1:]:
+        desk.retry(mid, "olivia")
+    after_all = last_hour(migrated, broker.client, redis_namespace, now)
+
+    with unit_of_work(sessions) as session:
+        assert set(session.scalars(select(Reminder.state))) == {"queued"}  # all retried
+    assert {m.start: m.dead_lettered for m in after_one if m.dead_lettered} == dead_lettered
+    assert {m.start: m.dead_lettered for m in after_all if m.dead_lettered} == dead_lettered
+
+
+def nack_unrecorded(broker: RedisBroker, message: Message[Any]) -> None:
+    """Put ``message`` in the dead letters as Dramatiq does, with nothing recorded on its row."""
+    broker.enqueue(message)
+    consumer = broker.consume(QUEUE_NAME, prefetch=1, timeout=100)
+    try:
+        for _ in range(50):  # 100 ms each: 5 s at most
+            proxy = next(consumer)
+            if proxy is not None:
+                consumer.nack(proxy)
+                return
+        raise AssertionError("the message was never fetched")
+    finally:
+        consumer.close()
