@@ -13,9 +13,10 @@ from dataclasses import asdict
 
 import click
 
-from cli.environment import command_settings
+from cli.environment import CommandError, command_settings
 from cli.output import emit_json, jsonable, table
 from shared.broker.queue import make_broker
+from shared.exit_status import ExitStatus
 from shared.ops.dead_letters import (
     DeadLetterDesk,
     DeadLetterFilter,
@@ -117,7 +118,7 @@ def show(message_id: str, as_json: bool) -> None:
     """One dead letter, with Dramatiq's traceback."""
     letter = _desk().show(_message_id(message_id))
     if letter is None:
-        raise click.ClickException(f"{message_id} is not a dead letter")
+        raise CommandError(ExitStatus.NOT_FOUND, f"{message_id} is not a dead letter")
     shown = {**asdict(letter), "message_id": _identifier(letter)}
     if as_json:
         emit_json(shown)
@@ -165,9 +166,9 @@ def retry(
         else:
             outcome = desk.retry(wanted, _operator(name))
         if outcome is RetryOutcome.NOT_FOUND:
-            raise click.ClickException(f"{message_id} is not a dead letter")
+            raise CommandError(ExitStatus.NOT_FOUND, f"{message_id} is not a dead letter")
         if outcome is RetryOutcome.NOT_RETRYABLE:
-            raise click.ClickException(NOT_RETRYABLE.format(message_id, message_id))
+            raise CommandError(ExitStatus.DATA, NOT_RETRYABLE.format(message_id, message_id))
         if as_json:
             emit_json({"message_id": message_id, "outcome": outcome.value, "dry_run": dry_run})
         elif dry_run:
@@ -199,7 +200,7 @@ def purge(message_id: str | None, everything: bool, yes: bool, name: str | None)
     desk = _desk()
     if message_id:
         if not desk.discard(_message_id(message_id), _operator(name)):
-            raise click.ClickException(f"{message_id} is not a dead letter")
+            raise CommandError(ExitStatus.NOT_FOUND, f"{message_id} is not a dead letter")
         click.echo(f"discarded {message_id}")
         return
     if not yes:

@@ -29,7 +29,7 @@ import click
 from sqlalchemy import select
 
 from cli.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from cli.environment import data_dir_of, unusable_data_dir
+from cli.environment import CommandError, data_dir_of, unusable_data_dir
 from cli.instance import Instance, InstanceLock, InstanceRunning, claim
 from cli.processes import (
     die_with_parent,
@@ -41,6 +41,7 @@ from cli.processes import (
     worker_env,
 )
 from shared.config import Settings
+from shared.exit_status import ExitStatus
 from shared.store.accounts import create_user, issue_token
 from shared.store.db import make_engine, make_session_factory, unit_of_work
 from shared.store.models import User
@@ -154,12 +155,15 @@ def _claim_data_dir(settings: Settings, port: int) -> InstanceLock:
     except OSError as exc:
         raise unusable_data_dir(settings, exc) from None
     except InstanceRunning as exc:
-        raise click.ClickException(
-            f"{exc}: stop it first, or set REMINDERS_DATA_DIR to another directory"
+        raise CommandError(
+            ExitStatus.TRY_AGAIN,
+            f"{exc}: stop it first, or set REMINDERS_DATA_DIR to another directory",
         ) from None
     if _port_in_use(port):
         lock.release()
-        raise click.ClickException(f"port {port} of 127.0.0.1 is in use: pick another with --port")
+        raise CommandError(
+            ExitStatus.TRY_AGAIN, f"port {port} of 127.0.0.1 is in use: pick another with --port"
+        )
     return lock
 
 
@@ -197,7 +201,7 @@ def run_embedded(settings: Settings, *, port: int, processes: int) -> int:
         try:
             return run.run()
         except EmbeddedRedisError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise CommandError(ExitStatus.UNAVAILABLE, str(exc)) from None
 
 
 class _DevRun:
@@ -234,7 +238,7 @@ class _DevRun:
         settings, database_url = self.settings, self.settings.resolved_database_url
         env = self._environment()
         if self.stopping.requested:
-            return 0
+            return ExitStatus.OK
         upgrade(make_engine(database_url))
         token = _dev_token(database_url)
         self.lock.publish(
@@ -271,6 +275,6 @@ class _DevRun:
             sys.stdout.flush()
             why = _wait(lambda: False, self.stopping, self.children, timeout=None, interval=0.5)
         if why == "stopping":
-            return 0
+            return ExitStatus.OK
         click.echo(f"{why}; stopping the others", err=True)
-        return 1
+        return ExitStatus.SOFTWARE

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from shared.config import settings_or_exit
+from shared.exit_status import ExitStatus
 from shared.logs import configure_logging
 
 
@@ -33,7 +34,8 @@ def main() -> None:
         sys.argv = ["periodiq", *arguments]
         entrypoint()
         return
-    raise SystemExit(f"cli.launch: unknown program {program!r}")
+    print(f"cli.launch: unknown program {program!r}", file=sys.stderr)
+    raise SystemExit(ExitStatus.USAGE)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import click
 from cli.dlq import dlq
 from cli.endpoints import endpoints_group
 from cli.environment import (
+    CommandError,
     ReportingGroup,
     beside_running_instance,
     command_settings,
@@ -33,6 +34,7 @@ from cli.processes import (
     worker_env,
 )
 from shared.config import Settings, settings_or_exit
+from shared.exit_status import ExitStatus
 from shared.logs import configure_logging
 from shared.store.db import make_engine, make_session_factory
 from shared.store.schema import upgrade
@@ -74,8 +76,10 @@ def users_create(name: str, operator: bool) -> None:
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     try:
         token = create_user(sessions, name, operator=operator)
-    except (DuplicateUser, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except DuplicateUser as exc:
+        raise CommandError(ExitStatus.DATA, str(exc)) from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
     click.echo(token)
 
 
@@ -97,7 +101,7 @@ def users_token(name: str) -> None:
     with unit_of_work(sessions) as session:
         user_id = session.scalars(select(User.id).where(User.name == name)).first()
         if user_id is None:
-            raise click.ClickException(f"no user named {name!r}")
+            raise CommandError(ExitStatus.NOT_FOUND, f"no user named {name!r}")
         token = issue_token(session, user_id)
     click.echo(token)
 
@@ -112,7 +116,7 @@ def users_revoke(name: str) -> None:
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     count = revoke_tokens(sessions, name)
     if count is None:
-        raise click.ClickException(f"no user named {name!r}")
+        raise CommandError(ExitStatus.NOT_FOUND, f"no user named {name!r}")
     click.echo(f"revoked {count} token(s) of {name}")
 
 
@@ -174,7 +178,7 @@ def _exec(argv: list[str], env: dict[str, str]) -> NoReturn:
     try:
         path = executable(argv[0], env)
     except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CommandError(ExitStatus.UNAVAILABLE, str(exc)) from None
     os.execve(path, [path, *argv[1:]], env)
 
 

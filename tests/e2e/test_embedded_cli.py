@@ -32,6 +32,7 @@ import httpx
 import psutil
 import pytest
 
+from shared.exit_status import ExitStatus
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import BIN, Receiver, Stack
 from tests.pipeline.test_ops import actions, cli, poison
@@ -303,7 +304,9 @@ def test_a_revoked_user_is_given_a_new_token(tmp_path: Path) -> None:
 
         assert TOKEN.fullmatch(second), issued.stdout
         assert (status(first), status(second)) == (401, 200)
-        assert "no user named" in one_line_error(dev.cli("users", "token", "nobody"))
+        nobody = dev.cli("users", "token", "nobody")
+        assert "no user named" in one_line_error(nobody)
+        assert nobody.returncode == ExitStatus.NOT_FOUND == 66
 
 
 # -- one instance per data directory, nothing left behind ----------------------------------
@@ -333,7 +336,7 @@ def test_a_second_dev_on_the_same_data_directory_is_refused_before_touching_anyt
             second.kill_leftovers(servers=False)  # the first's server works there too
         output = second.output().strip()
 
-        assert status not in (None, 0), output
+        assert status == ExitStatus.TRY_AGAIN == 75, output
         assert len(output.splitlines()) == 1, output
         assert "already running" in output and str(first.data_dir) in output, output
         assert BANNER not in output
@@ -357,9 +360,12 @@ def test_stopping_dev_stops_every_process_and_the_embedded_server(
         assert status == 0, tail(dev.log)
         assert alive(dev.tree) == []
         assert embedded_servers(tmp_path) == []
-        # With dev stopped, the CLI does not fall back to another Redis server.
-        stopped = one_line_error(dev.cli("dlq", "list"))
+        # With dev stopped, the CLI does not fall back to another Redis server: its Redis
+        # server is unavailable, and the status says so.
+        listed = dev.cli("dlq", "list")
+        stopped = one_line_error(listed)
         assert "not running" in stopped and str(dev.data_dir) in stopped, stopped
+        assert listed.returncode == ExitStatus.UNAVAILABLE == 69
     finally:
         dev.kill_leftovers()
 
@@ -396,7 +402,7 @@ def test_a_child_that_dies_stops_dev_and_the_embedded_server(tmp_path: Path) -> 
         web.kill()
         status = dev.process.wait(timeout=40)
 
-        assert status != 0
+        assert status == ExitStatus.SOFTWARE == 70
         assert "web exited" in dev.output()
         assert wait_until(lambda: not alive(dev.tree), 20), alive(dev.tree)
         assert embedded_servers(tmp_path) == []
@@ -414,8 +420,10 @@ def test_commands_outside_the_project_folder_say_so_in_one_line(tmp_path: Path) 
     del env["REMINDERS_DATA_DIR"]
 
     for args in (["dlq", "list"], ["scan"], ["users", "create", "bob"], ["users", "token", "bob"]):
-        error = one_line_error(run_cli(env, elsewhere, *args))
+        done = run_cli(env, elsewhere, *args)
+        error = one_line_error(done)
         assert "no database" in error and str(elsewhere / ".reminders") in error, (args, error)
+        assert done.returncode == ExitStatus.NOT_FOUND == 66, args
     assert list(elsewhere.iterdir()) == []
 
 
@@ -425,8 +433,10 @@ def test_an_unusable_data_directory_is_named_in_one_line(tmp_path: Path) -> None
     env = service_env(not_a_directory / "data")
 
     for args in (["dev", "--port", str(free_port())], ["db", "upgrade"], ["dlq", "list"]):
-        error = one_line_error(run_cli(env, tmp_path, *args))
+        done = run_cli(env, tmp_path, *args)
+        error = one_line_error(done)
         assert "REMINDERS_DATA_DIR" in error and str(not_a_directory) in error, (args, error)
+        assert done.returncode == ExitStatus.CONFIG == 78, args
     assert embedded_servers(tmp_path) == []
 
 
@@ -479,4 +489,4 @@ def test_a_dry_run_retry_of_one_dead_letter_changes_nothing(
     listed = json.loads(cli(stack, "dlq", "list", "--json").stdout)["items"]
     assert [(x["message_id"], x["in_broker"]) for x in listed] == [(message_id, True)]
     missing = cli(stack, "dlq", "retry", str(uuid.uuid4()), "--dry-run")
-    assert missing.returncode != 0 and "not a dead letter" in missing.stderr
+    assert missing.returncode == ExitStatus.NOT_FOUND and "not a dead letter" in missing.stderr
