@@ -1,4 +1,4 @@
-"""Start Dramatiq's or periodiq's command line with this service's JSON logging.
+"""Start Dramatiq's or periodiq's command line with this service's logging.
 
     python -m cli.launch dramatiq workers.app --processes 2 --threads 8
     python -m cli.launch periodiq workers.app
@@ -18,7 +18,8 @@ from shared.logs import configure_logging
 
 
 def main() -> None:
-    configure_logging(settings_or_exit().log_level)
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format)
     program, *arguments = sys.argv[1:]
     if program == "dramatiq":
         from dramatiq.cli import main as dramatiq_main

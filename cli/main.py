@@ -140,7 +140,7 @@ def scan(as_json: bool) -> None:
     from workers.producer import scan_due_tasks
 
     settings = command_settings(redis=True)
-    configure_logging("WARNING")
+    configure_logging("WARNING", settings.log_format)
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     result = scan_due_tasks(sessions, make_broker(settings), settings)
     summary = {
@@ -217,5 +217,5 @@ def dev(port: int, processes: int) -> None:
     from cli.embedded import run_embedded
 
     settings = settings_or_exit()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     raise SystemExit(run_embedded(settings, port=port, processes=processes))

@@ -195,6 +195,12 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="REMINDERS_LOG_LEVEL"
     )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        validation_alias="REMINDERS_LOG_FORMAT",
+        description="json: one JSON object per line (what log shippers read); console: "
+        "aligned lines for a person; auto: console when stderr is a terminal, else json.",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -36,7 +36,7 @@ from shared.exit_status import ExitStatus
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import BIN, Receiver, Stack
 from tests.pipeline.test_ops import actions, cli, poison
-from tests.processes import free_port, tail
+from tests.processes import free_port, json_lines, tail
 
 stack = pipeline_harness.stack  # the pipeline tests' fixtures: own schema, namespace, receiver
 receiver = pipeline_harness.receiver
@@ -198,6 +198,14 @@ def running_dev(tmp_path: Path, name: str = "dev", **env: str) -> Iterator[Dev]:
         assert not leftovers, f"left running: {leftovers}"
 
 
+def _banner_lines(output: str) -> list[str]:
+    """The banner's own lines: from its first line to "Ctrl-C stops everything."."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if BANNER in line)
+    end = next(i for i, line in enumerate(lines) if i > start and "Ctrl-C stops" in line)
+    return lines[start : end + 1]
+
+
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
     """The error of a failed command, checked to be a single line and no traceback."""
     assert done.returncode != 0, done.stdout
@@ -243,6 +251,12 @@ def test_banner_is_printed_once_the_api_answers_and_says_what_is_running(
         assert f"http://127.0.0.1:{dev.port}" in banner
         assert re.search(r"token:\s+rem_\S+ +\(an operator token", banner), banner
         assert "delivery: log channel" in banner
+        # Not a terminal: every line but the banner's is a JSON object, and the migrations
+        # (Alembic at INFO) said nothing.
+        text_lines = [x for x in banner.splitlines() if x.strip() and not x.startswith("{")]
+        assert text_lines == [x for x in _banner_lines(banner) if x.strip()], text_lines
+        assert json_lines(dev.log), banner
+        assert not [e for e in json_lines(dev.log) if e.get("logger", "").startswith("alembic")]
         token = dev.token()
         tasks = httpx.get(
             f"{dev.base_url}/tasks", headers={"Authorization": f"Bearer {token}"}, timeout=5
