@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from cli.instance import InstanceStarting, running
 from shared.config import Settings, settings_or_exit
 from shared.exit_status import ExitStatus
+from shared.logs import configure_logging
 
 SETTINGS_KEY = "reminders.settings"
 
@@ -86,6 +87,9 @@ def command_settings(*, redis: bool = False, create_database: bool = False) -> S
         CommandError: one line naming the problem.
     """
     settings = settings_or_exit()
+    # Its events (an operator's ``ops.*`` actions) go to stderr with the processes' format;
+    # structlog's default would print them on stdout, into a table or a ``--json`` answer.
+    configure_logging(settings.log_level, settings.log_format)
     beside = beside_running_instance(settings)
     if beside is not None:
         settings = beside

@@ -504,3 +504,28 @@ def test_a_dry_run_retry_of_one_dead_letter_changes_nothing(
     assert [(x["message_id"], x["in_broker"]) for x in listed] == [(message_id, True)]
     missing = cli(stack, "dlq", "retry", str(uuid.uuid4()), "--dry-run")
     assert missing.returncode == ExitStatus.NOT_FOUND and "not a dead letter" in missing.stderr
+
+
+# -- what goes where -------------------------------------------------------------------------
+
+
+def test_an_action_answers_on_stdout_and_logs_its_event_on_stderr(
+    stack: Stack, receiver: Receiver
+) -> None:
+    _, [message_id] = poison(stack, receiver)
+
+    done = cli(stack, "dlq", "retry", message_id, "--json", "--as", "pat")
+
+    assert done.returncode == 0, done.stderr
+    # stdout is the answer alone, for a script to parse; the audit event is a log line.
+    assert json.loads(done.stdout) == {
+        "message_id": message_id,
+        "outcome": "requeued",
+        "dry_run": False,
+    }
+    [event] = [json.loads(line) for line in done.stderr.splitlines()]
+    assert (event["event"], event["operator"], event["message_id"]) == (
+        "ops.retry",
+        "cli:pat",
+        message_id,
+    )
