@@ -39,6 +39,7 @@ def test_a_wrong_command_line_exits_64(stack: Stack) -> None:
     assert "Missing argument" in error(cli(stack, "dlq", "show"), usage)
     assert "give a MESSAGE_ID or --all" in error(cli(stack, "dlq", "retry"), usage)
     assert "--yes" in error(cli(stack, "dlq", "purge", "--all"), usage)
+    assert "at least 8 hex digits" in error(cli(stack, "dlq", "show", "6f1c2a9"), usage)
     assert "user name" in error(cli(stack, "users", "create", "no spaces"), usage)
 
 
@@ -62,6 +63,8 @@ def test_names_that_do_not_exist_exit_66_and_names_taken_65(stack: Stack) -> Non
     for command in ("show", "retry", "purge"):
         line = error(cli(stack, "dlq", command, unknown), ExitStatus.NOT_FOUND)
         assert line == f"Error: {unknown} is not a dead letter", line
+    line = error(cli(stack, "dlq", "show", unknown[:8]), ExitStatus.NOT_FOUND)
+    assert line == f"Error: no dead letter's ID starts with {unknown[:8]}", line
     assert "no user named" in error(cli(stack, "users", "token", "nobody"), ExitStatus.NOT_FOUND)
     assert "no user named" in error(cli(stack, "users", "revoke", "nobody"), ExitStatus.NOT_FOUND)
     assert "no user named" in error(cli(stack, "endpoints", "list", "nobody"), 66)
