@@ -25,6 +25,7 @@ from cli.environment import (
     command_settings,
     prepare_database_directory,
 )
+from cli.output import emit_json
 from cli.processes import (
     executable,
     scheduler_argv,
@@ -65,10 +66,23 @@ def users() -> None:
     """API users and their tokens."""
 
 
+def _show_token(name: str, token: str, operator: bool, as_json: bool) -> None:
+    """A new token, labelled (or as JSON for scripts): it is shown only this once."""
+    if as_json:
+        emit_json({"user": name, "token": token, "operator": operator})
+        return
+    click.echo(f"user:  {name}{' (operator)' if operator else ''}")
+    click.echo(
+        f"token: {token}  (shown once: only its hash is stored; "
+        f"`reminders users token {name}` issues another)"
+    )
+
+
 @users.command("create")
 @click.argument("name")
 @click.option("--operator", is_flag=True, help="May use the /ops endpoints and page.")
-def users_create(name: str, operator: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the user and token as JSON.")
+def users_create(name: str, operator: bool, as_json: bool) -> None:
     """Create user NAME and print its API token (shown only this once)."""
     from shared.store.accounts import DuplicateUser, create_user
 
@@ -80,12 +94,13 @@ def users_create(name: str, operator: bool) -> None:
         raise CommandError(ExitStatus.DATA, str(exc)) from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="NAME") from None
-    click.echo(token)
+    _show_token(name, token, operator, as_json)
 
 
 @users.command("token")
 @click.argument("name")
-def users_token(name: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the user and token as JSON.")
+def users_token(name: str, as_json: bool) -> None:
     """Give user NAME a new API token and print it (shown only this once).
 
     The way back in after ``users revoke``; the user's other live tokens stay valid.
@@ -99,11 +114,11 @@ def users_token(name: str) -> None:
     settings = command_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     with unit_of_work(sessions) as session:
-        user_id = session.scalars(select(User.id).where(User.name == name)).first()
-        if user_id is None:
+        user = session.execute(select(User.id, User.is_operator).where(User.name == name)).first()
+        if user is None:
             raise CommandError(ExitStatus.NOT_FOUND, f"no user named {name!r}")
-        token = issue_token(session, user_id)
-    click.echo(token)
+        token = issue_token(session, user.id)
+    _show_token(name, token, user.is_operator, as_json)
 
 
 @users.command("revoke")

@@ -303,20 +303,24 @@ def test_cli_beside_dev_scans_into_and_lists_from_its_embedded_server(tmp_path: 
 @pytest.mark.slow
 def test_a_revoked_user_is_given_a_new_token(tmp_path: Path) -> None:
     with running_dev(tmp_path) as dev:
-        created = dev.cli("users", "create", "alice")
+        created = dev.cli("users", "create", "alice", "--json")
         assert created.returncode == 0, created.stderr
-        first = created.stdout.strip()
+        made = json.loads(created.stdout)
+        assert (made["user"], made["operator"]) == ("alice", False)
+        first = made["token"]
         assert dev.cli("users", "revoke", "alice").returncode == 0
 
         issued = dev.cli("users", "token", "alice")
         assert issued.returncode == 0, issued.stderr
-        second = issued.stdout.strip()
+        label = re.fullmatch(r"user:  alice\ntoken: (\S+)  \(shown once: .*\)\n", issued.stdout)
+        assert label, issued.stdout
+        second = label.group(1)
 
         def status(token: str) -> int:
             headers = {"Authorization": f"Bearer {token}"}
             return httpx.get(f"{dev.base_url}/tasks", headers=headers, timeout=5).status_code
 
-        assert TOKEN.fullmatch(second), issued.stdout
+        assert TOKEN.fullmatch(first) and TOKEN.fullmatch(second), (made, issued.stdout)
         assert (status(first), status(second)) == (401, 200)
         nobody = dev.cli("users", "token", "nobody")
         assert "no user named" in one_line_error(nobody)
