@@ -8,7 +8,8 @@ commands run beside this one find its database and Redis server. The banner is p
 once the API answers. If any child exits, the others are stopped and ``dev`` exits with
 an error; Ctrl-C, SIGTERM or SIGHUP stop everything, the Redis server last. Every child
 runs in its own session (a terminal's Ctrl-C reaches ``dev`` alone, which stops each
-child once) and, on Linux, dies with ``dev`` even if ``dev`` is SIGKILLed.
+child once) and, on Linux, dies with ``dev`` even if ``dev`` is SIGKILLed. The API's
+gunicorn has its control socket in the data directory, this instance's own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -51,6 +53,9 @@ DEV_USER = "dev"
 STOP_GRACE_SECONDS = 15
 API_START_TIMEOUT_SECONDS = 60
 POLL_SECONDS = 0.05
+CONTROL_SOCKET = "gunicorn.ctl"
+# sun_path holds 108 bytes on Linux (104 on the BSDs), its terminating NUL included.
+UNIX_PATH_MAX = 104
 
 
 class _Stopping:
@@ -109,6 +114,13 @@ def _banner(settings: Settings, data_dir: str, api_url: str, token: str) -> str:
         f"  try:      curl -H 'Authorization: Bearer {token}' {api_url}/tasks\n"
         "Ctrl-C stops everything.\n"
     )
+
+
+def _control_socket(data_dir: Path) -> Path | None:
+    """Where the API's gunicorn listens for ``gunicornc``: this instance's own socket, in
+    its data directory; none where that path is too long for a Unix socket."""
+    path = data_dir / CONTROL_SOCKET
+    return path if len(os.fsencode(path)) < UNIX_PATH_MAX else None
 
 
 class _Children:
@@ -251,7 +263,14 @@ class _DevRun:
             )
         )
         plan = {
-            "web": (web_argv(f"127.0.0.1:{self.port}", workers=1), env),
+            "web": (
+                web_argv(
+                    f"127.0.0.1:{self.port}",
+                    workers=1,
+                    control_socket=_control_socket(self.lock.data_dir),
+                ),
+                env,
+            ),
             "worker": (
                 worker_argv(self.processes, threads=4),
                 worker_env(settings, env, threads=4),
