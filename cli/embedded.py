@@ -4,12 +4,14 @@ A SQLite file and an embedded Valkey server (`cli.embedded_redis`) in
 ``REMINDERS_DATA_DIR``, the schema migrated, a ``dev`` operator with a fresh token, and
 the Procfile's three processes as children. The data directory is claimed first
 (`cli.instance`): a second ``dev`` on it is refused before it touches anything, and the
-commands run beside this one find its database and Redis server. The banner is printed
-once the API answers. If any child exits, the others are stopped and ``dev`` exits with
-an error; Ctrl-C, SIGTERM or SIGHUP stop everything, the Redis server last. Every child
-runs in its own session (a terminal's Ctrl-C reaches ``dev`` alone, which stops each
-child once) and, on Linux, dies with ``dev`` even if ``dev`` is SIGKILLed. The API's
-gunicorn has its control socket in the data directory, this instance's own.
+commands run beside this one find its database and Redis server. The API starts first;
+once it answers, the worker and the scheduler start and the banner is printed at once,
+ahead of their start-up lines, so a terminal does not scroll it away. If any child exits,
+the others are stopped and ``dev`` exits with `ExitStatus.SOFTWARE`; Ctrl-C, SIGTERM or
+SIGHUP stop everything, the Redis server last. Every child runs in its own session (a
+terminal's Ctrl-C reaches ``dev`` alone, which stops each child once) and, on Linux, dies
+with ``dev`` even if ``dev`` is SIGKILLed. The API's gunicorn has its control socket in
+the data directory, this instance's own.
 """
 
 from __future__ import annotations
@@ -106,11 +108,18 @@ def _delivery(settings: Settings) -> str:
 
 
 def _banner(settings: Settings, data_dir: str, api_url: str, token: str) -> str:
+    private = (
+        "  warning:  REMINDERS_ALLOW_PRIVATE_ENDPOINTS is on: endpoints may use http:// and "
+        "loopback or private addresses (local setups only)\n"
+        if settings.allow_private_endpoints
+        else ""
+    )
     return (
         f"\nReminders is running (data in {data_dir}).\n"
         f"  API:      {api_url}\n"
         f"  token:    {token}  (an operator token of user {DEV_USER!r}: the API and /ops)\n"
         f"  delivery: {_delivery(settings)}\n"
+        f"{private}"
         f"  try:      curl -H 'Authorization: Bearer {token}' {api_url}/tasks\n"
         "Ctrl-C stops everything.\n"
     )
@@ -262,26 +271,11 @@ class _DevRun:
                 api_url=self.api_url,
             )
         )
-        plan = {
-            "web": (
-                web_argv(
-                    f"127.0.0.1:{self.port}",
-                    workers=1,
-                    control_socket=_control_socket(self.lock.data_dir),
-                ),
-                env,
-            ),
-            "worker": (
-                worker_argv(self.processes, threads=4),
-                worker_env(settings, env, threads=4),
-            ),
-            "scheduler": (scheduler_argv(), scheduler_env(env)),
-        }
-        for name, (argv, child_env) in plan.items():
-            if self.stopping.requested:
-                return 0
-            self.children.start(name, argv, child_env)
-
+        data_dir = self.lock.data_dir
+        web = web_argv(
+            f"127.0.0.1:{self.port}", workers=1, control_socket=_control_socket(data_dir)
+        )
+        self.children.start("web", web, env)
         why = _wait(
             lambda: _api_answers(self.api_url),
             self.stopping,
@@ -290,7 +284,14 @@ class _DevRun:
             interval=POLL_SECONDS,
         )
         if why is None:
-            click.echo(_banner(settings, str(self.lock.data_dir), self.api_url, token))
+            # Started before the banner, which then comes ahead of their start-up lines.
+            self.children.start(
+                "worker",
+                worker_argv(self.processes, threads=4),
+                worker_env(settings, env, threads=4),
+            )
+            self.children.start("scheduler", scheduler_argv(), scheduler_env(env))
+            click.echo(_banner(settings, str(data_dir), self.api_url, token))
             sys.stdout.flush()
             why = _wait(lambda: False, self.stopping, self.children, timeout=None, interval=0.5)
         if why == "stopping":

@@ -251,6 +251,7 @@ def test_banner_is_printed_once_the_api_answers_and_says_what_is_running(
         assert f"http://127.0.0.1:{dev.port}" in banner
         assert re.search(r"token:\s+rem_\S+ +\(an operator token", banner), banner
         assert "delivery: log channel" in banner
+        assert "REMINDERS_ALLOW_PRIVATE_ENDPOINTS" not in banner
         # Not a terminal: every line but the banner's is a JSON object, and the migrations
         # (Alembic at INFO) said nothing.
         text_lines = [x for x in banner.splitlines() if x.strip() and not x.startswith("{")]
