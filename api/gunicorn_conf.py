@@ -1,20 +1,38 @@
 """gunicorn settings for the API (``gunicorn --config python:api.gunicorn_conf``).
 
-JSON logs, and the garbage collector told to leave the loaded application alone: a worker
-holds ~140,000 objects after loading Flask, pydantic and SQLAlchemy, and a full
-collection that walks them all stops every request of that worker for ~80 ms, every few
-thousand requests. Frozen after the worker loads the app, they are never walked again.
+Our log lines (`shared.logs`), from the validated settings: a bad variable stops the
+server at once with the one-line configuration error, before any worker boots.
+
+The garbage collector is told to leave the loaded application alone: a worker holds
+~140,000 objects after loading Flask, pydantic and SQLAlchemy, and a full collection that
+walks them all stops every request of that worker for ~80 ms, every few thousand
+requests. Frozen after the worker loads the app, they are never walked again.
+
+No control socket unless one is named with ``--control-socket``: gunicorn (25.1 and
+later) otherwise opens it at one path per user (``$XDG_RUNTIME_DIR/gunicorn.ctl`` or
+``~/.gunicorn/gunicorn.ctl``), so every server of that user announces the same socket and
+the first to stop deletes it from under the others. ``reminders dev`` names one in its
+data directory.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 from typing import Any
 
+from shared.config import settings_or_exit
 from shared.logs import gunicorn_log_config
 
-logconfig_dict = gunicorn_log_config(os.environ.get("REMINDERS_LOG_LEVEL", "INFO"))
+_settings = settings_or_exit()
+logconfig_dict = gunicorn_log_config(_settings.log_level, _settings.log_format)
+
+
+def on_starting(server: Any) -> None:
+    """Turn the control socket off where it would be the per-user default (see above)."""
+    settings = server.cfg.settings
+    socket = settings.get("control_socket")  # absent before gunicorn 25.1
+    if socket is not None and socket.value == socket.default:
+        server.cfg.set("control_socket_disable", True)
 
 
 def post_worker_init(worker: Any) -> None:

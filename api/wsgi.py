@@ -8,5 +8,5 @@ from shared.logs import configure_logging
 
 settings = settings_or_exit()
 
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 app = create_app(settings)

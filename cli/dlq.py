@@ -2,20 +2,23 @@
 
 Actions are recorded as done by ``cli:<name>`` (``--as``, default: the login name). Beside a
 running ``reminders dev`` they act on its database and embedded Redis server. A dead letter
-is named by its message ID; an undecodable one (``UndecodableMessage``) by its broker id.
+is named by its message ID; an undecodable one (``UndecodableMessage``) by its broker id;
+either by a unique prefix of at least `MIN_PREFIX` hex digits, as git names commits.
 """
 
 from __future__ import annotations
 
 import getpass
+import re
 import uuid
 from dataclasses import asdict
 
 import click
 
-from cli.environment import command_settings
+from cli.environment import CommandError, command_settings
 from cli.output import emit_json, jsonable, table
 from shared.broker.queue import make_broker
+from shared.exit_status import ExitStatus
 from shared.ops.dead_letters import (
     DeadLetterDesk,
     DeadLetterFilter,
@@ -26,6 +29,9 @@ from shared.ops.dead_letters import (
 from shared.store.db import make_engine, make_session_factory
 
 PAGE = 200
+MIN_PREFIX = 8  # hex digits: about one ID in four billion shares a given prefix
+SHOWN_CANDIDATES = 10
+HEX_PREFIX = re.compile(r"[0-9a-fA-F][0-9a-fA-F-]*")
 
 
 def _desk() -> DeadLetterDesk:
@@ -39,18 +45,47 @@ def _operator(name: str | None) -> str:
     return f"cli:{name or getpass.getuser()}"
 
 
-def _message_id(value: str) -> uuid.UUID:
-    """A message ID, or the broker id of an undecodable dead letter (any non-blank word)."""
+def _named(desk: DeadLetterDesk, value: str) -> tuple[uuid.UUID, str]:
+    """The dead letter ``value`` names, and its whole identifier (to act on, to print).
+
+    A whole message ID (a UUID in any spelling) or broker id is taken as it is; the
+    command then says whether it is a dead letter. Anything else of hex digits (and
+    dashes) is a prefix that must start the identifier of exactly one live dead letter.
+
+    Raises:
+        click.BadParameter: not an identifier, or a prefix of fewer than `MIN_PREFIX` digits.
+        CommandError: no dead letter's identifier starts with the prefix, or several do.
+    """
     if not value or len(value) > 200 or not value.isprintable() or " " in value:
         raise click.BadParameter(f"{value!r} is not a message ID (a UUID) or a broker id")
-    return as_uuid(value)
+    try:
+        return uuid.UUID(value), value
+    except ValueError:
+        pass
+    digits = value.replace("-", "")
+    if not HEX_PREFIX.fullmatch(value) or len(digits) > 32:
+        return as_uuid(value), value  # a broker id that is no UUID: named only whole
+    if len(digits) < MIN_PREFIX:
+        raise click.BadParameter(
+            f"{value!r} is too short: give at least {MIN_PREFIX} hex digits of a message ID"
+        )
+    found = desk.starting_with(value, limit=SHOWN_CANDIDATES + 1)
+    if not found:
+        raise CommandError(ExitStatus.NOT_FOUND, f"no dead letter's ID starts with {value}")
+    if len(found) > 1:
+        count = f"more than {SHOWN_CANDIDATES}" if len(found) > SHOWN_CANDIDATES else len(found)
+        shown = [letter.identifier for letter in found[:SHOWN_CANDIDATES]]
+        raise CommandError(
+            ExitStatus.DATA,
+            f"{value} is ambiguous: the IDs of {count} dead letters start with it "
+            f"({', '.join(shown)}{', …' if len(found) > SHOWN_CANDIDATES else ''}); "
+            "give more digits",
+        )
+    return found[0].message_id, found[0].identifier
 
 
-def _identifier(letter: DeadLetterView) -> str:
-    """What operators type to name ``letter``: an undecodable message has only a broker id."""
-    if letter.broker_id is not None and letter.message_id == as_uuid(letter.broker_id):
-        return letter.broker_id
-    return str(letter.message_id)
+def _not_a_dead_letter(identifier: str) -> CommandError:
+    return CommandError(ExitStatus.NOT_FOUND, f"{identifier} is not a dead letter")
 
 
 NOT_RETRYABLE = (
@@ -83,7 +118,7 @@ def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None
     if as_json:
         emit_json(
             {
-                "items": [{**asdict(x), "message_id": _identifier(x)} for x in letters],
+                "items": [{**asdict(x), "message_id": x.identifier} for x in letters],
                 "error_types": desk.error_types(),
             }
         )
@@ -96,7 +131,7 @@ def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None
             ["message_id", "task_id", "failed_at", "attempts", "in_broker", "error"],
             [
                 [
-                    _identifier(x),
+                    x.identifier,
                     x.task_id,
                     x.failed_at,
                     x.attempts,
@@ -114,11 +149,13 @@ def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None
 @click.argument("message_id")
 @click.option("--json", "as_json", is_flag=True)
 def show(message_id: str, as_json: bool) -> None:
-    """One dead letter, with Dramatiq's traceback."""
-    letter = _desk().show(_message_id(message_id))
+    """One dead letter, with Dramatiq's traceback (MESSAGE_ID: whole, or 8+ hex digits)."""
+    desk = _desk()
+    wanted, identifier = _named(desk, message_id)
+    letter = desk.show(wanted)
     if letter is None:
-        raise click.ClickException(f"{message_id} is not a dead letter")
-    shown = {**asdict(letter), "message_id": _identifier(letter)}
+        raise _not_a_dead_letter(identifier)
+    shown = {**asdict(letter), "message_id": letter.identifier}
     if as_json:
         emit_json(shown)
         return
@@ -152,7 +189,7 @@ def retry(
         raise click.UsageError("give a MESSAGE_ID or --all")
     desk = _desk()
     if message_id:
-        wanted = _message_id(message_id)
+        wanted, identifier = _named(desk, message_id)
         if dry_run:
             # What retry() would do to a live dead letter; reads only.
             found = desk.show(wanted)
@@ -165,15 +202,15 @@ def retry(
         else:
             outcome = desk.retry(wanted, _operator(name))
         if outcome is RetryOutcome.NOT_FOUND:
-            raise click.ClickException(f"{message_id} is not a dead letter")
+            raise _not_a_dead_letter(identifier)
         if outcome is RetryOutcome.NOT_RETRYABLE:
-            raise click.ClickException(NOT_RETRYABLE.format(message_id, message_id))
+            raise CommandError(ExitStatus.DATA, NOT_RETRYABLE.format(identifier, identifier))
         if as_json:
-            emit_json({"message_id": message_id, "outcome": outcome.value, "dry_run": dry_run})
+            emit_json({"message_id": identifier, "outcome": outcome.value, "dry_run": dry_run})
         elif dry_run:
-            click.echo(f"{message_id}: would requeue")
+            click.echo(f"{identifier}: would requeue")
         else:
-            click.echo(f"{message_id}: {outcome.value.replace('_', ' ')}")
+            click.echo(f"{identifier}: {outcome.value.replace('_', ' ')}")
         return
     ids = desk.retry_matching(
         DeadLetterFilter.by_age(error_type, older_than), _operator(name), dry_run=dry_run
@@ -198,9 +235,10 @@ def purge(message_id: str | None, everything: bool, yes: bool, name: str | None)
         raise click.UsageError("give a MESSAGE_ID or --all")
     desk = _desk()
     if message_id:
-        if not desk.discard(_message_id(message_id), _operator(name)):
-            raise click.ClickException(f"{message_id} is not a dead letter")
-        click.echo(f"discarded {message_id}")
+        wanted, identifier = _named(desk, message_id)
+        if not desk.discard(wanted, _operator(name)):
+            raise _not_a_dead_letter(identifier)
+        click.echo(f"discarded {identifier}")
         return
     if not yes:
         raise click.UsageError("purge --all discards every dead letter: add --yes to confirm")

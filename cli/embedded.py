@@ -4,11 +4,14 @@ A SQLite file and an embedded Valkey server (`cli.embedded_redis`) in
 ``REMINDERS_DATA_DIR``, the schema migrated, a ``dev`` operator with a fresh token, and
 the Procfile's three processes as children. The data directory is claimed first
 (`cli.instance`): a second ``dev`` on it is refused before it touches anything, and the
-commands run beside this one find its database and Redis server. The banner is printed
-once the API answers. If any child exits, the others are stopped and ``dev`` exits with
-an error; Ctrl-C, SIGTERM or SIGHUP stop everything, the Redis server last. Every child
-runs in its own session (a terminal's Ctrl-C reaches ``dev`` alone, which stops each
-child once) and, on Linux, dies with ``dev`` even if ``dev`` is SIGKILLed.
+commands run beside this one find its database and Redis server. The API starts first;
+once it answers, the worker and the scheduler start and the banner is printed at once,
+ahead of their start-up lines, so a terminal does not scroll it away. If any child exits,
+the others are stopped and ``dev`` exits with `ExitStatus.SOFTWARE`; Ctrl-C, SIGTERM or
+SIGHUP stop everything, the Redis server last. Every child runs in its own session (a
+terminal's Ctrl-C reaches ``dev`` alone, which stops each child once) and, on Linux, dies
+with ``dev`` even if ``dev`` is SIGKILLed. The API's gunicorn has its control socket in
+the data directory, this instance's own.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import click
 from sqlalchemy import select
 
 from cli.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from cli.environment import data_dir_of, unusable_data_dir
+from cli.environment import CommandError, data_dir_of, unusable_data_dir
 from cli.instance import Instance, InstanceLock, InstanceRunning, claim
 from cli.processes import (
     die_with_parent,
@@ -41,6 +45,7 @@ from cli.processes import (
     worker_env,
 )
 from shared.config import Settings
+from shared.exit_status import ExitStatus
 from shared.store.accounts import create_user, issue_token
 from shared.store.db import make_engine, make_session_factory, unit_of_work
 from shared.store.models import User
@@ -50,6 +55,9 @@ DEV_USER = "dev"
 STOP_GRACE_SECONDS = 15
 API_START_TIMEOUT_SECONDS = 60
 POLL_SECONDS = 0.05
+CONTROL_SOCKET = "gunicorn.ctl"
+# sun_path holds 108 bytes on Linux (104 on the BSDs), its terminating NUL included.
+UNIX_PATH_MAX = 104
 
 
 class _Stopping:
@@ -100,14 +108,28 @@ def _delivery(settings: Settings) -> str:
 
 
 def _banner(settings: Settings, data_dir: str, api_url: str, token: str) -> str:
+    private = (
+        "  warning:  REMINDERS_ALLOW_PRIVATE_ENDPOINTS is on: endpoints may use http:// and "
+        "loopback or private addresses (local setups only)\n"
+        if settings.allow_private_endpoints
+        else ""
+    )
     return (
         f"\nReminders is running (data in {data_dir}).\n"
         f"  API:      {api_url}\n"
         f"  token:    {token}  (an operator token of user {DEV_USER!r}: the API and /ops)\n"
         f"  delivery: {_delivery(settings)}\n"
+        f"{private}"
         f"  try:      curl -H 'Authorization: Bearer {token}' {api_url}/tasks\n"
         "Ctrl-C stops everything.\n"
     )
+
+
+def _control_socket(data_dir: Path) -> Path | None:
+    """Where the API's gunicorn listens for ``gunicornc``: this instance's own socket, in
+    its data directory; none where that path is too long for a Unix socket."""
+    path = data_dir / CONTROL_SOCKET
+    return path if len(os.fsencode(path)) < UNIX_PATH_MAX else None
 
 
 class _Children:
@@ -154,12 +176,15 @@ def _claim_data_dir(settings: Settings, port: int) -> InstanceLock:
     except OSError as exc:
         raise unusable_data_dir(settings, exc) from None
     except InstanceRunning as exc:
-        raise click.ClickException(
-            f"{exc}: stop it first, or set REMINDERS_DATA_DIR to another directory"
+        raise CommandError(
+            ExitStatus.TRY_AGAIN,
+            f"{exc}: stop it first, or set REMINDERS_DATA_DIR to another directory",
         ) from None
     if _port_in_use(port):
         lock.release()
-        raise click.ClickException(f"port {port} of 127.0.0.1 is in use: pick another with --port")
+        raise CommandError(
+            ExitStatus.TRY_AGAIN, f"port {port} of 127.0.0.1 is in use: pick another with --port"
+        )
     return lock
 
 
@@ -197,7 +222,7 @@ def run_embedded(settings: Settings, *, port: int, processes: int) -> int:
         try:
             return run.run()
         except EmbeddedRedisError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise CommandError(ExitStatus.UNAVAILABLE, str(exc)) from None
 
 
 class _DevRun:
@@ -234,7 +259,7 @@ class _DevRun:
         settings, database_url = self.settings, self.settings.resolved_database_url
         env = self._environment()
         if self.stopping.requested:
-            return 0
+            return ExitStatus.OK
         upgrade(make_engine(database_url))
         token = _dev_token(database_url)
         self.lock.publish(
@@ -246,19 +271,11 @@ class _DevRun:
                 api_url=self.api_url,
             )
         )
-        plan = {
-            "web": (web_argv(f"127.0.0.1:{self.port}", workers=1), env),
-            "worker": (
-                worker_argv(self.processes, threads=4),
-                worker_env(settings, env, threads=4),
-            ),
-            "scheduler": (scheduler_argv(), scheduler_env(env)),
-        }
-        for name, (argv, child_env) in plan.items():
-            if self.stopping.requested:
-                return 0
-            self.children.start(name, argv, child_env)
-
+        data_dir = self.lock.data_dir
+        web = web_argv(
+            f"127.0.0.1:{self.port}", workers=1, control_socket=_control_socket(data_dir)
+        )
+        self.children.start("web", web, env)
         why = _wait(
             lambda: _api_answers(self.api_url),
             self.stopping,
@@ -267,10 +284,17 @@ class _DevRun:
             interval=POLL_SECONDS,
         )
         if why is None:
-            click.echo(_banner(settings, str(self.lock.data_dir), self.api_url, token))
+            # Started before the banner, which then comes ahead of their start-up lines.
+            self.children.start(
+                "worker",
+                worker_argv(self.processes, threads=4),
+                worker_env(settings, env, threads=4),
+            )
+            self.children.start("scheduler", scheduler_argv(), scheduler_env(env))
+            click.echo(_banner(settings, str(data_dir), self.api_url, token))
             sys.stdout.flush()
             why = _wait(lambda: False, self.stopping, self.children, timeout=None, interval=0.5)
         if why == "stopping":
-            return 0
+            return ExitStatus.OK
         click.echo(f"{why}; stopping the others", err=True)
-        return 1
+        return ExitStatus.SOFTWARE

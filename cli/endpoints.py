@@ -10,9 +10,10 @@ from dataclasses import asdict
 
 import click
 
-from cli.environment import command_settings
+from cli.environment import CommandError, command_settings
 from cli.output import emit_json, table
 from shared.delivery import endpoints
+from shared.exit_status import ExitStatus
 from shared.store.db import make_engine, make_session_factory
 
 
@@ -31,7 +32,7 @@ def endpoints_list(user: str | None, failing: bool, as_json: bool) -> None:
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     with sessions() as session:
         if user is not None and not endpoints.user_exists(session, user):
-            raise click.ClickException(f"no user named {user!r}")
+            raise CommandError(ExitStatus.NOT_FOUND, f"no user named {user!r}")
         found = endpoints.health(session, user, failing_only=failing)
     if as_json:
         emit_json([asdict(endpoint) for endpoint in found])

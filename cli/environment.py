@@ -5,13 +5,15 @@ dev`` running on its data directory (SPEC §8), found through `cli.instance`. Wi
 running it uses the configuration, except that it never falls back to the default Redis
 URL for a data directory that has an embedded server: that server's queues and dead
 letters would look empty. What the user can fix (no database here, an unusable data
-directory, a server that does not answer) ends the command with one line naming it; a
-server that does not answer exits with ``EX_UNAVAILABLE``.
+directory, a server that does not answer) ends the command with one line naming it and
+the exit status of its kind (`shared.exit_status`): every failure of a command is a
+`CommandError`, and `ReportingGroup` gives the others (a usage error, a bug) theirs.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,25 +24,30 @@ from sqlalchemy.engine import make_url
 
 from cli.instance import InstanceStarting, running
 from shared.config import Settings, settings_or_exit
+from shared.exit_status import ExitStatus
+from shared.logs import configure_logging
 
-EX_UNAVAILABLE = 69  # sysexits.h: a service the command needs is not available
 SETTINGS_KEY = "reminders.settings"
 
 
-class Unavailable(click.ClickException):
-    """The database or the Redis server does not answer."""
+class CommandError(click.ClickException):
+    """A command's failure: one line for the user, and the status that says its kind."""
 
-    exit_code = EX_UNAVAILABLE
+    def __init__(self, status: ExitStatus, message: str) -> None:
+        super().__init__(message)
+        # click types exit_code as a class variable, but reads it from the instance.
+        self.exit_code = status  # type: ignore[misc]
 
 
 def data_dir_of(settings: Settings) -> Path:
     return settings.data_dir.absolute()
 
 
-def unusable_data_dir(settings: Settings, reason: OSError | str) -> click.ClickException:
+def unusable_data_dir(settings: Settings, reason: OSError | str) -> CommandError:
     why = reason if isinstance(reason, str) else (reason.strerror or str(reason))
-    return click.ClickException(
-        f"cannot use REMINDERS_DATA_DIR={data_dir_of(settings)} as the data directory: {why}"
+    return CommandError(
+        ExitStatus.CONFIG,
+        f"cannot use REMINDERS_DATA_DIR={data_dir_of(settings)} as the data directory: {why}",
     )
 
 
@@ -55,7 +62,7 @@ def beside_running_instance(settings: Settings) -> Settings | None:
     try:
         instance = running(data_dir_of(settings))
     except InstanceStarting as exc:
-        raise click.ClickException(f"{exc}; try again in a moment") from None
+        raise CommandError(ExitStatus.TRY_AGAIN, f"{exc}; try again in a moment") from None
     if instance is None:
         return None
     update: dict[str, Any] = {}
@@ -77,18 +84,22 @@ def command_settings(*, redis: bool = False, create_database: bool = False) -> S
             others refuse to run on a database that does not exist.
 
     Raises:
-        click.ClickException: one line naming the problem.
+        CommandError: one line naming the problem.
     """
     settings = settings_or_exit()
+    # Its events (an operator's ``ops.*`` actions) go to stderr with the processes' format;
+    # structlog's default would print them on stdout, into a table or a ``--json`` answer.
+    configure_logging(settings.log_level, settings.log_format)
     beside = beside_running_instance(settings)
     if beside is not None:
         settings = beside
     elif redis and "redis_url" not in settings.model_fields_set:
         data_dir = data_dir_of(settings)
         if (data_dir / "redis").is_dir():
-            raise click.ClickException(
+            raise CommandError(
+                ExitStatus.UNAVAILABLE,
                 f"reminders dev is not running in {data_dir}, so neither is its embedded "
-                "Redis server: start `reminders dev`, or set REDIS_URL"
+                "Redis server: start `reminders dev`, or set REDIS_URL",
             )
     click.get_current_context().meta[SETTINGS_KEY] = settings
     if not create_database:
@@ -118,15 +129,17 @@ def _require_database(settings: Settings) -> None:
     if path is None or path.is_file():
         return
     if "database_url" in settings.model_fields_set:
-        raise click.ClickException(
-            f"no database at {path} (DATABASE_URL): run `reminders db upgrade` first"
+        raise CommandError(
+            ExitStatus.NOT_FOUND,
+            f"no database at {path} (DATABASE_URL): run `reminders db upgrade` first",
         )
     existing = _nearest_existing(data_dir_of(settings))
     if not existing.is_dir():
         raise unusable_data_dir(settings, f"{existing} is not a directory")
-    raise click.ClickException(
+    raise CommandError(
+        ExitStatus.NOT_FOUND,
         f"no database at {path}: run this in the folder where you run `reminders dev`, "
-        "or set REMINDERS_DATA_DIR or DATABASE_URL"
+        "or set REMINDERS_DATA_DIR or DATABASE_URL",
     )
 
 
@@ -139,8 +152,9 @@ def prepare_database_directory(settings: Settings) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         if "database_url" in settings.model_fields_set:
-            raise click.ClickException(
-                f"cannot create the folder of DATABASE_URL's file {path}: {exc.strerror}"
+            raise CommandError(
+                ExitStatus.CONFIG,
+                f"cannot create the folder of DATABASE_URL's file {path}: {exc.strerror}",
             ) from None
         raise unusable_data_dir(settings, exc) from None
 
@@ -166,7 +180,7 @@ def _settings() -> Settings | None:
     return found if isinstance(found, Settings) else None
 
 
-def database_error(error: sqlalchemy_errors.DBAPIError) -> click.ClickException | None:
+def database_error(error: sqlalchemy_errors.DBAPIError) -> CommandError | None:
     """The one line for a database error the user can act on, or None (a bug: re-raise)."""
     settings = _settings()
     where = (
@@ -176,21 +190,26 @@ def database_error(error: sqlalchemy_errors.DBAPIError) -> click.ClickException 
     )
     cause = _first_line(error.orig if error.orig is not None else error)
     if "no such table" in cause or ("relation" in cause and "does not exist" in cause):
-        return click.ClickException(
-            f"the database at {where} has no Reminders tables: run `reminders db upgrade`"
+        return CommandError(
+            ExitStatus.NOT_FOUND,
+            f"the database at {where} has no Reminders tables: run `reminders db upgrade`",
         )
     if isinstance(error, sqlalchemy_errors.OperationalError | sqlalchemy_errors.InterfaceError):
-        return Unavailable(f"cannot reach the database at {where}: {cause}")
+        return CommandError(
+            ExitStatus.UNAVAILABLE, f"cannot reach the database at {where}: {cause}"
+        )
     return None
 
 
-def broker_error(error: Exception) -> click.ClickException:
+def broker_error(error: Exception) -> CommandError:
     settings = _settings()
     where = redact(settings.redis_url) if settings else "REDIS_URL"
-    return Unavailable(f"cannot reach Redis at {where}: {_first_line(error)}")
+    return CommandError(
+        ExitStatus.UNAVAILABLE, f"cannot reach Redis at {where}: {_first_line(error)}"
+    )
 
 
-def reported(error: Exception) -> click.ClickException | None:
+def reported(error: Exception) -> CommandError | None:
     """The one line for ``error`` if the user can act on it; None for a bug."""
     if isinstance(error, sqlalchemy_errors.DBAPIError):
         return database_error(error)
@@ -207,13 +226,37 @@ def reported(error: Exception) -> click.ClickException | None:
 
 
 class ReportingGroup(click.Group):
-    """The root command group: an unreachable database or Redis server is one line."""
+    """The root command group: every way a command ends gets its `ExitStatus`.
+
+    An unreachable database or Redis server is one line (`reported`); a usage error
+    (click's own, status 2) is `ExitStatus.USAGE`; an exception nobody expected is a bug:
+    its traceback, and `ExitStatus.SOFTWARE` instead of the interpreter's 1.
+    """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            exc.exit_code = ExitStatus.USAGE  # type: ignore[misc]
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = ExitStatus.USAGE  # type: ignore[misc]
+            raise
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except Exception as exc:
             line = reported(exc)
-            if line is None:
-                raise
-            raise line from None
+            if line is not None:
+                raise line from None
+            traceback.print_exc()
+            raise SystemExit(ExitStatus.SOFTWARE) from None

@@ -1,4 +1,4 @@
-"""Start Dramatiq's or periodiq's command line with this service's JSON logging.
+"""Start Dramatiq's or periodiq's command line with this service's logging.
 
     python -m cli.launch dramatiq workers.app --processes 2 --threads 8
     python -m cli.launch periodiq workers.app
@@ -13,11 +13,13 @@ from __future__ import annotations
 import sys
 
 from shared.config import settings_or_exit
+from shared.exit_status import ExitStatus
 from shared.logs import configure_logging
 
 
 def main() -> None:
-    configure_logging(settings_or_exit().log_level)
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format)
     program, *arguments = sys.argv[1:]
     if program == "dramatiq":
         from dramatiq.cli import main as dramatiq_main
@@ -33,7 +35,8 @@ def main() -> None:
         sys.argv = ["periodiq", *arguments]
         entrypoint()
         return
-    raise SystemExit(f"cli.launch: unknown program {program!r}")
+    print(f"cli.launch: unknown program {program!r}", file=sys.stderr)
+    raise SystemExit(ExitStatus.USAGE)
 
 
 if __name__ == "__main__":

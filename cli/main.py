@@ -19,11 +19,13 @@ import click
 from cli.dlq import dlq
 from cli.endpoints import endpoints_group
 from cli.environment import (
+    CommandError,
     ReportingGroup,
     beside_running_instance,
     command_settings,
     prepare_database_directory,
 )
+from cli.output import emit_json
 from cli.processes import (
     executable,
     scheduler_argv,
@@ -33,6 +35,7 @@ from cli.processes import (
     worker_env,
 )
 from shared.config import Settings, settings_or_exit
+from shared.exit_status import ExitStatus
 from shared.logs import configure_logging
 from shared.store.db import make_engine, make_session_factory
 from shared.store.schema import upgrade
@@ -63,10 +66,23 @@ def users() -> None:
     """API users and their tokens."""
 
 
+def _show_token(name: str, token: str, operator: bool, as_json: bool) -> None:
+    """A new token, labelled (or as JSON for scripts): it is shown only this once."""
+    if as_json:
+        emit_json({"user": name, "token": token, "operator": operator})
+        return
+    click.echo(f"user:  {name}{' (operator)' if operator else ''}")
+    click.echo(
+        f"token: {token}  (shown once: only its hash is stored; "
+        f"`reminders users token {name}` issues another)"
+    )
+
+
 @users.command("create")
 @click.argument("name")
 @click.option("--operator", is_flag=True, help="May use the /ops endpoints and page.")
-def users_create(name: str, operator: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the user and token as JSON.")
+def users_create(name: str, operator: bool, as_json: bool) -> None:
     """Create user NAME and print its API token (shown only this once)."""
     from shared.store.accounts import DuplicateUser, create_user
 
@@ -74,14 +90,17 @@ def users_create(name: str, operator: bool) -> None:
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     try:
         token = create_user(sessions, name, operator=operator)
-    except (DuplicateUser, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(token)
+    except DuplicateUser as exc:
+        raise CommandError(ExitStatus.DATA, str(exc)) from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    _show_token(name, token, operator, as_json)
 
 
 @users.command("token")
 @click.argument("name")
-def users_token(name: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the user and token as JSON.")
+def users_token(name: str, as_json: bool) -> None:
     """Give user NAME a new API token and print it (shown only this once).
 
     The way back in after ``users revoke``; the user's other live tokens stay valid.
@@ -95,11 +114,11 @@ def users_token(name: str) -> None:
     settings = command_settings()
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     with unit_of_work(sessions) as session:
-        user_id = session.scalars(select(User.id).where(User.name == name)).first()
-        if user_id is None:
-            raise click.ClickException(f"no user named {name!r}")
-        token = issue_token(session, user_id)
-    click.echo(token)
+        user = session.execute(select(User.id, User.is_operator).where(User.name == name)).first()
+        if user is None:
+            raise CommandError(ExitStatus.NOT_FOUND, f"no user named {name!r}")
+        token = issue_token(session, user.id)
+    _show_token(name, token, user.is_operator, as_json)
 
 
 @users.command("revoke")
@@ -112,7 +131,7 @@ def users_revoke(name: str) -> None:
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     count = revoke_tokens(sessions, name)
     if count is None:
-        raise click.ClickException(f"no user named {name!r}")
+        raise CommandError(ExitStatus.NOT_FOUND, f"no user named {name!r}")
     click.echo(f"revoked {count} token(s) of {name}")
 
 
@@ -136,7 +155,7 @@ def scan(as_json: bool) -> None:
     from workers.producer import scan_due_tasks
 
     settings = command_settings(redis=True)
-    configure_logging("WARNING")
+    configure_logging("WARNING", settings.log_format)
     sessions = make_session_factory(make_engine(settings.resolved_database_url))
     result = scan_due_tasks(sessions, make_broker(settings), settings)
     summary = {
@@ -174,7 +193,7 @@ def _exec(argv: list[str], env: dict[str, str]) -> NoReturn:
     try:
         path = executable(argv[0], env)
     except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise CommandError(ExitStatus.UNAVAILABLE, str(exc)) from None
     os.execve(path, [path, *argv[1:]], env)
 
 
@@ -213,5 +232,5 @@ def dev(port: int, processes: int) -> None:
     from cli.embedded import run_embedded
 
     settings = settings_or_exit()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     raise SystemExit(run_embedded(settings, port=port, processes=processes))

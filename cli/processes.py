@@ -52,8 +52,12 @@ def die_with_parent() -> Callable[[], None] | None:
     return arm
 
 
-def web_argv(bind: str, workers: int, threads: int = 4) -> list[str]:
-    return [
+def web_argv(
+    bind: str, workers: int, threads: int = 4, control_socket: Path | None = None
+) -> list[str]:
+    """gunicorn with our settings; ``control_socket``: where it listens for ``gunicornc``
+    (none otherwise, `api.gunicorn_conf`)."""
+    argv = [
         "gunicorn",
         "--config",
         "python:api.gunicorn_conf",
@@ -63,8 +67,10 @@ def web_argv(bind: str, workers: int, threads: int = 4) -> list[str]:
         str(workers),
         "--threads",
         str(threads),
-        "api.wsgi:app",
     ]
+    if control_socket is not None:
+        argv += ["--control-socket", str(control_socket)]
+    return [*argv, "api.wsgi:app"]
 
 
 def worker_argv(processes: int, threads: int) -> list[str]:

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.exit_status import ExitStatus
+
 DEFAULT_DATA_DIR = ".reminders"
 THIRTY_DAYS = 30 * 24 * 3600
 
@@ -193,6 +195,12 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="REMINDERS_LOG_LEVEL"
     )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        validation_alias="REMINDERS_LOG_FORMAT",
+        description="json: one JSON object per line (what log shippers read); console: "
+        "aligned lines for a person; auto: console when stderr is a terminal, else json.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -357,7 +365,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def settings_or_exit() -> Settings:
-    """`load_settings`, or the configuration error's lines on stderr and exit status 2.
+    """`load_settings`, or the configuration error's lines on stderr and `ExitStatus.CONFIG`.
 
     What every process does at start.
     """
@@ -365,4 +373,4 @@ def settings_or_exit() -> Settings:
         return load_settings()
     except ConfigError as error:
         print(error, file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(ExitStatus.CONFIG) from None

@@ -3,7 +3,9 @@
 Events are named (``reminder.sent``, ``scan.finished``) and carry identifiers only
 (``task_id``, ``message_id``, ``attempt``, ``error_type``); task titles, notes, tokens and
 secrets are never passed to a logger. Library records (Dramatiq, gunicorn, Alembic) go
-through the same renderer so a log shipper sees one format.
+through the same renderer so a log shipper sees one format. A person watching a terminal
+(``reminders dev``) gets the same events as aligned console lines instead
+(``REMINDERS_LOG_FORMAT``: ``auto`` picks console only when stderr is a terminal).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import os
 import select
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from dramatiq.compat import StreamablePipe
+
+LogFormat = Literal["auto", "json", "console"]
 
 _SHARED_PROCESSORS: list[Any] = [
     structlog.stdlib.add_log_level,
@@ -24,8 +28,14 @@ _SHARED_PROCESSORS: list[Any] = [
 ]
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Route structlog and the standard library through one JSON renderer on stderr."""
+def configure_logging(level: str = "INFO", log_format: LogFormat = "json") -> None:
+    """Route structlog and the standard library through one renderer on stderr.
+
+    Args:
+        level: the root level (``REMINDERS_LOG_LEVEL``).
+        log_format: ``REMINDERS_LOG_FORMAT``; the default suits code that reads its own
+            logs back (tests), the processes pass their setting.
+    """
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,  # a disabled level costs no processing
@@ -41,7 +51,8 @@ def configure_logging(level: str = "INFO") -> None:
         if isinstance(sys.stderr, StreamablePipe)
         else logging.StreamHandler(sys.stderr)
     )
-    handler.setFormatter(json_formatter())
+    handler.setFormatter(formatter(log_format))
+    handler.addFilter(MigrationsAtDebug())
     # Nothing rendered reads where a record was logged from, or its thread or process (the
     # logging HOWTO's "Optimization"): each would cost a stack walk or a lookup per line.
     logging._srcfile = None
@@ -54,6 +65,41 @@ def configure_logging(level: str = "INFO") -> None:
     # httpx logs every request at INFO with its full URL, which may carry a receiver's
     # credentials; delivery logs its own events with identifiers only.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+
+
+def console_wanted(log_format: str) -> bool:
+    """Whether ``log_format`` means console lines here.
+
+    ``auto`` asks whether file descriptor 2 is a terminal, not ``sys.stderr``: in a Dramatiq
+    worker process ``sys.stderr`` is a pipe to the main process, whose stderr is the
+    terminal the lines end up on.
+    """
+    if log_format == "auto":
+        return _on_terminal()
+    return log_format == "console"
+
+
+def _on_terminal() -> bool:
+    try:
+        return os.isatty(2)
+    except OSError:
+        return False
+
+
+class MigrationsAtDebug(logging.Filter):
+    """Alembic's INFO lines (which migration runs, which DDL mode) as DEBUG records.
+
+    ``reminders dev`` migrates its database at every start; at INFO those lines are a dozen
+    lines of chatter before the banner. They are kept for whoever runs at DEBUG.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not record.name.startswith("alembic"):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
 
 
 class WholeLinesToStderr(logging.StreamHandler):
@@ -85,9 +131,15 @@ class WholeLinesToStderr(logging.StreamHandler):
             self.handleError(record)
 
 
+def formatter(log_format: str = "json") -> logging.Formatter:
+    """The formatter of every record, ours or a library's, in ``log_format`` (see
+    `console_wanted`)."""
+    return console_formatter() if console_wanted(log_format) else json_formatter()
+
+
 def json_formatter() -> logging.Formatter:
     """The formatter that renders any log record, ours or a library's, as one JSON line."""
-    return _JsonFormatter(
+    return _EventFormatter(
         foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.ExtraAdder()],
         processors=[
             _name_library_events,
@@ -98,7 +150,29 @@ def json_formatter() -> logging.Formatter:
     )
 
 
-class _JsonFormatter(structlog.stdlib.ProcessorFormatter):
+def console_formatter() -> logging.Formatter:
+    """The formatter of console lines: time, level, event (a library's message), logger.
+
+    Coloured only on a terminal (not in a file written with ``REMINDERS_LOG_FORMAT=console``).
+    Tracebacks are plain: a rich one would print each frame's local variables, which may
+    hold a token or a task's title.
+    """
+    return _EventFormatter(
+        foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.ExtraAdder()],
+        processors=[
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.dev.ConsoleRenderer(
+                colors=_on_terminal(),
+                timestamp_key="ts",
+                pad_event_to=40,
+                exception_formatter=structlog.dev.plain_traceback,
+            ),
+        ],
+    )
+
+
+class _EventFormatter(structlog.stdlib.ProcessorFormatter):
     """structlog's ProcessorFormatter, without its copy of the record for our own events.
 
     For an event logged through structlog (``record.msg`` is its event dict) and carrying
@@ -119,13 +193,13 @@ class _JsonFormatter(structlog.stdlib.ProcessorFormatter):
         return str(rendered)
 
 
-def gunicorn_log_config(level: str) -> dict[str, Any]:
-    """gunicorn's ``logconfig_dict``: its error and access logs as JSON lines on stderr."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+def gunicorn_log_config(level: str, log_format: LogFormat = "json") -> dict[str, Any]:
+    """gunicorn's ``logconfig_dict``: its error and access logs as our lines on stderr."""
+    handler = {"class": "logging.StreamHandler", "formatter": "lines", "stream": "ext://sys.stderr"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "shared.logs.json_formatter"}},
+        "formatters": {"lines": {"()": "shared.logs.formatter", "log_format": log_format}},
         "handlers": {"stderr": handler},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {

@@ -20,7 +20,7 @@ from workers.endpoint_channel import make_endpoint_channel
 
 settings = settings_or_exit()
 
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 # Acknowledgements gather for a few milliseconds and go to Redis together, from a thread of
 # their own: a worker thread never waits on one.
 broker = make_broker(settings, ack_linger_seconds=ACK_LINGER_SECONDS)

@@ -150,6 +150,13 @@ class DeadLetterView:
     broker_id: str | None = None
     retryable: bool = True
 
+    @property
+    def identifier(self) -> str:
+        """What operators type to name it: an undecodable message has only its broker id."""
+        if self.broker_id is not None and self.message_id == as_uuid(self.broker_id):
+            return self.broker_id
+        return str(self.message_id)
+
 
 @dataclass(frozen=True)
 class RetryingView:
@@ -428,6 +435,35 @@ class DeadLetterDesk:
         if row is None:
             return self._broker_only_entry(message_id)
         return self._view(row, self._entries().get(str(message_id)), traceback=True)
+
+    def starting_with(self, digits: str, limit: int = 10) -> list[DeadLetterView]:
+        """Live dead letters whose identifier (`DeadLetterView.identifier`) starts with the
+        hex ``digits`` (dashes ignored), at most ``limit``, in identifier order: how an
+        operator names one by a prefix, as git names a commit.
+
+        Reminder rows are found through their primary key: a prefix of a UUID's hex digits
+        is the range of UUIDs from the prefix padded with ``0`` to it padded with ``f``.
+        """
+        digits = digits.replace("-", "").lower()
+        low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+        with unit_of_work(self.sessions) as session:
+            rows = list(
+                session.scalars(
+                    _failed(DeadLetterFilter())
+                    .where(Reminder.message_id.between(low, high))
+                    .order_by(Reminder.message_id)
+                    .limit(limit)
+                )
+            )
+        broker_entries = dead_letters(self.broker, QUEUE_NAME)
+        entries = {e.message_id: e for e in reversed(broker_entries) if e.message_id}
+        found = [self._view(row, entries.get(str(row.message_id)), traceback=False) for row in rows]
+        found += [
+            view
+            for view in self._broker_only(broker_entries)
+            if view.identifier.replace("-", "").lower().startswith(digits)
+        ]
+        return sorted(found, key=lambda view: view.identifier)[:limit]
 
     def _broker_only_entry(self, message_id: uuid.UUID) -> DeadLetterView | None:
         return next((v for v in self._broker_only() if v.message_id == message_id), None)

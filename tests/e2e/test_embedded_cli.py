@@ -32,10 +32,11 @@ import httpx
 import psutil
 import pytest
 
+from shared.exit_status import ExitStatus
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import BIN, Receiver, Stack
 from tests.pipeline.test_ops import actions, cli, poison
-from tests.processes import free_port, tail
+from tests.processes import free_port, json_lines, tail
 
 stack = pipeline_harness.stack  # the pipeline tests' fixtures: own schema, namespace, receiver
 receiver = pipeline_harness.receiver
@@ -197,6 +198,14 @@ def running_dev(tmp_path: Path, name: str = "dev", **env: str) -> Iterator[Dev]:
         assert not leftovers, f"left running: {leftovers}"
 
 
+def _banner_lines(output: str) -> list[str]:
+    """The banner's own lines: from its first line to "Ctrl-C stops everything."."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if BANNER in line)
+    end = next(i for i, line in enumerate(lines) if i > start and "Ctrl-C stops" in line)
+    return lines[start : end + 1]
+
+
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
     """The error of a failed command, checked to be a single line and no traceback."""
     assert done.returncode != 0, done.stdout
@@ -242,6 +251,13 @@ def test_banner_is_printed_once_the_api_answers_and_says_what_is_running(
         assert f"http://127.0.0.1:{dev.port}" in banner
         assert re.search(r"token:\s+rem_\S+ +\(an operator token", banner), banner
         assert "delivery: log channel" in banner
+        assert "REMINDERS_ALLOW_PRIVATE_ENDPOINTS" not in banner
+        # Not a terminal: every line but the banner's is a JSON object, and the migrations
+        # (Alembic at INFO) said nothing.
+        text_lines = [x for x in banner.splitlines() if x.strip() and not x.startswith("{")]
+        assert text_lines == [x for x in _banner_lines(banner) if x.strip()], text_lines
+        assert json_lines(dev.log), banner
+        assert not [e for e in json_lines(dev.log) if e.get("logger", "").startswith("alembic")]
         token = dev.token()
         tasks = httpx.get(
             f"{dev.base_url}/tasks", headers={"Authorization": f"Bearer {token}"}, timeout=5
@@ -288,22 +304,28 @@ def test_cli_beside_dev_scans_into_and_lists_from_its_embedded_server(tmp_path: 
 @pytest.mark.slow
 def test_a_revoked_user_is_given_a_new_token(tmp_path: Path) -> None:
     with running_dev(tmp_path) as dev:
-        created = dev.cli("users", "create", "alice")
+        created = dev.cli("users", "create", "alice", "--json")
         assert created.returncode == 0, created.stderr
-        first = created.stdout.strip()
+        made = json.loads(created.stdout)
+        assert (made["user"], made["operator"]) == ("alice", False)
+        first = made["token"]
         assert dev.cli("users", "revoke", "alice").returncode == 0
 
         issued = dev.cli("users", "token", "alice")
         assert issued.returncode == 0, issued.stderr
-        second = issued.stdout.strip()
+        label = re.fullmatch(r"user:  alice\ntoken: (\S+)  \(shown once: .*\)\n", issued.stdout)
+        assert label, issued.stdout
+        second = label.group(1)
 
         def status(token: str) -> int:
             headers = {"Authorization": f"Bearer {token}"}
             return httpx.get(f"{dev.base_url}/tasks", headers=headers, timeout=5).status_code
 
-        assert TOKEN.fullmatch(second), issued.stdout
+        assert TOKEN.fullmatch(first) and TOKEN.fullmatch(second), (made, issued.stdout)
         assert (status(first), status(second)) == (401, 200)
-        assert "no user named" in one_line_error(dev.cli("users", "token", "nobody"))
+        nobody = dev.cli("users", "token", "nobody")
+        assert "no user named" in one_line_error(nobody)
+        assert nobody.returncode == ExitStatus.NOT_FOUND == 66
 
 
 # -- one instance per data directory, nothing left behind ----------------------------------
@@ -333,7 +355,7 @@ def test_a_second_dev_on_the_same_data_directory_is_refused_before_touching_anyt
             second.kill_leftovers(servers=False)  # the first's server works there too
         output = second.output().strip()
 
-        assert status not in (None, 0), output
+        assert status == ExitStatus.TRY_AGAIN == 75, output
         assert len(output.splitlines()) == 1, output
         assert "already running" in output and str(first.data_dir) in output, output
         assert BANNER not in output
@@ -357,9 +379,12 @@ def test_stopping_dev_stops_every_process_and_the_embedded_server(
         assert status == 0, tail(dev.log)
         assert alive(dev.tree) == []
         assert embedded_servers(tmp_path) == []
-        # With dev stopped, the CLI does not fall back to another Redis server.
-        stopped = one_line_error(dev.cli("dlq", "list"))
+        # With dev stopped, the CLI does not fall back to another Redis server: its Redis
+        # server is unavailable, and the status says so.
+        listed = dev.cli("dlq", "list")
+        stopped = one_line_error(listed)
         assert "not running" in stopped and str(dev.data_dir) in stopped, stopped
+        assert listed.returncode == ExitStatus.UNAVAILABLE == 69
     finally:
         dev.kill_leftovers()
 
@@ -396,7 +421,7 @@ def test_a_child_that_dies_stops_dev_and_the_embedded_server(tmp_path: Path) -> 
         web.kill()
         status = dev.process.wait(timeout=40)
 
-        assert status != 0
+        assert status == ExitStatus.SOFTWARE == 70
         assert "web exited" in dev.output()
         assert wait_until(lambda: not alive(dev.tree), 20), alive(dev.tree)
         assert embedded_servers(tmp_path) == []
@@ -414,8 +439,10 @@ def test_commands_outside_the_project_folder_say_so_in_one_line(tmp_path: Path) 
     del env["REMINDERS_DATA_DIR"]
 
     for args in (["dlq", "list"], ["scan"], ["users", "create", "bob"], ["users", "token", "bob"]):
-        error = one_line_error(run_cli(env, elsewhere, *args))
+        done = run_cli(env, elsewhere, *args)
+        error = one_line_error(done)
         assert "no database" in error and str(elsewhere / ".reminders") in error, (args, error)
+        assert done.returncode == ExitStatus.NOT_FOUND == 66, args
     assert list(elsewhere.iterdir()) == []
 
 
@@ -425,8 +452,10 @@ def test_an_unusable_data_directory_is_named_in_one_line(tmp_path: Path) -> None
     env = service_env(not_a_directory / "data")
 
     for args in (["dev", "--port", str(free_port())], ["db", "upgrade"], ["dlq", "list"]):
-        error = one_line_error(run_cli(env, tmp_path, *args))
+        done = run_cli(env, tmp_path, *args)
+        error = one_line_error(done)
         assert "REMINDERS_DATA_DIR" in error and str(not_a_directory) in error, (args, error)
+        assert done.returncode == ExitStatus.CONFIG == 78, args
     assert embedded_servers(tmp_path) == []
 
 
@@ -479,4 +508,29 @@ def test_a_dry_run_retry_of_one_dead_letter_changes_nothing(
     listed = json.loads(cli(stack, "dlq", "list", "--json").stdout)["items"]
     assert [(x["message_id"], x["in_broker"]) for x in listed] == [(message_id, True)]
     missing = cli(stack, "dlq", "retry", str(uuid.uuid4()), "--dry-run")
-    assert missing.returncode != 0 and "not a dead letter" in missing.stderr
+    assert missing.returncode == ExitStatus.NOT_FOUND and "not a dead letter" in missing.stderr
+
+
+# -- what goes where -------------------------------------------------------------------------
+
+
+def test_an_action_answers_on_stdout_and_logs_its_event_on_stderr(
+    stack: Stack, receiver: Receiver
+) -> None:
+    _, [message_id] = poison(stack, receiver)
+
+    done = cli(stack, "dlq", "retry", message_id, "--json", "--as", "pat")
+
+    assert done.returncode == 0, done.stderr
+    # stdout is the answer alone, for a script to parse; the audit event is a log line.
+    assert json.loads(done.stdout) == {
+        "message_id": message_id,
+        "outcome": "requeued",
+        "dry_run": False,
+    }
+    [event] = [json.loads(line) for line in done.stderr.splitlines()]
+    assert (event["event"], event["operator"], event["message_id"]) == (
+        "ops.retry",
+        "cli:pat",
+        message_id,
+    )

@@ -10,6 +10,7 @@ against the Procfile so the two cannot drift apart.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -73,14 +74,14 @@ def test_procfile_processes_deliver_a_task_created_over_http(stack: Stack, tmp_p
         assert healthy, tail(tmp_path / "web.log")
 
         created_user = subprocess.run(
-            [str(BIN / "reminders"), "users", "create", "e2e-user"],
+            [str(BIN / "reminders"), "users", "create", "e2e-user", "--json"],
             env=env,
             cwd=REPO,
             capture_output=True,
             timeout=30,
         )
         assert created_user.returncode == 0, created_user.stderr.decode(errors="replace")
-        token = created_user.stdout.decode().strip().splitlines()[-1].strip()
+        token = json.loads(created_user.stdout)["token"]
         headers = {"Authorization": f"Bearer {token}"}
 
         due_at = (datetime.now(UTC) + timedelta(minutes=10)).replace(microsecond=0)

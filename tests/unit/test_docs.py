@@ -1,10 +1,13 @@
-"""The README stays true: every setting is documented and CI runs its test command."""
+"""The README stays true: every setting and exit status is documented, CI runs its tests."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from shared.config import Settings
+from shared.exit_status import ExitStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,3 +25,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "pip install -e '.[test]' && .venv/bin/pytest" in readme
     assert ".venv/bin/pip install --quiet -e '.[test]'" in ci
     assert ci.rstrip().endswith(".venv/bin/pytest")
+
+
+def test_the_readme_exit_status_table_is_the_code_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Exit statuses", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| `(EX_[A-Z]+)` \|", section, flags=re.MULTILINE)
+    assert [(int(code), getattr(os, name)) for code, name in rows] == [
+        (int(status), int(status)) for status in ExitStatus
+    ]
