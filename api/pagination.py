@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TypeVarTuple
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import ColumnElement, Select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
 
@@ -41,7 +41,7 @@ Ts = TypeVarTuple("Ts")
 
 def keyset(
     statement: Select[*Ts],
-    at: InstrumentedAttribute[datetime],
+    at: InstrumentedAttribute[datetime] | ColumnElement[datetime],
     identity: InstrumentedAttribute[uuid.UUID],
     cursor: str | None,
     limit: int,

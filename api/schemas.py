@@ -316,8 +316,14 @@ Cursor = Annotated[
 
 class TaskQuery(RequestModel):
     status: Omittable[Status] = None
-    due_after: Omittable[Timestamp] = Field(default=None, description="Only tasks due at or after.")
-    due_before: Omittable[Timestamp] = Field(default=None, description="Only tasks due before.")
+    due_after: Omittable[Timestamp] = Field(
+        default=None,
+        description="Only tasks next due at or after (a recurring task: its next occurrence).",
+    )
+    due_before: Omittable[Timestamp] = Field(
+        default=None,
+        description="Only tasks next due before (a recurring task: its next occurrence).",
+    )
     limit: PageSize = DEFAULT_PAGE_SIZE
     cursor: Omittable[Cursor] = None
 
@@ -367,7 +373,10 @@ class TaskOut(BaseModel):
     recurrence: str | None
     reminders: list[int] = Field(description="Offsets in seconds, earliest reminder first.")
     remind_before_seconds: int = Field(description="The first of reminders (one-offset form).")
-    remind_at: datetime = Field(description="due_at minus remind_before_seconds.")
+    remind_at: datetime = Field(
+        description="The earliest remind time of its next occurrence (a one-off task: due_at "
+        "minus remind_before_seconds; a series that ended: of its last occurrence)."
+    )
     endpoint_id: uuid.UUID | None = Field(
         default=None,
         description="Where its reminders go: one of your endpoints, or null for the "
@@ -377,7 +386,8 @@ class TaskOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     reminder: ReminderOut | None = Field(
-        description="The next reminder due, or, when none is pending, the last one."
+        description="The next reminder due, or, when none is pending, the latest one of the "
+        "occurrences the task has now (never one of a due date it was moved away from)."
     )
     next_occurrence: OccurrenceOut | None = Field(
         default=None, description="A recurring task's next occurrence (null once it ended)."

@@ -7,6 +7,7 @@ and never confirms that it exists.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +15,19 @@ from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 from psycopg.types.json import Json
-from sqlalchemy import Row, bindparam, case, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,7 +55,7 @@ from shared.planning.recurrence import (
     validate,
 )
 from shared.planning.rules import PENDING_STATES, normalize_due_at, remind_at
-from shared.store.db import hot_statement, unit_of_work, utcnow
+from shared.store.db import UTCDateTime, hot_statement, unit_of_work, utcnow
 from shared.store.models import Reminder, Task
 from shared.store.occurrences import local_start, plan_reminders, reminder_values, series_of
 
@@ -457,27 +470,63 @@ class TaskService:
         return ReminderPage(items=items, next_cursor=next_cursor(keys, query.limit))
 
     def list(self, owner: Owner, query: TaskQuery) -> TaskPage:
-        """One page of the owner's tasks ordered by (due_at, id).
+        """One page of the owner's tasks ordered by (when each is next due, id): a one-off
+        task's due date, a recurring task's next occurrence (`_listed_due_at`); the
+        ``due_after``/``due_before`` filters read the same date.
 
         Raises:
             BadCursor: the cursor does not decode.
         """
-        statement = _TASK_WITH_REMINDER.where(Task.owner_id == owner.id, Task.deleted_at.is_(None))
+        now = self.clock()
+        due = _listed_due_at(now)
+        statement = _TASK_WITH_REMINDER.add_columns(due.label("listed_due_at")).where(
+            Task.owner_id == owner.id, Task.deleted_at.is_(None)
+        )
         if query.status:
             statement = statement.where(Task.status == query.status)
         if query.due_after:
-            statement = statement.where(Task.due_at >= query.due_after)
+            statement = statement.where(due >= query.due_after)
         if query.due_before:
-            statement = statement.where(Task.due_at < query.due_before)
-        statement = keyset(statement, Task.due_at, Task.id, query.cursor, query.limit)
+            statement = statement.where(due < query.due_before)
+        statement = keyset(statement, due, Task.id, query.cursor, query.limit)
         with self.sessions() as session:
             rows = session.connection().execute(statement).all()
             session.rollback()
-        now = self.clock()
         return TaskPage(
             items=[_row_out(row, owner, now) for row in rows[: query.limit]],
-            next_cursor=next_cursor([(row.due_at, row.id) for row in rows], query.limit),
+            next_cursor=next_cursor([(row.listed_due_at, row.id) for row in rows], query.limit),
         )
+
+
+def _listed_due_at(now: datetime) -> ColumnElement[datetime]:
+    """When a task is next due, as the listing sorts and filters it: a one-off task's due
+    date; a recurring task's next occurrence after ``now`` (and after what it completed): its
+    earliest reminder row still to come, else the first occurrence past its rows
+    (``next_unplanned_at``); a series that ended or is done sorts by its latest occurrence."""
+    at = literal(now, UTCDateTime())
+    live = and_(
+        Reminder.task_id == Task.id, Reminder.kind == "reminder", Reminder.state != "cancelled"
+    )
+    coming = (
+        select(func.min(Reminder.due_at))
+        .where(
+            live,
+            Reminder.due_at > at,
+            or_(Task.completed_through.is_(None), Reminder.due_at > Task.completed_through),
+        )
+        .correlate(Task)
+        .scalar_subquery()
+    )
+    latest = (
+        select(func.max(Reminder.due_at))
+        .where(live, Reminder.due_at <= at)
+        .correlate(Task)
+        .scalar_subquery()
+    )
+    return case(
+        (Task.recurrence.is_(None), Task.due_at),
+        else_=func.coalesce(coming, Task.next_unplanned_at, latest, Task.due_at),
+    )
 
 
 # Fields whose change re-plans the reminders; of them, those that make another series.
@@ -538,9 +587,24 @@ def _next_occurrence_out(task: Any, now: datetime) -> OccurrenceOut | None:
     return _occurrence_out(upcoming, task.reminder_offsets) if upcoming else None
 
 
+def _first_remind_at(task: Any, upcoming: OccurrenceOut | None) -> datetime:
+    """The task's top-level ``remind_at``: the earliest remind time of its next occurrence (a
+    one-off task's only one); for a series that ended, of its last occurrence. Always the
+    time of a reminder that exists, never one computed from a series start the rule skips."""
+    offsets = list(task.reminder_offsets)
+    if task.recurrence is None:
+        return remind_at(task.due_at, offsets[0])
+    if upcoming is not None:
+        return upcoming.remind_at[0]
+    # It ended: COUNT or UNTIL bounds it.
+    last = deque(occurrences(series_of(task)), maxlen=1)
+    return remind_at(last[0].due_at if last else task.due_at, offsets[0])
+
+
 def _task_out(task: Any, reminder: ReminderOut | None, owner: Owner, now: datetime) -> TaskOut:
     """A task as the API shows it, from a `Task` or a row of `_TASK_WITH_REMINDER`."""
     offsets = list(task.reminder_offsets)
+    upcoming = _next_occurrence_out(task, now)
     return TaskOut(
         id=task.id,
         owner=owner.name,
@@ -551,21 +615,33 @@ def _task_out(task: Any, reminder: ReminderOut | None, owner: Owner, now: dateti
         recurrence=task.recurrence,
         reminders=offsets,
         remind_before_seconds=offsets[0],
-        remind_at=remind_at(task.due_at, offsets[0]),
+        remind_at=_first_remind_at(task, upcoming),
         endpoint_id=task.endpoint_id,
         status=task.status,
         created_at=task.created_at,
         updated_at=task.updated_at,
         reminder=reminder,
-        next_occurrence=_next_occurrence_out(task, now),
+        next_occurrence=upcoming,
     )
 
 
 _PENDING = Reminder.state.in_(sorted(PENDING_STATES))
-# The reminder a task shows: the next pending one by remind time, else the latest one.
+# Rows of the occurrences the task has now: a one-off task's due date; a recurring task's
+# rows that were not cancelled (those were left behind by an edit, or ended by done or
+# delete), from its series' start, and those of the occurrences it completed.
+_CURRENT_OCCURRENCE = or_(
+    and_(Task.recurrence.is_(None), Reminder.due_at == Task.due_at),
+    and_(
+        Task.recurrence.is_not(None),
+        Reminder.due_at >= Task.due_at,
+        or_(Reminder.state != "cancelled", Reminder.due_at <= Task.completed_through),
+    ),
+)
+# The reminder a task shows: the next pending one by remind time, else the latest one of
+# the occurrences it has now; never one of an occurrence it moved away from.
 _SHOWN_REMINDER = (
     select(Reminder.message_id)
-    .where(Reminder.task_id == Task.id)
+    .where(Reminder.task_id == Task.id, or_(_PENDING, _CURRENT_OCCURRENCE))
     .order_by(
         case((_PENDING, 0), else_=1),
         case((_PENDING, Reminder.remind_at), else_=None),
@@ -586,6 +662,7 @@ _TASK_WITH_REMINDER = select(
     Task.recurrence,
     Task.reminder_offsets,
     Task.completed_through,
+    Task.next_unplanned_at,
     Task.endpoint_id,
     Task.status,
     Task.created_at,

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -123,6 +123,12 @@ _MARK_SENT = (
     .values(
         state="sent",
         sent_at=bindparam("b_now"),
+        # Late: sent after its due date although planned before it (README), judged now, at
+        # the send: a reminder claimed on time may still go out late (a backlog, retries).
+        late=or_(
+            Reminder.late,
+            and_(Reminder.due_at < bindparam("b_now"), Reminder.planned_at < Reminder.due_at),
+        ),
         attempts=Reminder.attempts + 1 + bindparam("b_unrecorded"),
         updated_at=bindparam("b_now"),
     )

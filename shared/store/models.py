@@ -116,6 +116,9 @@ class Task(Base):
     series_filled_until: Mapped[datetime | None]
     refill_at: Mapped[datetime | None]
     series_cursor: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    # The series' first occurrence after its rows (not completed): where an open recurring
+    # task is next due when no row of its is still to come. The listing sorts by it.
+    next_unplanned_at: Mapped[datetime | None]
     # Occurrences due up to here were completed (POST /tasks/{id}/complete): never reopened.
     completed_through: Mapped[datetime | None]
     # The latest occurrence whose reminders history retention purged: never opened again.

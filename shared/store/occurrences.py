@@ -135,6 +135,7 @@ def plan_reminders(
     if task.status != "open" or task.deleted_at is not None:
         cancelled = cancel_pending(session, task, now)
         task.series_filled_until = task.refill_at = task.series_cursor = None
+        task.next_unplanned_at = None
         return Planned(opened=[], cancelled=cancelled)
     series = series_of(task)
     offsets = sorted(set(task.reminder_offsets), reverse=True)
@@ -238,8 +239,10 @@ def _advance(
     if past:
         task.series_cursor = _cursor(past[-1])
     last = expected[-1] if expected else _resume_point(task)
-    beyond = occurrences(series, after=upper + timedelta(seconds=1), limit=1, resume=last)
-    if next(iter(beyond), None) is None:  # COUNT or UNTIL reached: every row exists
+    after = max(upper, task.completed_through or upper) + timedelta(seconds=1)
+    beyond = next(iter(occurrences(series, after=after, limit=1, resume=last)), None)
+    task.next_unplanned_at = beyond.due_at if beyond is not None else None
+    if beyond is None:  # COUNT or UNTIL reached: every row exists
         task.series_filled_until = task.refill_at = None
         return
     task.series_filled_until = upper
