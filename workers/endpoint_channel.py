@@ -141,13 +141,19 @@ class EndpointChannel:
 
 
 def make_endpoint_channel(
-    settings: Settings, engine: Engine, resolve: Resolver = system_resolver
+    settings: Settings,
+    engine: Engine,
+    resolve: Resolver = system_resolver,
+    clock: Callable[[], datetime] = utcnow,
 ) -> EndpointChannel:
+    """The endpoint channel the settings describe; ``clock`` stamps each attempt (and so
+    decides when an endpoint has been failing long enough to be disabled)."""
     return EndpointChannel(
         engine,
         SecretBox.from_setting(settings.secret_key, settings.data_dir),
         WebhookSender.for_endpoints(settings, resolve),
         timedelta(seconds=settings.endpoint_disable_after_seconds),
+        clock,
     )
 
 

@@ -26,7 +26,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from queue import Empty
 from typing import Any
@@ -581,18 +581,23 @@ def pending_message_ids(broker: RedisBroker, queue_name: str) -> set[str]:
     return ids
 
 
-def run_maintenance(broker: RedisBroker, queue_name: str) -> None:
+def run_maintenance(
+    broker: RedisBroker, queue_name: str, clock: Callable[[], int] = current_millis
+) -> None:
     """Give back messages held by dead workers and expire old dead letters, now.
 
     Dramatiq does this only on a random 0.1% of broker calls, which can leave a SIGKILLed
     worker's messages stranded for many minutes; the producer calls this on every scan.
+    ``clock`` (milliseconds since the epoch) is the time the heartbeats and dead letters'
+    ages are judged at; Dramatiq stamps both with the same clock.
     """
     dispatch = broker.scripts["dispatch"]
+    now_ms = clock()
     for name in (queue_name, dq_name(queue_name)):
         dispatch(
             args=[
                 "qsize",
-                current_millis(),
+                now_ms,
                 name,
                 broker.broker_id,
                 broker.heartbeat_timeout,

@@ -376,18 +376,26 @@ def test_queue_depth_counts_ready_delayed_in_flight_and_dead(brokers: BrokerFact
 # -- run_maintenance -------------------------------------------------------------------------
 
 
+def later(milliseconds: int) -> Callable[[], int]:
+    """A maintenance clock ``milliseconds`` ahead of the one Dramatiq stamps heartbeats with."""
+    return lambda: current_millis() + milliseconds
+
+
 def test_maintenance_gives_back_the_messages_of_a_broker_instance_that_stopped_beating(
     brokers: BrokerFactory,
 ) -> None:
-    dying = brokers(heartbeat_timeout_ms=1000)
-    survivor = brokers(heartbeat_timeout_ms=1000)
+    """Judged at an injected time past the (default, 60 s) heartbeat timeout: the timeout is
+    arithmetic on the heartbeats' stamps, which the Redis script does with the time given."""
+    dying = brokers()
+    survivor = brokers()
     sent = survivor.enqueue(message())
     stranded = fetch(dying)  # fetched, never acked: its worker was SIGKILLed
     assert stranded.message_id == sent.message_id
     assert queue_depth(survivor, QUEUE_NAME).in_flight == 1
 
-    time.sleep(1.5)  # past the heartbeat timeout, with no call from ``dying``
-    run_maintenance(survivor, QUEUE_NAME)
+    run_maintenance(survivor, QUEUE_NAME, clock=later(55_000))  # silent, not yet dead
+    assert queue_depth(survivor, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 1, 0)
+    run_maintenance(survivor, QUEUE_NAME, clock=later(61_000))  # past the heartbeat timeout
 
     assert queue_depth(survivor, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 1, 0, 0, 0)
     again = fetch(survivor)
@@ -399,18 +407,19 @@ def test_maintenance_gives_back_the_messages_of_a_broker_instance_that_stopped_b
 def test_maintenance_gives_back_delayed_messages_of_a_dead_instance(
     brokers: BrokerFactory,
 ) -> None:
-    dying = brokers(heartbeat_timeout_ms=1000)
-    survivor = brokers(heartbeat_timeout_ms=1000)
+    dying = brokers()
+    survivor = brokers()
     sent = survivor.enqueue(message(), delay=100)
     assert fetch(dying, dq_name(QUEUE_NAME)).message_id == sent.message_id
 
-    time.sleep(1.5)
-    run_maintenance(survivor, QUEUE_NAME)
+    run_maintenance(survivor, QUEUE_NAME, clock=later(61_000))  # past the heartbeat timeout
 
     assert fetch(survivor, dq_name(QUEUE_NAME)).message_id == sent.message_id
 
 
 def test_maintenance_leaves_a_live_instance_its_messages(brokers: BrokerFactory) -> None:
+    """Real time: the live instance's heartbeats are stamped by Dramatiq's own clock on each
+    of its broker calls, so staying alive past the timeout takes the time passing."""
     live = brokers(heartbeat_timeout_ms=1000)
     other = brokers(heartbeat_timeout_ms=1000)
     sent = other.enqueue(message())
@@ -431,14 +440,14 @@ def test_maintenance_leaves_a_live_instance_its_messages(brokers: BrokerFactory)
 def test_maintenance_leaves_a_recently_silent_instance_its_messages(
     brokers: BrokerFactory,
 ) -> None:
-    """Silent for less than the heartbeat timeout is not dead."""
+    """Silent for less than the heartbeat timeout is not dead: judged 59 s after its last
+    call, at an injected time."""
     quiet = brokers()  # default timeout: 60 s
     other = brokers()
     other.enqueue(message())
     fetch(quiet)
 
-    time.sleep(0.5)
-    run_maintenance(other, QUEUE_NAME)
+    run_maintenance(other, QUEUE_NAME, clock=later(59_000))
 
     assert queue_depth(other, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 1, 0)
 
@@ -446,18 +455,17 @@ def test_maintenance_leaves_a_recently_silent_instance_its_messages(
 def test_maintenance_expires_dead_letters_older_than_the_ttl_and_keeps_younger_ones(
     brokers: BrokerFactory,
 ) -> None:
+    """Judged at injected times: a letter's age is arithmetic on the millisecond it was
+    dead-lettered, which the Redis script does with the time given."""
     broker = brokers(dead_letter_ttl_seconds=60)
     old = dead_letter(broker)
+    between = current_millis()  # after ``old`` was dead-lettered, before ``young`` is
     run_maintenance(broker, QUEUE_NAME)
     assert dead_message_ids(broker, QUEUE_NAME) == {old.message_id}  # younger than 60 s
 
-    time.sleep(1.0)
+    time.sleep(0.005)  # dead letters are scored by the millisecond: keep the order strict
     young = dead_letter(broker)
-    # The settings allow no TTL under a minute; a broker with a 0.5 s TTL stands in for
-    # the same letters a minute later.
-    short_lived = brokers()
-    short_lived.dead_message_ttl = 500
-    run_maintenance(short_lived, QUEUE_NAME)
+    run_maintenance(broker, QUEUE_NAME, clock=lambda: between + 60_000)
 
     assert dead_message_ids(broker, QUEUE_NAME) == {young.message_id}
     assert queue_depth(broker, QUEUE_NAME).dead == 1

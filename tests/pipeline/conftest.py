@@ -149,12 +149,17 @@ class Stack:
         )
 
     def broker(
-        self, channel: Channel | None = None, resolve: Resolver | None = None, **more: Any
+        self,
+        channel: Channel | None = None,
+        resolve: Resolver | None = None,
+        endpoint_clock: Callable[[], datetime] = utcnow,
+        **more: Any,
     ) -> tuple[RedisBroker, Actors]:
         """A fresh broker with the actors declared on it (like one worker process).
 
         ``channel`` replaces the one the settings choose; ``resolve`` the host name
-        resolver of users' endpoints.
+        resolver of users' endpoints; ``endpoint_clock`` the clock that stamps the attempts
+        on users' endpoints.
         """
         settings = self.settings(**more)
         broker = make_broker(settings)
@@ -164,7 +169,9 @@ class Stack:
                 sessions=self.sessions,
                 channel=channel or make_channel(settings),
                 settings=settings,
-                endpoints=make_endpoint_channel(settings, self.engine, resolve or system_resolver),
+                endpoints=make_endpoint_channel(
+                    settings, self.engine, resolve or system_resolver, endpoint_clock
+                ),
             ),
         )
         self._brokers.append(broker)

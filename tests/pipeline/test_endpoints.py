@@ -9,7 +9,6 @@ is under test, and there host names are answered by a table, never by a DNS serv
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from api.app import create_app
-from shared.store.db import unit_of_work
+from shared.store.db import unit_of_work, utcnow
 from shared.store.models import Reminder
 from tests.pipeline.conftest import Receipt, Receiver, Stack
 from workers.producer import scan_due_tasks
@@ -156,24 +155,35 @@ def disabled_count() -> float:
 def test_an_endpoint_failing_past_the_setting_is_disabled_and_enabled_again_by_patch(
     stack: Stack, receiver: Receiver
 ) -> None:
-    stack.overrides.update(
-        allow_private_endpoints=True, endpoint_disable_after_seconds=1, max_retries=0
-    )
+    """Failing for the default five days, not a second less, disables the endpoint. The
+    attempts are stamped by the endpoint channel's clock, which the test moves on: how long
+    an endpoint has been failing is arithmetic on those stamps, not on the wall clock."""
+    stack.overrides.update(allow_private_endpoints=True, max_retries=0)
+    disable_after = timedelta(seconds=stack.settings().endpoint_disable_after_seconds)
+    assert disable_after == timedelta(days=5)  # the default
     receiver.script = lambda n: 500
     alice = Api(stack)
     endpoint = alice.endpoint(receiver.url)
-    broker, _ = stack.broker()
+    start = utcnow()
+    clock = [start]
+    broker, _ = stack.broker(endpoint_clock=lambda: clock[0])
     before = disabled_count()
 
     first = alice.due_task(endpoint["id"])
     deliver(stack, broker, lambda: final(stack, first))
     assert alice.call("get", f"/endpoints/{endpoint['id']}", 200)["enabled"] is True
-    time.sleep(1.2)  # every attempt has now failed for longer than the setting
+    clock[0] = start + disable_after - timedelta(seconds=1)  # failing, not yet long enough
+    almost = alice.due_task(endpoint["id"])
+    deliver(stack, broker, lambda: final(stack, almost))
+    assert alice.call("get", f"/endpoints/{endpoint['id']}", 200)["enabled"] is True
+    clock[0] = start + disable_after  # every attempt has now failed for the setting's time
     second = alice.due_task(endpoint["id"])
     deliver(stack, broker, lambda: final(stack, second))
     shown = alice.call("get", f"/endpoints/{endpoint['id']}", 200)
     assert shown["enabled"] is False
-    assert shown["disabled_reason"].startswith("every delivery attempt failed since")
+    assert shown["disabled_reason"].startswith(
+        f"every delivery attempt failed since {start:%Y-%m-%dT%H:%M:%SZ}"
+    )
     assert "answered 500" in shown["disabled_reason"]
     assert disabled_count() == before + 1
     # Operators see it from the command line, with its owner and why, never its secret.
@@ -196,7 +206,7 @@ def test_an_endpoint_failing_past_the_setting_is_disabled_and_enabled_again_by_p
     deliver(stack, broker, lambda: final(stack, third))
     [row] = rows_of(stack, third)
     assert row.state == "failed" and "endpoint disabled" in (row.last_error or "")
-    assert len(receiver.receipts) == 2
+    assert len(receiver.receipts) == 3
 
     # Enabled again by its owner, and answering: delivered.
     receiver.script = lambda n: 200
