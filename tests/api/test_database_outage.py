@@ -178,6 +178,8 @@ def readiness(http: httpx.Client) -> tuple[int, dict[str, Any]]:
 def test_posts_while_the_database_restarts_or_is_down_are_201_or_503_never_500(
     deployment: Deployment,
 ) -> None:
+    """Real time: a real PostgreSQL server is stopped and restarted under real gunicorn
+    processes."""
     traffic = Traffic(deployment)
     senders = [threading.Thread(target=traffic.run) for _ in range(3)]
     for sender in senders:
@@ -245,6 +247,7 @@ def test_posts_while_the_database_restarts_or_is_down_are_201_or_503_never_500(
 def test_with_redis_down_tasks_are_created_and_broker_reads_answer_503(
     deployment: Deployment,
 ) -> None:
+    """Real time: a real Redis server is killed and restarted, and the API notices it is back."""
     operator = deployment.operator.headers
     with deployment.client() as http:
         assert http.get("/ops/queues", headers=operator).status_code == 200
@@ -292,7 +295,10 @@ def test_a_post_whose_database_went_away_after_its_key_was_claimed_is_retried_in
 ) -> None:
     """The key is claimed, then the database stops under the INSERT: 503, and the claim
     cannot be given back until the database is up again. The retry the 503 asks for, once it
-    is, creates the task: not a 409 until the claim counts as abandoned (60 s)."""
+    is, creates the task: not a 409 until the claim counts as abandoned (60 s).
+
+    Real time: a real PostgreSQL server stops under a request and comes back; the retry follows
+    Retry-After."""
     body = {"title": "one task", "due_at": DUE}
     with private_postgres() as database:
         engine = make_engine(database.url)

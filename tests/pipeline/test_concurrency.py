@@ -78,7 +78,9 @@ def assert_each_reminder_sent_once(stack: Stack, receiver: Receiver, count: int)
 def test_two_schedulers_and_four_worker_processes_send_1000_reminders_once(
     stack: Stack, receiver: Receiver, tmp_path: Path
 ) -> None:
-    """Waves of due tasks, each raced for by two producers while four processes deliver."""
+    """Waves of due tasks, each raced for by two producers while four processes deliver.
+
+    Real time: real scheduler and worker processes race one another."""
     total, waves = 1000, 5
     alice = stack.account()
     env = stack.env(
@@ -115,7 +117,9 @@ def test_two_schedulers_and_four_worker_processes_send_1000_reminders_once(
 def test_two_periodiq_schedulers_fire_together_and_each_reminder_is_sent_once(
     stack: Stack, receiver: Receiver, tmp_path: Path
 ) -> None:
-    """Two real ``reminders scheduler`` processes: both fire at start, two scans race."""
+    """Two real ``reminders scheduler`` processes: both fire at start, two scans race.
+
+    Real time: real scheduler and worker processes race one another."""
     total = 600
     alice = stack.account()
     stack.add_due_tasks(alice, total)

@@ -38,6 +38,8 @@ def worker_children(group: psutil.Process) -> list[psutil.Process]:
 def test_sigkilled_worker_loses_nothing_and_sends_nothing_twice(
     stack: Stack, receiver: Receiver
 ) -> None:
+    """Real time: real worker processes are SIGKILLed; recovery comes from their heartbeats
+    expiring."""
     receiver.delay_seconds = 0.05  # deliveries in progress when the kill lands
     heartbeat_ms = 3000
     settings = {
@@ -90,7 +92,10 @@ def test_sigkilled_worker_loses_nothing_and_sends_nothing_twice(
 def test_a_delivery_cut_off_by_sigkill_is_redelivered_with_the_same_bytes(
     stack: Stack, receiver: Receiver
 ) -> None:
-    """SPEC §4.8 across a crash: the worker dies while the receiver holds the first request."""
+    """SPEC §4.8 across a crash: the worker dies while the receiver holds the first request.
+
+    Real time: real worker processes are SIGKILLed; recovery comes from their heartbeats
+    expiring."""
     first_request = threading.Event()
     release = threading.Event()
 

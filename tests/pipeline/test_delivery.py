@@ -61,6 +61,8 @@ def verifications(receipt: Receipt, secret: str) -> tuple[bool, bool]:
 def test_webhook_receives_signed_reminder_with_idempotency_key(
     stack: Stack, receiver: Receiver
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     alice = stack.account("alice")
     task = stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600, title="pay rent")
     broker, _ = webhook(stack, receiver)
@@ -105,6 +107,8 @@ def test_webhook_receives_signed_reminder_with_idempotency_key(
 def test_webhook_failing_twice_then_accepting_is_sent_after_growing_delays(
     stack: Stack, receiver: Receiver
 ) -> None:
+    """Real time: the gaps between attempts are Dramatiq's backoff, measured as a receiver sees
+    them."""
     receiver.script = lambda n: 503 if n < 2 else 200
     alice = stack.account()
     stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
@@ -126,7 +130,10 @@ def test_webhook_failing_twice_then_accepting_is_sent_after_growing_delays(
 def test_every_attempt_sends_the_same_bytes_even_after_the_title_is_edited(
     stack: Stack, receiver: Receiver
 ) -> None:
-    """SPEC §4.8: same key, same body, or an Idempotency-Key receiver answers 422 to the retry."""
+    """SPEC §4.8: same key, same body, or an Idempotency-Key receiver answers 422 to the retry.
+
+    Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out their
+    backoff as delayed messages the worker releases by its clock."""
     alice = stack.account()
     task = stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600, title="before")
 
@@ -168,6 +175,8 @@ def json_log_lines(text: str) -> list[dict]:
 def test_expected_failures_are_one_event_each_without_a_traceback(
     stack: Stack, receiver: Receiver, capfd
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     from shared.logs import configure_logging
 
     configure_logging("INFO")
@@ -209,6 +218,8 @@ class Broken:
 
 
 def test_an_unexpected_error_is_logged_with_its_traceback(stack: Stack, capfd) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     from shared.logs import configure_logging
 
     configure_logging("INFO")
@@ -230,6 +241,8 @@ def test_an_unexpected_error_is_logged_with_its_traceback(stack: Stack, capfd) -
 def test_webhook_always_500_fails_after_configured_retries_with_final_error(
     stack: Stack, receiver: Receiver
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     receiver.script = lambda n: 500 if n < 3 else 502  # the final attempt's error differs
     alice = stack.account()
     task = stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
@@ -252,6 +265,8 @@ def test_webhook_always_500_fails_after_configured_retries_with_final_error(
 def test_webhook_400_is_dead_lettered_at_once_without_retries(
     stack: Stack, receiver: Receiver
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     receiver.script = lambda n: 400
     alice = stack.account()
     stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
@@ -271,6 +286,8 @@ def test_webhook_400_is_dead_lettered_at_once_without_retries(
 
 
 def test_408_and_429_are_retried(stack: Stack, receiver: Receiver) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     receiver.script = lambda n: [408, 429, 204][n] if n < 3 else 500
     alice = stack.account()
     stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
@@ -284,6 +301,8 @@ def test_408_and_429_are_retried(stack: Stack, receiver: Receiver) -> None:
 
 
 def test_unreachable_webhook_is_transient(stack: Stack, receiver: Receiver) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     alice = stack.account()
     stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
     broker, _ = stack.broker(
@@ -304,7 +323,10 @@ def test_unreachable_webhook_is_transient(stack: Stack, receiver: Receiver) -> N
 
 
 def test_the_same_message_five_times_delivers_once(stack: Stack, receiver: Receiver) -> None:
-    """Redeliveries and duplicate enqueues are suppressed by the database."""
+    """Redeliveries and duplicate enqueues are suppressed by the database.
+
+    Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out their
+    backoff as delayed messages the worker releases by its clock."""
     alice = stack.account()
     task = stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
     broker, _ = webhook(stack, receiver)
@@ -329,6 +351,8 @@ def test_the_same_message_five_times_delivers_once(stack: Stack, receiver: Recei
 def test_stale_message_for_a_rescheduled_task_is_acknowledged_and_does_nothing(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     alice = stack.account()
     client = api_client_for(stack)
     due = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
@@ -354,6 +378,8 @@ def test_stale_message_for_a_rescheduled_task_is_acknowledged_and_does_nothing(
 
 
 def test_malformed_message_is_dead_lettered_without_retries(stack: Stack) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     broker, _ = stack.broker()
     from dramatiq import Message
 
@@ -373,6 +399,8 @@ def test_malformed_message_is_dead_lettered_without_retries(stack: Stack) -> Non
 
 
 def test_log_channel_writes_one_structured_sent_event(stack: Stack, capfd) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     from shared.logs import configure_logging
 
     configure_logging("INFO")

@@ -101,6 +101,8 @@ def deployment() -> Iterator[Receiver]:
 def test_a_task_naming_an_endpoint_is_delivered_there_signed_with_its_own_secret(
     stack: Stack, receiver: Receiver, deployment: Receiver
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     stack.overrides["allow_private_endpoints"] = True
     alice = Api(stack)
     endpoint = alice.endpoint(receiver.url)
@@ -127,6 +129,8 @@ def test_a_task_naming_an_endpoint_is_delivered_there_signed_with_its_own_secret
 def test_retries_send_the_same_bytes_and_each_attempt_is_in_the_log(
     stack: Stack, receiver: Receiver
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     stack.overrides["allow_private_endpoints"] = True
     receiver.script = lambda n: [503, 429, 200][min(n, 2)]
     alice = Api(stack)
@@ -157,7 +161,10 @@ def test_an_endpoint_failing_past_the_setting_is_disabled_and_enabled_again_by_p
 ) -> None:
     """Failing for the default five days, not a second less, disables the endpoint. The
     attempts are stamped by the endpoint channel's clock, which the test moves on: how long
-    an endpoint has been failing is arithmetic on those stamps, not on the wall clock."""
+    an endpoint has been failing is arithmetic on those stamps, not on the wall clock.
+
+    Real time: only for a real worker to deliver each reminder; how long the endpoint has failed is
+    on the injected clock."""
     stack.overrides.update(allow_private_endpoints=True, max_retries=0)
     disable_after = timedelta(seconds=stack.settings().endpoint_disable_after_seconds)
     assert disable_after == timedelta(days=5)  # the default
@@ -221,6 +228,8 @@ def test_an_endpoint_failing_past_the_setting_is_disabled_and_enabled_again_by_p
 def test_a_task_whose_endpoint_is_deleted_falls_back_to_the_deployment_channel(
     stack: Stack, receiver: Receiver, deployment: Receiver
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     stack.overrides["allow_private_endpoints"] = True
     alice = Api(stack)
     endpoint = alice.endpoint(receiver.url)
@@ -237,6 +246,8 @@ def test_a_task_whose_endpoint_is_deleted_falls_back_to_the_deployment_channel(
 def test_a_host_that_resolves_to_loopback_after_it_was_saved_is_refused_at_delivery(
     stack: Stack, receiver: Receiver
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver; retries wait out
+    their backoff as delayed messages the worker releases by its clock."""
     assert receiver.server is not None
     port = receiver.server.server_address[1]
     public = {"hooks.example": ["93.184.215.14"]}

@@ -76,6 +76,7 @@ def assert_all_sent_and_every_key_received(stack: Stack, receiver: Receiver, cou
 def test_redis_flushed_mid_run_is_rebuilt_by_the_producer(
     stack: Stack, receiver: Receiver, tmp_path: Path
 ) -> None:
+    """Real time: Redis is flushed or PostgreSQL connections killed under real worker processes."""
     total = 300
     receiver.delay_seconds = 0.25  # ~5 s of work for 16 threads: the flush lands mid-run
     alice = stack.account()
@@ -131,6 +132,7 @@ def _application_name(database_url: str) -> str:
 def test_postgres_connections_killed_mid_run_are_retried(
     stack: Stack, receiver: Receiver, tmp_path: Path
 ) -> None:
+    """Real time: Redis is flushed or PostgreSQL connections killed under real worker processes."""
     total = 300
     receiver.delay_seconds = 0.1  # deliveries take long enough to be killed mid-transaction
     alice = stack.account()
@@ -199,7 +201,9 @@ def test_postgres_connections_killed_mid_run_are_retried(
 def test_redis_flushed_while_retries_wait_out_their_backoff_still_sends_each_once(
     stack: Stack, receiver: Receiver, tmp_path: Path
 ) -> None:
-    """Messages waiting in the delayed queue exist only in Redis: a flush loses them too."""
+    """Messages waiting in the delayed queue exist only in Redis: a flush loses them too.
+
+    Real time: Redis is flushed or PostgreSQL connections killed under real worker processes."""
     total = 100
     receiver.script = lambda n: 503 if n < total else 200  # every first attempt fails
     alice = stack.account()

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from shared.broker.queue import QUEUE_NAME
 from shared.broker.redis_broker import queue_depth
@@ -22,7 +23,9 @@ def sample(text: str, name: str) -> float:
     return sum(float(value) for value in pattern.findall(text))
 
 
+@pytest.mark.slow
 def test_worker_group_serves_pipeline_metrics(stack: Stack) -> None:
+    """Real time: a real worker process group serves its metrics once it has delivered."""
     port = free_port()
     alice = stack.account()
     stack.add_due_tasks(alice, 3)

@@ -14,6 +14,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from shared.broker.queue import QUEUE_NAME, reminder_message
 from shared.broker.redis_broker import enqueue_batch
 from shared.planning.keys import message_id
@@ -43,9 +45,12 @@ def assert_sent_once_never_early(stack: Stack, receiver: Receiver, count: int) -
     assert sorted(receiver.keys()) == sorted(str(row.message_id) for row in sent)
 
 
+@pytest.mark.slow
 def test_reminders_enqueued_ahead_go_out_at_their_remind_times_with_no_further_scan(
     stack: Stack, receiver: Receiver
 ) -> None:
+    """Real time: delayed messages are released by the worker's own clock at their remind time,
+    which is what on time means."""
     now = datetime.now(UTC).replace(microsecond=0)
     add_reminders_at(stack, [now + timedelta(seconds=2 + second) for second in range(6)])
     broker, _ = webhook(stack, receiver)
@@ -59,9 +64,12 @@ def test_reminders_enqueued_ahead_go_out_at_their_remind_times_with_no_further_s
     assert_sent_once_never_early(stack, receiver, 6)
 
 
+@pytest.mark.slow
 def test_a_task_created_with_its_remind_time_5_s_ahead_is_sent_without_any_scan(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: delayed messages are released by the worker's own clock at their remind time,
+    which is what on time means."""
     client = api_client_for(stack)
     alice = stack.account()
     remind = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
@@ -79,9 +87,12 @@ def test_a_task_created_with_its_remind_time_5_s_ahead_is_sent_without_any_scan(
     assert_sent_once_never_early(stack, receiver, 1)
 
 
+@pytest.mark.slow
 def test_enqueued_ahead_then_changed_delivers_nothing_and_moved_back_delivers_once(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: delayed messages are released by the worker's own clock at their remind time,
+    which is what on time means."""
     client = api_client_for(stack)
     alice = stack.account()
     remind = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
@@ -123,6 +134,8 @@ def test_enqueued_ahead_then_changed_delivers_nothing_and_moved_back_delivers_on
 def test_a_message_that_arrives_early_is_not_delivered_before_its_remind_time(
     stack: Stack, receiver: Receiver, capfd
 ) -> None:
+    """Real time: delayed messages are released by the worker's own clock at their remind time,
+    which is what on time means."""
     from shared.logs import configure_logging
 
     configure_logging("INFO")
@@ -141,9 +154,12 @@ def test_a_message_that_arrives_early_is_not_delivered_before_its_remind_time(
     assert len(events) == 1 and str(occurrence) in events[0]
 
 
+@pytest.mark.slow
 def test_a_sigkilled_worker_holding_delayed_messages_loses_none(
     stack: Stack, receiver: Receiver, tmp_path: Path
 ) -> None:
+    """Real time: a real worker process is SIGKILLed holding delayed messages; recovery comes from
+    its heartbeat expiring."""
     count = 40
     settings = {
         "webhook_url": receiver.url,

@@ -60,9 +60,12 @@ def actions(stack: Stack) -> list[tuple[str, str, str | None]]:
         ]
 
 
+@pytest.mark.slow
 def test_poisoned_reminder_is_listed_retried_once_after_the_fix(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     broker, [message_id] = poison(stack, receiver)
     ops = create_account(stack.engine, "olivia", operator=True)
     client = api_client_for(stack)
@@ -107,6 +110,8 @@ def test_poisoned_reminder_is_listed_retried_once_after_the_fix(
 def test_retrying_an_occurrence_already_sent_sends_nothing_more(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     broker, _ = poison(stack, receiver)
     ops = create_account(stack.engine, "olivia", operator=True)
     with stack.sessions.begin() as session:  # delivered meanwhile, e.g. by a late redelivery
@@ -132,7 +137,10 @@ def test_retrying_an_occurrence_already_sent_sends_nothing_more(
     assert stack.states() == {"sent": 1}
 
 
+@pytest.mark.slow
 def test_discard_leaves_the_occurrence_failed_and_marked(stack: Stack, receiver: Receiver) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     broker, [message_id] = poison(stack, receiver)
 
     done = cli(stack, "dlq", "purge", message_id, "--as", "pat")
@@ -147,7 +155,10 @@ def test_discard_leaves_the_occurrence_failed_and_marked(stack: Stack, receiver:
     assert cli(stack, "dlq", "retry", message_id).returncode != 0  # not a dead letter any more
 
 
+@pytest.mark.slow
 def test_purge_all_needs_confirmation(stack: Stack, receiver: Receiver) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     poison(stack, receiver, count=2)
 
     refused = cli(stack, "dlq", "purge", "--all")
@@ -162,6 +173,8 @@ def test_purge_all_needs_confirmation(stack: Stack, receiver: Receiver) -> None:
 def test_bulk_retry_dry_run_changes_nothing_and_lists_what_it_would_do(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     broker, ids = poison(stack, receiver, count=3)
     ops = create_account(stack.engine, "olivia", operator=True)
     client = api_client_for(stack)
@@ -196,6 +209,8 @@ def test_bulk_retry_dry_run_changes_nothing_and_lists_what_it_would_do(
 def test_listing_says_when_the_broker_entry_expired(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     broker, [message_id] = poison(stack, receiver)
     for letter in dead_letters(broker, QUEUE_NAME):
         remove_dead_letter(broker, QUEUE_NAME, letter.broker_id)  # as the TTL would
@@ -208,6 +223,8 @@ def test_listing_says_when_the_broker_entry_expired(
 
 
 def test_queue_depths_per_queue(stack: Stack, receiver: Receiver, api_client_for) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     poison(stack, receiver)
     ops = create_account(stack.engine, "olivia", operator=True)
 
@@ -247,6 +264,8 @@ OPS_ROUTES = [
 def test_a_non_operator_token_gets_403_on_every_ops_route(
     stack: Stack, receiver: Receiver, api_client_for, method: str, path: str, body: Any
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     broker, [message_id] = poison(stack, receiver)
     user = create_account(stack.engine, "ursula")
     client = api_client_for(stack)
@@ -263,6 +282,8 @@ def test_a_non_operator_token_gets_403_on_every_ops_route(
 def test_page_lists_recent_failures_still_retrying(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     receiver.script = lambda n: 503
     owner = stack.account("owner")
     stack.add_task(owner, datetime.now(UTC) + timedelta(minutes=10), 3600)
@@ -318,7 +339,10 @@ def test_a_non_operator_can_sign_out_from_the_403_page(stack: Stack, api_client_
 def test_bulk_retry_refuses_what_is_not_the_documented_json_type(
     stack: Stack, receiver: Receiver, api_client_for, body: dict[str, Any]
 ) -> None:
-    """``"dry_run": "off"`` once meant a real retry: now it is a 422 and nothing moves."""
+    """``"dry_run": "off"`` once meant a real retry: now it is a 422 and nothing moves.
+
+    Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     broker, _ = poison(stack, receiver)
     ops = create_account(stack.engine, "olivia", operator=True)
 
@@ -333,6 +357,8 @@ def test_bulk_retry_refuses_what_is_not_the_documented_json_type(
 def test_operator_integers_are_json_integers_in_bodies_and_queries(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     poison(stack, receiver)
     ops = create_account(stack.engine, "olivia", operator=True)
     client = api_client_for(stack)
@@ -357,7 +383,10 @@ def test_operator_integers_are_json_integers_in_bodies_and_queries(
 def test_deleted_tasks_dead_letter_stays_with_operators_while_its_owner_gets_404(
     stack: Stack, receiver: Receiver, api_client_for
 ) -> None:
-    """Deleting a task hides it, history included, from its owner; the rows stay for ops."""
+    """Deleting a task hides it, history included, from its owner; the rows stay for ops.
+
+    Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     receiver.script = lambda n: 500
     alice = stack.account("alice")
     ops = create_account(stack.engine, "olivia", operator=True)
@@ -385,6 +414,8 @@ def test_deleted_tasks_dead_letter_stays_with_operators_while_its_owner_gets_404
 def test_page_shows_an_undecodable_dead_letter_by_broker_id_with_discard_only(
     stack: Stack, api_client_for
 ) -> None:
+    """Real time: a real Dramatiq worker delivers through a real HTTP receiver until the reminder is
+    dead-lettered, retries waiting out their backoff."""
     broker, _ = stack.broker()
     broker_id = uuid.uuid4().hex  # as enqueue_batch spells broker ids
     ns = stack.namespace

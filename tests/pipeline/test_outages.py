@@ -90,6 +90,7 @@ def payload() -> ReminderPayload:
 def test_a_slow_drip_receiver_costs_at_most_the_timeout_per_attempt(
     drip: DripReceiver,
 ) -> None:
+    """Real time: a real receiver answers slowly; the guarantee is the HTTP timeout."""
     channel = WebhookChannel(drip.url, "s", timeout_seconds=1.0)
 
     started = time.monotonic()
@@ -104,6 +105,7 @@ def test_a_slow_drip_receiver_costs_at_most_the_timeout_per_attempt(
 def test_slow_drip_attempts_each_end_within_the_timeout_and_dead_letter(
     stack: Stack, drip: DripReceiver
 ) -> None:
+    """Real time: a real receiver answers slowly; the guarantee is the HTTP timeout."""
     alice = stack.account()
     stack.add_task(alice, datetime.now(UTC) + timedelta(minutes=10), 3600)
     broker, _ = stack.broker(
@@ -154,7 +156,9 @@ def test_a_database_outage_longer_than_the_retries_fails_no_reminder(
     tmp_path: Path,
     stop_mode: str,
 ) -> None:
-    """``fast``: connections ended by the server; ``immediate``: as a crash, then recovery."""
+    """``fast``: connections ended by the server; ``immediate``: as a crash, then recovery.
+
+    Real time: a real PostgreSQL outage outlasts the workers' real retries."""
     stack, server = private_pg_stack
     count = 300
     receiver.delay_seconds = 0.01  # deliveries are in flight when the server stops
@@ -191,6 +195,7 @@ def test_a_database_outage_longer_than_the_retries_fails_no_reminder(
 def test_the_scheduler_rides_out_redis_down_across_a_tick(
     stack: Stack, receiver: Receiver, tmp_path: Path
 ) -> None:
+    """Real time: a real Redis is down across a real periodiq tick."""
     with private_redis() as server:
         settings = {"webhook_url": receiver.url, "webhook_secret": "s", "redis_url": server.url}
         env = stack.env(**settings)

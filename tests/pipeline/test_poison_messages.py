@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dramatiq import Message
 from prometheus_client import REGISTRY
 from sqlalchemy import update
@@ -70,9 +71,12 @@ def unacked_ids(stack: Stack, broker: Any) -> int:
     return sum(int(broker.client.scard(key)) for key in keys)
 
 
+@pytest.mark.slow
 def test_undecodable_messages_are_set_aside_and_hold_up_no_reminder(
     stack: Stack, tmp_path: Path, api_client_for
 ) -> None:
+    """Real time: real `dramatiq workers.app` processes read the poison from Redis and log to a
+    pipe."""
     owner = stack.account("owner")
     stack.add_due_tasks(owner, 7)
     lost = stack.reminders()[0].message_id
@@ -186,9 +190,12 @@ def dead_lettered_count() -> float:
     )
 
 
+@pytest.mark.slow
 def test_a_malformed_message_is_one_dead_letter_event_and_is_listed(
     stack: Stack, capfd, api_client_for
 ) -> None:
+    """Real time: real `dramatiq workers.app` processes read the poison from Redis and log to a
+    pipe."""
     from shared.logs import configure_logging
 
     configure_logging("INFO")

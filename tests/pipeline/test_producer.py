@@ -101,7 +101,9 @@ def test_tasks_planned_after_their_remind_time_are_sent_at_once(
 
     The system was never down, so nothing may be ``missed``; SPEC §2 keeps that state for
     downtime past the catch-up window.
-    """
+
+    Real time: a real Dramatiq worker delivers through a real HTTP receiver the reminders the API
+    enqueued."""
     alice = stack.account()
     client = api_client_for(stack)
     now = datetime.now(UTC).replace(microsecond=0)

@@ -123,7 +123,8 @@ def test_a_minutely_series_with_two_schedulers_and_a_killed_worker_sends_exactly
     not re-checking that its row is still pending under the task's lock — a reminder twice;
     a delayed message released before its eta — ``sent_at < remind_at``; a series expanded
     or keyed wrongly — other message IDs than SPEC §3's.
-    """
+
+    Real time: real periodiq schedulers tick by the minute and a real worker is SIGKILLed."""
     settings = {
         **webhook_settings(receiver),
         "heartbeat_timeout_ms": 2000,  # a killed worker's messages come back within seconds
@@ -317,7 +318,8 @@ def test_edits_racing_deliveries_never_send_a_cancelled_reminder_nor_twice(
     two messages for one row (API, producer, reopen) both delivering — a key received twice;
     an unchanged (occurrence, offset) given a new row by an edit — the same; a reopened row
     left without a message — a reminder missed at the end.
-    """
+
+    Real time: API edits race real workers delivering; the race is the guarantee."""
     # base: about when the edits start, once the tasks are created.
     base = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     receiver.delay_seconds = 0.02  # deliveries hold the task's lock while edits queue behind
