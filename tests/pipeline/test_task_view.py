@@ -142,3 +142,27 @@ def test_the_listing_sorts_and_filters_recurring_tasks_by_their_next_occurrence(
     # Once today's occurrence has passed, the daily task is next due tomorrow.
     clocked.step(T0 + timedelta(hours=4))
     assert listed() == [first, third, daily, weekly]
+
+
+def test_a_task_made_recurring_then_done_then_open_again_sends_its_next_reminder(
+    stack: Stack,
+) -> None:
+    """The sequence a user found losing a reminder: a one-off task two days out (past the
+    horizon's rows), made daily, done, then open again. Its reminder is reopened at once and
+    sent at its remind time, once."""
+    clocked = Clocked(stack, T0)
+    due = T0 + timedelta(days=2)
+    task = clocked.create(due_at=due.isoformat(), reminders=[60])
+    clocked.update(task, recurrence="FREQ=DAILY")
+    clocked.update(task, status="done")
+    clocked.update(task, status="open")
+
+    block = shown(clocked, task).reminder
+    assert (block.state, block.due_at) == ("waiting", due)
+    sent: list[dict[str, object]] = []
+    for hours in range(0, 49, 6):  # scans through the two days, the horizon extended on the way
+        sent += clocked.step(T0 + timedelta(hours=hours))
+    sent += clocked.step(due - timedelta(seconds=60))
+    assert [(body["task_id"], body["due_at"]) for body in sent] == [
+        (str(task), due.isoformat().replace("+00:00", "Z"))
+    ]
