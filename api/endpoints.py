@@ -40,7 +40,10 @@ CREATED = {
     },
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EndpointCreated"}}},
 }
-REFUSED = {422: "Invalid fields, or the URL is not https or not on a public address"}
+REFUSED = {
+    422: "Invalid fields, or the URL is not https, not on a public address, or its host is "
+    "neither a host name nor an IP address"
+}
 
 
 def not_found() -> Response:
