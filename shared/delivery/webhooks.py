@@ -76,12 +76,16 @@ class WebhookSender:
 
     @classmethod
     def for_endpoints(
-        cls, settings: Settings, resolve: Resolver = system_resolver
+        cls,
+        settings: Settings,
+        resolve: Resolver = system_resolver,
+        *,
+        timeout_seconds: float | None = None,
     ) -> WebhookSender:
         """The sender for users' endpoints: every address checked unless the deployment
-        allows private ones."""
+        allows private ones. Its timeout is the delivery timeout unless given."""
         guard = AddressGuard(allow_private=settings.allow_private_endpoints, resolve=resolve)
-        return cls(settings.webhook_timeout_seconds, guard)
+        return cls(timeout_seconds or settings.webhook_timeout_seconds, guard)
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         started = time.monotonic()
