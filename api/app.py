@@ -33,6 +33,7 @@ from api.openapi import (
 from api.ops import ops_api
 from api.ops_page import COOKIE as OPS_COOKIE
 from api.ops_page import forbidden_page, ops_page, refuse_cross_site, to_sign_in
+from api.pings import PING_TIMEOUT_SECONDS, PingGate
 from api.problems import (
     BROKER_UNREACHABLE,
     bad_idempotency_key_problem,
@@ -312,8 +313,12 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     )
     app.register_api(tasks_api(tasks))
     resolve = runtime.get("resolve") or system_resolver
-    sender = runtime.get("endpoint_sender") or WebhookSender.for_endpoints(settings, resolve)
-    app.register_api(endpoints_api(endpoint_service(settings, sessions, resolve, sender)))
+    ping_timeout = min(settings.webhook_timeout_seconds, PING_TIMEOUT_SECONDS)
+    sender = runtime.get("endpoint_sender") or WebhookSender.for_endpoints(
+        settings, resolve, timeout_seconds=ping_timeout
+    )
+    pings = PingGate(broker.client, settings.redis_namespace, sender.timeout_seconds)
+    app.register_api(endpoints_api(endpoint_service(settings, sessions, resolve, sender, pings)))
     app.register_api(ops_api(desk))
     app.register_api(
         ops_page(
@@ -331,15 +336,21 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
 
 
 def endpoint_service(
-    settings: Settings, sessions: sessionmaker[Session], resolve: Resolver, sender: WebhookSender
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    resolve: Resolver,
+    sender: WebhookSender,
+    pings: PingGate,
 ) -> EndpointService:
-    """Users' endpoints: their secrets' key, the address rules, and the test ping's client."""
+    """Users' endpoints: their secrets' key, the address rules, and the test ping's client
+    and bounds."""
     return EndpointService(
         sessions,
         SecretBox.from_setting(settings.secret_key, settings.data_dir),
         UrlPolicy(allow_private=settings.allow_private_endpoints, resolve=resolve),
         sender,
         timedelta(seconds=settings.endpoint_disable_after_seconds),
+        pings,
     )
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.pagination import keyset, next_cursor
+from api.pings import PingGate
 from api.schemas import (
     AttemptOut,
     AttemptPage,
@@ -48,13 +49,15 @@ def _created(endpoint: Endpoint, secret: str) -> EndpointCreated:
 
 @dataclass(frozen=True)
 class EndpointService:
-    """The endpoint use cases. ``sender`` makes the test ``ping``'s request."""
+    """The endpoint use cases. ``sender`` makes the test ``ping``'s request, within the
+    bounds ``pings`` sets (`api.pings`)."""
 
     sessions: sessionmaker[Session]
     box: SecretBox
     policy: UrlPolicy
     sender: WebhookSender
     disable_after: timedelta
+    pings: PingGate
     clock: Callable[[], datetime] = utcnow
 
     def create(self, owner: Owner, data: EndpointCreate) -> EndpointCreated:
@@ -138,7 +141,11 @@ class EndpointService:
 
     def test(self, owner: Owner, endpoint_id: uuid.UUID) -> AttemptOut | None:
         """Send a signed ``ping`` now (also to a disabled endpoint, to check it before
-        enabling it again) and record the attempt like any other."""
+        enabling it again) and record the attempt like any other.
+
+        Raises:
+            PingBusy: the owner has a ping in flight, or this process too many.
+        """
         now = self.clock()
         with self.sessions() as session:
             endpoint = endpoints.owned(session, owner.id, endpoint_id)
@@ -157,9 +164,10 @@ class EndpointService:
             },
             separators=(",", ":"),
         ).encode()
-        answer = self.sender.post(
-            url, body, signed_headers(ping_id, int(time.time()), body, secrets)
-        )
+        with self.pings.one_ping(owner.id):
+            answer = self.sender.post(
+                url, body, signed_headers(ping_id, int(time.time()), body, secrets)
+            )
         attempt = Attempt.of("ping", ping_id, answer, now)
         endpoints.record_attempt(self.sessions.kw["bind"], endpoint_id, attempt, self.disable_after)
         return AttemptOut.model_validate(attempt, from_attributes=True)

@@ -7,6 +7,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from api.endpoint_service import EndpointService
 from api.pagination import BadCursor
+from api.pings import PingBusy
 from api.problems import (
     BAD_BODY,
     bad_cursor_problem,
@@ -29,6 +30,10 @@ from api.tasks import SECURITY, caller, json_response
 from shared.delivery.address_guard import AddressRefused
 
 NO_ENDPOINT = {404: "No such endpoint (or not yours)"}
+PING_BUSY = (
+    "Rate limit exceeded; or a test ping of yours is still waiting for its answer (one at a "
+    "time), or the service is busy with other pings: try again after Retry-After seconds"
+)
 CREATED = {
     "description": "Created: the endpoint, with its secret (shown only here)",
     "headers": {
@@ -40,7 +45,10 @@ CREATED = {
     },
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EndpointCreated"}}},
 }
-REFUSED = {422: "Invalid fields, or the URL is not https or not on a public address"}
+REFUSED = {
+    422: "Invalid fields, or the URL is not https, not on a public address, or its host is "
+    "neither a host name nor an IP address"
+}
 
 
 def not_found() -> Response:
@@ -153,13 +161,23 @@ def endpoints_api(service: EndpointService) -> APIBlueprint:
         "/<uuid:endpoint_id>/test",
         summary="Send a signed ping now, and answer with the attempt",
         operation_id="testEndpoint",
-        responses={200: AttemptOut, **problem_responses(404, 422, descriptions=NO_ENDPOINT)},
+        responses={
+            200: AttemptOut,
+            **problem_responses(404, 422, 429, descriptions={**NO_ENDPOINT, 429: PING_BUSY}),
+        },
     )
     def test_endpoint(path: EndpointPath) -> Response:
         """The body is {"type": "ping", "message_id", "endpoint_id", "sent_at"}, signed as
         reminders are. The attempt is recorded in the endpoint's log; a disabled endpoint is
-        pinged too, so it can be checked before it is enabled again."""
-        attempt = service.test(caller(), path.endpoint_id)
+        pinged too, so it can be checked before it is enabled again. The receiver is given
+        5 seconds (or REMINDERS_WEBHOOK_TIMEOUT, when shorter) to answer; a later answer is
+        recorded as timed out. One ping of yours at a time: while one waits for its answer,
+        another is refused with 429 and Retry-After (as it is when the service is busy with
+        many users' pings)."""
+        try:
+            attempt = service.test(caller(), path.endpoint_id)
+        except PingBusy as busy:
+            return problem(429, str(busy), headers={"Retry-After": str(busy.retry_after)})
         return json_response(attempt) if attempt else not_found()
 
     @api.get(

@@ -9,17 +9,21 @@ against the address actually connected to (``shared.delivery.webhook_transport``
 name can resolve to a public address today and to 127.0.0.1 tomorrow (DNS rebinding).
 ``REMINDERS_ALLOW_PRIVATE_ENDPOINTS`` lifts both rules, for tests and local setups.
 
-Pure: the standard library only, and name resolution through an injectable `Resolver`.
+Pure: the standard library, ``idna`` (host names as httpx reads them, IDNA 2008), and name
+resolution through an injectable `Resolver`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import threading
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future
+
+import idna
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -27,6 +31,9 @@ Resolver = Callable[[str, int], list[str]]
 """Resolves ``(host, port)`` to IP address strings; raises `OSError` when it cannot."""
 
 MAX_URL_LENGTH = 2048
+INVALID_HOST = "endpoint URL has an invalid host: not a host name or an IP address"
+# A DNS label as connected to (RFC 1123; "_" too, which some real host names carry).
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 # getaddrinfo has no timeout of its own; a lookup not answered by then is given up.
 RESOLVE_TIMEOUT_SECONDS = 5.0
 
@@ -205,10 +212,10 @@ def check_url(
     """Refuse ``url`` as an endpoint URL unless it is https and reaches only global addresses.
 
     What is checked when an endpoint is saved: the scheme (``https``; ``http`` too when
-    ``allow_private``), a host, no user name or password, a port in 1-65535, at most
-    `MAX_URL_LENGTH` characters; then, unless ``allow_private``, every address the host
-    resolves to (an IP literal is checked as it is), through ``resolve`` given at most
-    ``timeout`` seconds.
+    ``allow_private``), a valid host (`valid_host`), no user name or password, a port in
+    1-65535, at most `MAX_URL_LENGTH` characters; then, unless ``allow_private``, every
+    address the host resolves to (an IP literal is checked as it is), through ``resolve``
+    given at most ``timeout`` seconds.
 
     Raises:
         AddressRefused: the message says why, for the user; it never quotes a password.
@@ -222,6 +229,8 @@ def check_url(
     host = parts.hostname
     if not host:
         raise AddressRefused("endpoint URL has no host")
+    if not valid_host(host):
+        raise AddressRefused(INVALID_HOST)
     try:
         port = parts.port
     except ValueError:
@@ -239,6 +248,28 @@ def check_url(
         raise AddressRefused(f"endpoint host {host} could not be resolved") from None
     for address in addresses:
         check_address(host, address)
+
+
+def valid_host(host: str) -> bool:
+    """Whether ``host`` (a URL's host name, without brackets) can be connected to: an IP
+    address, or a host name of at most 253 characters whose labels are letters, digits,
+    ``-`` and ``_`` (1-63 each, no ``-`` at either end), international ones written as
+    IDNA 2008 allows, as httpx sends them. Four numbers that are no IPv4 address
+    (``999.1.1.1``) are none either; shorter numeric forms (``127.1``) are addresses to the
+    resolver, and judged as such."""
+    if ip_literal(host) is not None:
+        return True
+    name = host.lower().removesuffix(".")
+    try:
+        name = idna.encode(name).decode("ascii") if not name.isascii() else name
+        labels = name.split(".")
+        for label in labels:
+            if label.startswith("xn--"):
+                idna.decode(label)  # an A-label must spell a valid international one
+    except (idna.IDNAError, UnicodeError):
+        return False
+    broken_ipv4 = len(labels) == 4 and all(label.isdigit() for label in labels)
+    return len(name) <= 253 and all(_LABEL.match(label) for label in labels) and not broken_ipv4
 
 
 def _split(url: str) -> urllib.parse.SplitResult:

@@ -4,20 +4,22 @@
 never raises for what the network or the receiver did: it answers an `Answer` — the status
 code, how long it took, and for a failure an error that says whether a later attempt may
 succeed (5xx, 408, 429, timeouts, connection errors) or not (other statuses, an address the
-guard refused). A sender for users' endpoints checks every address it connects to
-(`shared.delivery.address_guard`); the deployment's own channel, configured by its operator, is not.
+guard refused, a URL whose host is no host name or address). A sender for users' endpoints
+checks every address it connects to (`shared.delivery.address_guard`); the deployment's own
+channel, configured by its operator, is not.
 """
 
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
 
 from shared.config import Settings
-from shared.delivery.address_guard import Resolver, system_resolver
+from shared.delivery.address_guard import Resolver, system_resolver, valid_host
 from shared.delivery.signing import signature_headers
 from shared.delivery.webhook_transport import (
     AddressGuard,
@@ -29,6 +31,7 @@ from shared.planning.rules import webhook_status_is_transient
 
 # The answer's body means nothing to delivery; more than this of it is not read.
 MAX_ANSWER_BYTES = 64 * 1024
+INVALID_URL = "URL has an invalid host: not a host name or an IP address"
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,16 @@ class WebhookSender:
 
     @classmethod
     def for_endpoints(
-        cls, settings: Settings, resolve: Resolver = system_resolver
+        cls,
+        settings: Settings,
+        resolve: Resolver = system_resolver,
+        *,
+        timeout_seconds: float | None = None,
     ) -> WebhookSender:
         """The sender for users' endpoints: every address checked unless the deployment
-        allows private ones."""
+        allows private ones. Its timeout is the delivery timeout unless given."""
         guard = AddressGuard(allow_private=settings.allow_private_endpoints, resolve=resolve)
-        return cls(settings.webhook_timeout_seconds, guard)
+        return cls(timeout_seconds or settings.webhook_timeout_seconds, guard)
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         started = time.monotonic()
@@ -86,9 +93,15 @@ class WebhookSender:
         def took() -> int:
             return round((time.monotonic() - started) * 1000)
 
+        if not _sendable(url):
+            # No request can reach it, now or later: permanent (stored before the check
+            # existed, or made by hand).
+            return Answer(None, took(), INVALID_URL)
         try:
             with self._deadline.applies(self.timeout_seconds):
                 status = self._post(url, body, headers)
+        except httpx.InvalidURL:  # a URL httpx reads otherwise than `valid_host` does
+            return Answer(None, took(), INVALID_URL)
         except httpx.TimeoutException:
             error = f"timed out (no answer within {self.timeout_seconds:g} s)"
             return Answer(None, took(), error, transient=True)
@@ -110,3 +123,12 @@ class WebhookSender:
                 if read > MAX_ANSWER_BYTES:
                     break  # nobody reads it: the connection is closed rather than drained
             return response.status_code
+
+
+def _sendable(url: str) -> bool:
+    """Whether ``url`` has a host a request can be sent to (`valid_host`)."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return False
+    return host is not None and valid_host(host)

@@ -624,25 +624,31 @@ class DeadLetterDesk:
     def retry(self, message_id: uuid.UUID, operator: str) -> RetryOutcome:
         """Send a dead-lettered occurrence again, with its retries reset."""
         now = utcnow()
+        outcome: RetryOutcome | None
         with unit_of_work(self.sessions) as session:
             row = session.scalars(
                 select(Reminder).where(Reminder.message_id == message_id).with_for_update()
             ).one_or_none()
             if row is None:
-                if self._broker_only_entry(message_id) is not None:
-                    return RetryOutcome.NOT_RETRYABLE
-                return RetryOutcome.NOT_FOUND
-            if row.state == "sent":
-                outcome = RetryOutcome.ALREADY_SENT
-            elif row.state == "failed" and row.discarded_at is None:
-                outcome = RetryOutcome.REQUEUED
-                row.state = "queued"
-                row.failed_at = None
-                row.updated_at = now
+                outcome = None  # looked for in the broker once this transaction is over
             else:
-                return RetryOutcome.NOT_FOUND
-            self._record(session, operator, "retry", message_id, outcome.value)
-            task_id, due_at = row.task_id, row.due_at
+                if row.state == "sent":
+                    outcome = RetryOutcome.ALREADY_SENT
+                elif row.state == "failed" and row.discarded_at is None:
+                    outcome = RetryOutcome.REQUEUED
+                    row.state = "queued"
+                    row.failed_at = None
+                    row.updated_at = now
+                else:
+                    return RetryOutcome.NOT_FOUND
+                self._record(session, operator, "retry", message_id, outcome.value)
+                task_id, due_at = row.task_id, row.due_at
+        if outcome is None:
+            # Never inside the transaction above: `_broker_only` opens one of its own, which
+            # on SQLite would wait for that one's write lock until the busy timeout.
+            if self._broker_only_entry(message_id) is not None:
+                return RetryOutcome.NOT_RETRYABLE
+            return RetryOutcome.NOT_FOUND
         if outcome is RetryOutcome.REQUEUED:
             # After the commit: a crash here leaves a queued row the producer re-enqueues.
             self.broker.enqueue(reminder_message(task_id, due_at, message_id))
@@ -692,23 +698,24 @@ class DeadLetterDesk:
                 .where(Reminder.message_id == message_id)
                 .with_for_update()
             ).one_or_none()
-            if row is None:
-                return self._discard_broker_only(session, message_id, operator)
-            row.discarded_at = utcnow()
-            row.discarded_by = operator
-            row.updated_at = row.discarded_at
-            self._record(session, operator, "discard", message_id, row.last_error or "")
+            if row is not None:
+                row.discarded_at = utcnow()
+                row.discarded_by = operator
+                row.updated_at = row.discarded_at
+                self._record(session, operator, "discard", message_id, row.last_error or "")
+        if row is None:  # after the transaction, as in `retry`
+            return self._discard_broker_only(message_id, operator)
         self._remove_entries(message_id)
         return True
 
-    def _discard_broker_only(self, session: Session, message_id: uuid.UUID, operator: str) -> bool:
+    def _discard_broker_only(self, message_id: uuid.UUID, operator: str) -> bool:
         view = self._broker_only_entry(message_id)
         if view is None:
             return False
         self._remove_entries(message_id)
-        self._record(
-            session, operator, "discard", message_id, f"{view.error} (broker id {view.broker_id})"
-        )
+        with unit_of_work(self.sessions) as session:
+            detail = f"{view.error} (broker id {view.broker_id})"
+            self._record(session, operator, "discard", message_id, detail)
         return True
 
     def discard_all(self, operator: str) -> int:

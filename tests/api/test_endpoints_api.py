@@ -213,6 +213,40 @@ def test_changing_the_url_to_a_private_address_is_refused_and_changes_nothing(
     assert shown["url"] == "https://v6.example/hook"
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["\u00b6", "\u2603.example", "-hooks.example", "hooks..example", "xn--zz.example", "999.1.2.3"],
+)
+@pytest.mark.parametrize("setup", ["guarded", "local"])
+def test_a_url_whose_host_is_no_host_name_is_refused_at_create_and_patch(
+    make_api: AppFactory, setup: str, host: str
+) -> None:
+    """Also where private addresses are allowed (nothing is resolved there): a host no
+    request could be sent to is a 422 naming the field, never an endpoint that fails later."""
+    api = make_api(allow_private_endpoints=setup == "local")
+    alice = api.account("alice")
+    made = create_endpoint(api, alice, "https://hooks.example/hook")
+    url = f"https://{host}/hook"
+
+    created = api.client.post("/endpoints", json={"url": url}, headers=alice.headers)
+    patched = api.client.patch(f"/endpoints/{made['id']}", json={"url": url}, headers=alice.headers)
+
+    for response in (created, patched):
+        assert response.status_code == 422, response.json
+        assert response.content_type == PROBLEM
+        assert response.json["errors"] == [
+            {
+                "in": "body",
+                "field": "url",
+                "message": "endpoint URL has an invalid host: not a host name or an IP address",
+                "code": "address_refused",
+            }
+        ]
+    assert [
+        item["url"] for item in api.client.get("/endpoints", headers=alice.headers).json["items"]
+    ] == ["https://hooks.example/hook"]
+
+
 def test_the_flag_lets_a_local_setup_use_http_on_loopback_but_never_other_schemes(
     local: ApiHarness,
 ) -> None:

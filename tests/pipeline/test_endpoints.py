@@ -18,11 +18,13 @@ import pytest
 import standardwebhooks
 import stripe
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api.app import create_app
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import dead_letters
 from shared.store.db import unit_of_work, utcnow
-from shared.store.models import Reminder
+from shared.store.models import Endpoint, Reminder
 from tests.pipeline.conftest import Receipt, Receiver, Stack
 from workers.producer import scan_due_tasks
 
@@ -265,3 +267,33 @@ def test_a_host_that_resolves_to_loopback_after_it_was_saved_is_refused_at_deliv
     [attempt] = alice.attempts(endpoint["id"])
     assert attempt["ok"] is False and attempt["status_code"] is None
     assert attempt["error"].startswith("address refused")
+
+
+@pytest.mark.parametrize("url", ["http://\u00b6/hook", "http://-hooks.example/hook"])
+def test_an_endpoint_url_stored_with_an_invalid_host_fails_for_good_without_retries(
+    stack: Stack, receiver: Receiver, url: str
+) -> None:
+    """A URL saved before hosts were checked (here written into the database directly):
+    its reminder fails permanently on the first attempt, dead-lettered with a clear error,
+    and its test ping answers with the failed attempt rather than a server error."""
+    stack.overrides["allow_private_endpoints"] = True
+    alice = Api(stack)
+    endpoint = alice.endpoint(receiver.url)
+    with unit_of_work(stack.sessions) as session:
+        session.execute(
+            update(Endpoint).where(Endpoint.id == uuid.UUID(endpoint["id"])).values(url=url)
+        )
+    task = alice.due_task(endpoint["id"])
+    broker, _ = stack.broker()
+    deliver(stack, broker, lambda: final(stack, task))
+    ping = alice.call("post", f"/endpoints/{endpoint['id']}/test", 200)
+
+    error = "URL has an invalid host: not a host name or an IP address"
+    [row] = rows_of(stack, task)
+    assert (row.state, row.attempts) == ("failed", 1)  # permanent: not retried
+    assert row.last_error == f"PermanentDeliveryError: endpoint {error}"
+    [dead] = dead_letters(broker, QUEUE_NAME)
+    assert dead.message_id == str(row.message_id)
+    assert (ping["ok"], ping["status_code"], ping["error"]) == (False, None, error)
+    assert [attempt["error"] for attempt in alice.attempts(endpoint["id"])] == [error, error]
+    assert receiver.receipts == []

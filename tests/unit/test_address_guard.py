@@ -21,6 +21,7 @@ from shared.delivery.address_guard import (
     lookup,
     refusal,
     system_resolver,
+    valid_host,
 )
 
 PUBLIC_V4 = "93.184.215.14"
@@ -319,3 +320,30 @@ def test_allow_private_still_refuses_other_schemes(url: str) -> None:
 )
 def test_allow_private_still_requires_a_well_formed_url(url: str, message: str) -> None:
     assert message in refused(url, allow_private=True)
+
+
+@pytest.mark.parametrize(
+    ("host", "valid"),
+    [
+        ("hooks.example.com", True),
+        ("hooks.example.com.", True),  # fully qualified
+        ("my_service", True),  # "_" is in real host names (containers, some CDNs)
+        ("b\u00fccher.example", True),  # international, sent as xn--bcher-kva.example
+        ("xn--bcher-kva.example", True),
+        ("127.1", True),  # a numeric form: an address to the resolver, judged as one
+        ("2001:db8::1", True),
+        ("\u00b6", False),  # not allowed by IDNA 2008
+        ("\u2603.example", False),
+        ("xn--zz.example", False),  # an A-label that spells nothing
+        ("-hooks.example", False),
+        ("hooks-.example", False),
+        ("hooks..example", False),
+        ("a%41.example", False),
+        ("*.example", False),
+        ("a" * 64 + ".example", False),
+        (".".join(["a" * 63] * 4), False),  # 255 characters
+        ("999.1.2.3", False),  # four numbers, no IPv4 address
+    ],
+)
+def test_a_host_is_a_host_name_or_an_ip_address(host: str, valid: bool) -> None:
+    assert valid_host(host) is valid
