@@ -22,7 +22,7 @@ from api.auth import authenticate
 from api.charts import last_hour_charts
 from api.endpoint_service import EndpointService
 from api.endpoints import endpoints_api
-from api.limits import install_rate_limit
+from api.limits import authentication_failed, install_rate_limit
 from api.metrics import metrics_registry, render
 from api.openapi import (
     Guards,
@@ -166,7 +166,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         elif request.content_length is None and request.headers.get("Transfer-Encoding"):
             read_chunked_body()
 
-    # Before authentication, so floods of bad tokens are limited too (by address).
+    # Before authentication: an address past its failed authentications is refused before
+    # any token it sends is looked up.
     install_rate_limit(app, settings, exempt=UNLIMITED_ENDPOINTS)
 
     @app.before_request
@@ -186,6 +187,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
             header = f"Bearer {request.cookies[OPS_COOKIE]}"
         owner = authenticate(sessions, header)
         if owner is None:
+            if header is not None:
+                authentication_failed()
             if on_page:
                 return to_sign_in()
             return problem(

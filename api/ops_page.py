@@ -25,6 +25,7 @@ from flask import Response, g, redirect, render_template, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, BeforeValidator, Field
 
+from api.limits import authentication_failed
 from api.problems import problem_responses
 from api.schemas import ERROR_TYPE_NAME_OR_EMPTY, DeadLetterPath, RequestModel
 from shared.ops.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
@@ -253,6 +254,7 @@ def ops_page(
     def sign_in_submit(form: SignInForm) -> Response | tuple[str, int]:
         owner = authenticate(f"Bearer {form.token}")
         if owner is None:
+            authentication_failed()
             return render_template("sign_in.html", error="That token is not valid."), 401
         if not owner.is_operator:
             return render_template("sign_in.html", error="That token is not an operator's."), 403
