@@ -2,8 +2,8 @@
 
 Two limits, each shared by every route (an application limit, not one count per route):
 
-- ``REMINDERS_RATE_LIMIT`` per caller: its bearer token (by hash), or its address when it
-  sends none.
+- ``REMINDERS_RATE_LIMIT`` per caller: its bearer token (by hash), its ops page session
+  (by hash), or its address when it sends neither.
 - ``REMINDERS_AUTH_FAILURE_LIMIT`` failed authentications per client address, whatever
   token was presented: a fresh random token on each request is a fresh per-caller key, so
   without this a flood of made-up tokens would never be limited, and each would cost an
@@ -24,16 +24,20 @@ from flask import Flask, Response, g, request
 from flask_limiter import ApplicationLimit, HeaderNames, Limiter, RateLimitExceeded
 
 from api.auth import bearer_token
+from api.ops_sessions import COOKIE as OPS_COOKIE
 from api.problems import problem
 from shared.config import Settings
 from shared.planning.keys import hash_token
 
 
 def caller_key() -> str:
-    """Who a request counts against: its token, or its address."""
+    """Who a request counts against: its token, its ops page session, or its address."""
     token = bearer_token(request.headers.get("Authorization"))
     if token is not None:
         return "token:" + hash_token(token)[:32]
+    session_id = request.cookies.get(OPS_COOKIE)
+    if session_id and request.blueprint == "ops_page":
+        return "session:" + hash_token(session_id)[:32]
     return address_key()
 
 
