@@ -45,6 +45,7 @@ from api.problems import (
     validation_problem,
 )
 from api.schemas import Health, Problem, Readiness
+from api.security_headers import install_security_headers
 from api.service import Planning, TaskService
 from api.tasks import json_response, tasks_api
 from shared.broker.queue import make_broker, ping
@@ -158,6 +159,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     for unreachable in BROKER_UNREACHABLE:
         app.register_error_handler(unreachable, broker_unavailable_problem)
     app.register_error_handler(idempotency.BadKey, bad_idempotency_key_problem)
+
+    install_security_headers(app, signed_in_blueprints=FORM_BLUEPRINTS)
 
     @app.before_request
     def _read_body() -> None:
