@@ -40,7 +40,10 @@ CREATED = {
     },
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EndpointCreated"}}},
 }
-REFUSED = {422: "Invalid fields, or the URL is not https or not on a public address"}
+REFUSED = {
+    422: "Invalid fields, or the URL is not https, not on a public address, or contains a "
+    "control or invisible character (the error names it)"
+}
 
 
 def not_found() -> Response:

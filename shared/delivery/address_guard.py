@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+import unicodedata
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -241,6 +242,13 @@ def check_url(
         check_address(host, address)
 
 
+def _is_hidden(char: str) -> bool:
+    """A control (Cc), format (Cf: bidi controls, U+FEFF, zero-width), unassigned or private
+    (Cn, Co, Cs) character, or a line or paragraph separator (Zl, Zp)."""
+    category = unicodedata.category(char)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
 def _split(url: str) -> urllib.parse.SplitResult:
     if len(url) > MAX_URL_LENGTH:
         raise AddressRefused(f"endpoint URL is longer than {MAX_URL_LENGTH} characters")
@@ -248,6 +256,15 @@ def _split(url: str) -> urllib.parse.SplitResult:
     # host checked here might not be the host connected to.
     if any(char <= " " or char in "\x7f\\" for char in url):
         raise AddressRefused("endpoint URL contains a space, a control character or a backslash")
+    # Beyond ASCII: C1 controls, bidi overrides, zero-width and byte-order marks, line and
+    # paragraph separators. Invisible, or reordering what a person reads (an operator
+    # reading the URL in a listing would not see where it goes).
+    hidden = next((char for char in url if _is_hidden(char)), None)
+    if hidden is not None:
+        raise AddressRefused(
+            f"endpoint URL contains an invisible or control character (U+{ord(hidden):04X}): "
+            "remove it and send the URL again"
+        )
     try:
         return urllib.parse.urlsplit(url)
     except ValueError:  # an unbalanced "[" or a malformed IPv6 literal
