@@ -22,7 +22,7 @@ from api.auth import authenticate
 from api.charts import last_hour_charts
 from api.endpoint_service import EndpointService
 from api.endpoints import endpoints_api
-from api.limits import install_rate_limit
+from api.limits import authentication_failed, install_rate_limit
 from api.metrics import metrics_registry, render
 from api.openapi import (
     Guards,
@@ -31,8 +31,9 @@ from api.openapi import (
     install_openapi_document,
 )
 from api.ops import ops_api
-from api.ops_page import COOKIE as OPS_COOKIE
 from api.ops_page import forbidden_page, ops_page, refuse_cross_site, to_sign_in
+from api.ops_sessions import COOKIE as OPS_COOKIE
+from api.ops_sessions import PageSessions
 from api.pings import PING_TIMEOUT_SECONDS, PingGate
 from api.problems import (
     BROKER_UNREACHABLE,
@@ -45,6 +46,7 @@ from api.problems import (
     validation_problem,
 )
 from api.schemas import Health, Problem, Readiness
+from api.security_headers import install_security_headers
 from api.service import Planning, TaskService
 from api.tasks import json_response, tasks_api
 from shared.broker.queue import make_broker, ping
@@ -126,13 +128,15 @@ def drain(stream: Any, limit: int) -> None:
 def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     """Build the API. ``runtime`` may supply ``engine`` and ``broker`` (tests share theirs),
     ``resolve``, the host name resolver of endpoint URLs (tests answer for any name without
-    asking a DNS server), and ``endpoint_sender``, what makes an endpoint's test ping."""
+    asking a DNS server), ``endpoint_sender``, what makes an endpoint's test ping, and
+    ``clock``, the current UTC time as the ops page's sessions see it (their expiry)."""
     # No pre-ping: authentication is every request's first query and retries a dead connection.
     engine = runtime.get("engine") or make_engine(
         settings.resolved_database_url, pool_pre_ping=False
     )
     broker = runtime.get("broker") or make_broker(settings)
     sessions = make_session_factory(engine)
+    page_sessions = PageSessions(sessions, runtime.get("clock") or utcnow)
 
     app = OpenAPI(
         __name__,
@@ -157,6 +161,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         app.register_error_handler(unreachable, broker_unavailable_problem)
     app.register_error_handler(idempotency.BadKey, bad_idempotency_key_problem)
 
+    install_security_headers(app, signed_in_blueprints=FORM_BLUEPRINTS)
+
     @app.before_request
     def _read_body() -> None:
         # First of all hooks: a body is read whole (and cached for JSON and form parsing), or,
@@ -167,7 +173,8 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         elif request.content_length is None and request.headers.get("Transfer-Encoding"):
             read_chunked_body()
 
-    # Before authentication, so floods of bad tokens are limited too (by address).
+    # Before authentication: an address past its failed authentications is refused before
+    # any token it sends is looked up.
     install_rate_limit(app, settings, exempt=UNLIMITED_ENDPOINTS)
 
     @app.before_request
@@ -183,10 +190,13 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
             return None  # no such route (Flask answers 404/405), or public
         on_page = request.blueprint == "ops_page"
         header = request.headers.get("Authorization")
-        if header is None and on_page and request.cookies.get(OPS_COOKIE):
-            header = f"Bearer {request.cookies[OPS_COOKIE]}"
-        owner = authenticate(sessions, header)
+        # The page's cookie holds a session ID, never a token: it is looked up as a
+        # session, and as a bearer token it is just a wrong token.
+        session_id = request.cookies.get(OPS_COOKIE) if on_page and header is None else None
+        owner = page_sessions.owner(session_id) if session_id else authenticate(sessions, header)
         if owner is None:
+            if header is not None or session_id:
+                authentication_failed()
             if on_page:
                 return to_sign_in()
             return problem(
@@ -323,7 +333,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     app.register_api(
         ops_page(
             desk,
-            lambda header: authenticate(sessions, header),
+            page_sessions,
             lambda: ops_overview(sessions, broker, settings.redis_namespace),
             lambda endpoint_id, operator: endpoints.enable_by_operator(
                 sessions, endpoint_id, operator

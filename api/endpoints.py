@@ -46,8 +46,9 @@ CREATED = {
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EndpointCreated"}}},
 }
 REFUSED = {
-    422: "Invalid fields, or the URL is not https, not on a public address, or its host is "
-    "neither a host name nor an IP address"
+    422: "Invalid fields, or the URL is not https, not on a public address, its host is "
+    "neither a host name nor an IP address, or it contains a control or invisible character "
+    "(the error names it)"
 }
 
 

@@ -7,9 +7,10 @@ site (the charts are SVG drawn here, `api.charts`): every action works without s
 small script refreshes the live part in place and applies a filter as it changes. What
 changes things asks first: a discard, and every bulk action, which shows how many dead
 letters it would touch (a dry run) before it acts. Sign-in takes an operator token and
-keeps it in an ``HttpOnly``, ``SameSite=Strict`` cookie, so forms posted from another site
-never carry it; a POST whose ``Origin`` is another site is refused as well
-(`refuse_cross_site`). Each action redirects back with a notice (post/redirect/get).
+opens a server-side session (`api.ops_sessions`) whose random ID goes into an
+``HttpOnly``, ``SameSite=Strict`` cookie, so forms posted from another site never carry it;
+a POST whose ``Origin`` is another site is refused as well (`refuse_cross_site`). Each
+action redirects back with a notice (post/redirect/get).
 Operators see identifiers, owners and errors, never a task's title or notes.
 """
 
@@ -25,12 +26,14 @@ from flask import Response, g, redirect, render_template, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, BeforeValidator, Field
 
+from api.limits import authentication_failed
+from api.ops_sessions import COOKIE, PageSessions
 from api.problems import problem_responses
 from api.schemas import ERROR_TYPE_NAME_OR_EMPTY, DeadLetterPath, RequestModel
 from shared.ops.dead_letters import DeadLetterDesk, DeadLetterFilter, DeadLetterView, RetryOutcome
 from shared.store.db import utcnow
 
-COOKIE = "reminders_ops_token"
+OLD_TOKEN_COOKIE = "reminders_ops_token"
 NOTICE_COOKIE = "reminders_ops_notice"
 PAGE_SIZE = 100
 SHOWN_IN_CONFIRMATION = 20
@@ -162,11 +165,11 @@ RETRY_NOTICES = {
 
 def ops_page(
     desk: DeadLetterDesk,
-    authenticate: Callable[[str], Any],
+    page_sessions: PageSessions,
     overview: Callable[[], dict[str, Any]],
     reenable: Callable[[uuid.UUID, str], bool],
 ) -> APIBlueprint:
-    """The page's blueprint. ``authenticate(header_value)`` returns an owner or None;
+    """The page's blueprint. ``page_sessions`` signs operators in and out;
     ``overview()`` gives the charts and the failing endpoints; ``reenable(id, operator)``
     enables a disabled endpoint again."""
     page = APIBlueprint(
@@ -251,27 +254,39 @@ def ops_page(
         responses={**PAGE_RESPONSES, **problem_responses(503)},
     )
     def sign_in_submit(form: SignInForm) -> Response | tuple[str, int]:
-        owner = authenticate(f"Bearer {form.token}")
-        if owner is None:
+        signed_in = page_sessions.sign_in(form.token)
+        if signed_in is None:
+            authentication_failed()
             return render_template("sign_in.html", error="That token is not valid."), 401
-        if not owner.is_operator:
+        _, session_id = signed_in
+        if session_id is None:
             return render_template("sign_in.html", error="That token is not an operator's."), 403
+        page_sessions.sign_out(request.cookies.get(COOKIE, ""))  # a session it replaces
         response = redirect(url_for("ops_page.dashboard"), code=303)
         response.set_cookie(
             COOKIE,
-            form.token,
+            session_id,
             httponly=True,
             samesite="Strict",
             secure=request.is_secure,
             path="/ops",
-            max_age=8 * 3600,
+            max_age=int(page_sessions.lifetime.total_seconds()),
         )
+        # Earlier versions kept the token itself in a cookie: take it out of the browser.
+        response.delete_cookie(OLD_TOKEN_COOKIE, path="/ops")
         return response  # type: ignore[return-value]
 
-    @page.post("/sign-out", summary="Sign out", operation_id="signOut", responses=PAGE_RESPONSES)
+    @page.post(
+        "/sign-out",
+        summary="Sign out: the session ends, its cookie is worth nothing from then on",
+        operation_id="signOut",
+        responses=PAGE_RESPONSES,
+    )
     def sign_out() -> Response:
+        page_sessions.sign_out(request.cookies.get(COOKIE, ""))
         response = to_sign_in()
         response.delete_cookie(COOKIE, path="/ops")
+        response.delete_cookie(OLD_TOKEN_COOKIE, path="/ops")
         return response
 
     @page.post(

@@ -457,7 +457,9 @@ EndpointUrl = Annotated[
         max_length=2048,
         pattern=HTTP_URL,
         description="An https:// URL on a public address (loopback, private, link-local and "
-        "reserved addresses are refused unless the deployment allows them).",
+        "reserved addresses are refused unless the deployment allows them), without "
+        "spaces, backslashes, control or invisible characters (bidi controls, U+FEFF, "
+        "zero-width).",
     ),
 ]
 EndpointDescription = Annotated[StrictStr, Field(max_length=500, pattern=NO_NUL)]

@@ -16,7 +16,7 @@ from dataclasses import asdict
 import click
 
 from cli.environment import CommandError, command_settings
-from cli.output import emit_json, jsonable, table
+from cli.output import emit_json, jsonable, printable, table
 from shared.broker.queue import make_broker
 from shared.exit_status import ExitStatus
 from shared.ops.dead_letters import (
@@ -142,7 +142,8 @@ def list_(error_type: str | None, older_than: int | None, as_json: bool) -> None
             ],
         )
     )
-    click.echo("\nby error type: " + ", ".join(f"{k} {v}" for k, v in desk.error_types().items()))
+    by_type = ", ".join(f"{k} {v}" for k, v in desk.error_types().items())
+    click.echo("\nby error type: " + printable(by_type))
 
 
 @dlq.command()
@@ -161,8 +162,9 @@ def show(message_id: str, as_json: bool) -> None:
         return
     for key, value in shown.items():
         if key != "traceback":
-            click.echo(f"{key:>11}: {jsonable(value)}")
-    click.echo(f"  traceback (the attempt before the last):\n{letter.traceback or '(expired)'}")
+            click.echo(f"{key:>11}: {printable(str(jsonable(value)))}")
+    traceback = printable(letter.traceback or "(expired)", keep_newlines=True)
+    click.echo(f"  traceback (the attempt before the last):\n{traceback}")
 
 
 @dlq.command()
@@ -221,7 +223,7 @@ def retry(
     verb = "would retry" if dry_run else "retried"
     click.echo(f"{verb} {len(ids)} dead letter(s)")
     for item in ids:
-        click.echo(f"  {item}")
+        click.echo(f"  {printable(str(item))}")
 
 
 @dlq.command()

@@ -33,7 +33,7 @@ import click
 from sqlalchemy import select
 
 from cli.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from cli.environment import CommandError, data_dir_of, unusable_data_dir
+from cli.environment import CommandError, data_dir_of, make_private_directory, unusable_data_dir
 from cli.instance import Instance, InstanceLock, InstanceRunning, claim
 from cli.processes import (
     die_with_parent,
@@ -171,7 +171,9 @@ def _claim_data_dir(settings: Settings, port: int) -> InstanceLock:
     """The data directory, held for this run; one line and exit if it cannot be."""
     data_dir = data_dir_of(settings)
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        notice = make_private_directory(data_dir)
+        if notice:
+            click.echo(notice, err=True)
         lock = claim(data_dir)
     except OSError as exc:
         raise unusable_data_dir(settings, exc) from None

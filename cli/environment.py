@@ -12,6 +12,7 @@ the exit status of its kind (`shared.exit_status`): every failure of a command i
 
 from __future__ import annotations
 
+import stat
 import sys
 import traceback
 from pathlib import Path
@@ -41,6 +42,23 @@ class CommandError(click.ClickException):
 
 def data_dir_of(settings: Settings) -> Path:
     return settings.data_dir.absolute()
+
+
+def make_private_directory(path: Path) -> str | None:
+    """Create ``path`` for its owner only (mode 0700), or take an existing one's group and
+    other permissions away: it holds the database, the endpoint secrets' key and the
+    embedded Redis server's password. Returns a notice when an existing directory's mode
+    was changed, None otherwise.
+
+    Raises:
+        OSError: it cannot be created, or its mode cannot be changed (not its owner).
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return None
+    path.chmod(mode & 0o700)
+    return f"made {path} private to its owner (mode {mode:04o} -> {mode & 0o700:04o})"
 
 
 def unusable_data_dir(settings: Settings, reason: OSError | str) -> CommandError:
@@ -149,7 +167,12 @@ def prepare_database_directory(settings: Settings) -> None:
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent == data_dir_of(settings):
+            notice = make_private_directory(path.parent)
+            if notice:
+                click.echo(notice, err=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         if "database_url" in settings.model_fields_set:
             raise CommandError(

@@ -183,7 +183,15 @@ class Settings(BaseModel):
         default="600/minute",
         validation_alias="REMINDERS_RATE_LIMIT",
         description="Requests per API token (or per address without one), e.g. "
-        "'600/minute;20/second'; empty turns the limit off.",
+        "'600/minute;20/second', counted across all routes; empty turns rate limiting "
+        "off (this limit and REMINDERS_AUTH_FAILURE_LIMIT).",
+    )
+    auth_failure_limit: str = Field(
+        default="60/minute",
+        validation_alias="REMINDERS_AUTH_FAILURE_LIMIT",
+        description="Failed authentications per client address (a wrong, revoked or "
+        "missing token, a refused sign-in); past it the address gets 429 on every request "
+        "until the window moves on. Empty turns it off.",
     )
     metrics_port: int = Field(
         default=0,
@@ -216,7 +224,7 @@ class Settings(BaseModel):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "auth_failure_limit")
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
         if value:

@@ -19,6 +19,7 @@ import ipaddress
 import re
 import socket
 import threading
+import unicodedata
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -272,6 +273,13 @@ def valid_host(host: str) -> bool:
     return len(name) <= 253 and all(_LABEL.match(label) for label in labels) and not broken_ipv4
 
 
+def _is_hidden(char: str) -> bool:
+    """A control (Cc), format (Cf: bidi controls, U+FEFF, zero-width), unassigned or private
+    (Cn, Co, Cs) character, or a line or paragraph separator (Zl, Zp)."""
+    category = unicodedata.category(char)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
 def _split(url: str) -> urllib.parse.SplitResult:
     if len(url) > MAX_URL_LENGTH:
         raise AddressRefused(f"endpoint URL is longer than {MAX_URL_LENGTH} characters")
@@ -279,6 +287,15 @@ def _split(url: str) -> urllib.parse.SplitResult:
     # host checked here might not be the host connected to.
     if any(char <= " " or char in "\x7f\\" for char in url):
         raise AddressRefused("endpoint URL contains a space, a control character or a backslash")
+    # Beyond ASCII: C1 controls, bidi overrides, zero-width and byte-order marks, line and
+    # paragraph separators. Invisible, or reordering what a person reads (an operator
+    # reading the URL in a listing would not see where it goes).
+    hidden = next((char for char in url if _is_hidden(char)), None)
+    if hidden is not None:
+        raise AddressRefused(
+            f"endpoint URL contains an invisible or control character (U+{ord(hidden):04X}): "
+            "remove it and send the URL again"
+        )
     try:
         return urllib.parse.urlsplit(url)
     except ValueError:  # an unbalanced "[" or a malformed IPv6 literal

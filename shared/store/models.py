@@ -71,6 +71,22 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class OpsSession(Base):
+    """A signed-in ops page: the browser's cookie holds a random session ID, kept here only
+    as its SHA-256 (like tokens). Signing out deletes the row; it ends by itself at
+    ``expires_at``, and with the token it was opened with (revoked or deleted)."""
+
+    __tablename__ = "ops_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (

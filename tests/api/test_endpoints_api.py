@@ -198,6 +198,36 @@ def test_a_url_that_is_not_https_on_a_public_address_is_refused_naming_the_field
     assert guarded.client.get("/endpoints", headers=alice.headers).json["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("url", "code_point"),
+    [
+        ("https://hooks.example/\u009b31m", "U+009B"),  # C1 control (CSI)
+        ("https://hooks.example/\u202egnp.exe", "U+202E"),  # right-to-left override
+        ("https://\ufeffhooks.example/hook", "U+FEFF"),  # byte-order mark
+        ("https://hooks.example/a\u200bb", "U+200B"),  # zero-width space
+    ],
+)
+def test_a_url_with_an_invisible_or_control_character_is_refused_with_a_sentence(
+    guarded: ApiHarness, url: str, code_point: str
+) -> None:
+    alice = guarded.account("alice")
+    response = guarded.client.post("/endpoints", json={"url": url}, headers=alice.headers)
+    assert response.status_code == 422, response.json
+    [error] = response.json["errors"]
+    assert error["field"] == "url"
+    assert error["message"] == (
+        f"endpoint URL contains an invisible or control character ({code_point}): "
+        "remove it and send the URL again"
+    )
+    assert guarded.client.get("/endpoints", headers=alice.headers).json["items"] == []
+
+    made = create_endpoint(guarded, alice, "https://hooks.example/hook")
+    patched = guarded.client.patch(
+        f"/endpoints/{made['id']}", json={"url": url}, headers=alice.headers
+    )
+    assert patched.status_code == 422 and patched.json["errors"][0]["field"] == "url"
+
+
 def test_changing_the_url_to_a_private_address_is_refused_and_changes_nothing(
     guarded: ApiHarness,
 ) -> None:

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 import uuid
@@ -31,6 +32,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import redis
 
 from shared.exit_status import ExitStatus
 from tests.pipeline import conftest as pipeline_harness
@@ -299,6 +301,56 @@ def test_cli_beside_dev_scans_into_and_lists_from_its_embedded_server(tmp_path: 
             assert len(hook.receipts) == 1
     finally:
         hook.stop()
+
+
+@pytest.mark.slow
+def test_the_data_is_private_and_the_embedded_server_needs_its_password(tmp_path: Path) -> None:
+    data_dir = tmp_path / "project" / ".reminders"
+    data_dir.mkdir(parents=True)
+    data_dir.chmod(0o755)  # as an earlier version left it
+    with running_dev(tmp_path) as dev:
+        output = dev.banner()
+        assert f"made {data_dir} private to its owner (mode 0755 -> 0700)" in output, output
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data_dir / "instance.json").stat().st_mode) == 0o600
+        assert stat.S_IMODE((data_dir / "redis" / "valkey.conf").stat().st_mode) == 0o600
+
+        redis_url = json.loads((data_dir / "instance.json").read_text())["redis_url"]
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        stranger = redis.Redis(port=port, socket_connect_timeout=3, socket_timeout=3)
+        with pytest.raises(redis.AuthenticationError):
+            stranger.ping()
+        with pytest.raises(redis.AuthenticationError):
+            stranger.keys("*")
+        stranger.close()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, password="guess", socket_timeout=3).ping()
+        owner = redis.Redis.from_url(redis_url, socket_timeout=3)
+        assert owner.ping() is True
+        owner.close()
+
+        # The commands beside dev find the password in the instance file.
+        listed = dev.cli("dlq", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["items"] == []
+        assert dev.cli("dlq", "queues").returncode == 0
+    # A new data directory is private from the start (no notice then).
+    with running_dev(tmp_path / "fresh") as fresh:
+        assert "private to its owner" not in fresh.banner()
+        assert stat.S_IMODE(fresh.data_dir.stat().st_mode) == 0o700
+
+
+def test_db_upgrade_makes_the_data_directory_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "project" / ".reminders"
+    data_dir.mkdir(parents=True, mode=0o755)
+    data_dir.chmod(0o755)
+
+    done = run_cli(service_env(data_dir), data_dir.parent, "db", "upgrade")
+
+    assert done.returncode == 0, done.stderr
+    assert f"made {data_dir} private to its owner (mode 0755 -> 0700)" in done.stderr
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert (data_dir / "reminders.db").is_file()
 
 
 @pytest.mark.slow

@@ -26,11 +26,13 @@ from typing import Any
 import httpx
 import pytest
 from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import update
 from werkzeug.serving import make_server
 
 from shared.broker.queue import QUEUE_NAME
 from shared.broker.redis_broker import dead_letters
-from shared.store.models import Reminder
+from shared.store.db import unit_of_work
+from shared.store.models import Reminder, User
 from tests.conftest import IN_CI, Account, create_account
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import Receiver, Stack, reminder_id
@@ -203,9 +205,10 @@ def test_operator_signs_in_sees_the_dead_letter_and_retries_it_after_the_fix(
     page.click("button[type=submit]")
     page.wait_for_url(f"{server}/ops")
     assert "signed in as olivia" in page.locator("header").inner_text()
-    [cookie] = [c for c in page.context.cookies() if c["name"] == "reminders_ops_token"]
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "reminders_ops_session"]
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/ops")
-    assert "reminders_ops_token" not in page.evaluate("document.cookie")  # scripts can't read it
+    assert olivia.token not in str(page.context.cookies())  # a session ID, not the token
+    assert "reminders_ops_session" not in page.evaluate("document.cookie")  # scripts can't
 
     # The dead letter, with its message ID and the final attempt's error.
     row = dead_letter_row(page, mid)
@@ -256,9 +259,12 @@ def test_operator_signs_in_sees_the_dead_letter_and_retries_it_after_the_fix(
     assert page.locator("#injected").count() == 0
     page.goto(f"{server}/ops")
 
-    # Signing out ends the session: /ops needs sign-in again.
+    # Signing out ends the session: /ops needs sign-in again, even with the old cookie.
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{server}/ops/sign-in")
+    page.goto(f"{server}/ops")
+    assert page.url == f"{server}/ops/sign-in"
+    page.context.add_cookies([{**cookie, "expires": -1}])
     page.goto(f"{server}/ops")
     assert page.url == f"{server}/ops/sign-in"
 
@@ -317,7 +323,7 @@ def test_a_non_operator_token_cannot_sign_in_and_the_page_stays_closed(
     assert page.url == f"{server}/ops/sign-in"
     assert page.get_by_role("alert").inner_text() == "That token is not an operator's."
     assert page.locator("#token").count() == 1  # the form is offered again
-    assert [c for c in page.context.cookies() if c["name"] == "reminders_ops_token"] == []
+    assert [c for c in page.context.cookies() if c["name"].startswith("reminders_ops_")] == []
     page.screenshot(path=str(tmp_path / "sign-in-refused.png"), full_page=True)
 
     page.goto(f"{server}/ops")
@@ -328,10 +334,19 @@ def test_a_non_operator_token_cannot_sign_in_and_the_page_stays_closed(
     sign_in(page, server, "not-a-token")
     assert page.get_by_role("alert").inner_text() == "That token is not valid."
 
-    # Even holding the cookie by other means, a non-operator gets 403, not the page.
+    # A token put in a cookie by hand is no session: back to sign-in.
     page.context.add_cookies(
-        [{"name": "reminders_ops_token", "value": ursula.token, "url": f"{server}/ops"}]
+        [{"name": "reminders_ops_session", "value": ursula.token, "url": f"{server}/ops"}]
     )
+    page.goto(f"{server}/ops")
+    assert page.url == f"{server}/ops/sign-in"
+
+    # An operator who stops being one while signed in gets 403, not the page.
+    olivia = create_account(stack.engine, "olivia", operator=True)
+    sign_in(page, server, olivia.token)
+    assert page.url == f"{server}/ops"
+    with unit_of_work(stack.sessions) as session:
+        session.execute(update(User).where(User.id == olivia.id).values(is_operator=False))
     response = page.goto(f"{server}/ops")
     assert response is not None and response.status == 403
     assert page.locator("h1").inner_text() == "403: operators only"

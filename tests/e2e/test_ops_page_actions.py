@@ -287,9 +287,10 @@ def test_a_form_posted_from_another_site_is_refused_and_the_favicon_is_served(
 ) -> None:
     _, [mid] = dead(stack, receiver, 1)
     olivia = create_account(stack.engine, "olivia", operator=True)
-    cookies = {"reminders_ops_token": olivia.token}
     url = f"{server}/ops/page/dead-letters/{mid}/discard"
-    with httpx.Client(cookies=cookies, timeout=10) as client:
+    with httpx.Client(timeout=10) as client:
+        signed_in = client.post(f"{server}/ops/sign-in", data={"token": olivia.token})
+        assert signed_in.status_code == 303
         for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
             refused = client.post(url, data={"confirmed": "yes"}, headers=headers)
             assert refused.status_code == 403, headers

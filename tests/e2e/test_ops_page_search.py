@@ -115,7 +115,9 @@ def test_a_search_that_can_match_nothing_lists_nothing_and_a_bulk_action_on_it_t
     assert page.get_by_role("button", name="Discard 0").count() == 0
 
     # Even confirmed by hand, the action applies the same search: nothing is touched.
-    with httpx.Client(cookies={"reminders_ops_token": olivia.token}, timeout=10) as client:
+    with httpx.Client(timeout=10) as client:
+        signed_in = client.post(f"{server}/ops/sign-in", data={"token": olivia.token})
+        assert signed_in.status_code == 303
         for action in ("discard-matching", "retry-matching"):
             done = client.post(
                 f"{server}/ops/page/dead-letters/bulk",
