@@ -162,6 +162,10 @@ def complete_document(app: OpenAPI, guards: Guards) -> None:
                 FORM_MEDIA_TYPES[0]: {"schema": form["schema"]},
                 FORM_MEDIA_TYPES[1]: form,
             }
+            # A form whose every field has a default may be posted empty (a button alone).
+            name = form["schema"].get("$ref", "").rpartition("/")[2]
+            if not app.api_doc["components"]["schemas"].get(name, {}).get("required"):
+                operation.document["requestBody"]["required"] = False
     info = app.api_doc.setdefault("info", {})
     info["description"] = f"{info.get('description', '')} {METHOD_NOT_ALLOWED}".strip()
     components.setdefault("responses", {})["MethodNotAllowed"] = {

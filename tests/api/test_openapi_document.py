@@ -249,3 +249,13 @@ def test_the_idempotency_key_pattern_is_the_server_s_rule(document: dict[str, An
             if parameter["name"] == "Idempotency-Key"
         ]
         assert header["schema"]["pattern"] == KEY_FIELD.pattern
+
+
+def test_a_form_whose_fields_all_have_defaults_may_be_posted_empty(
+    document: dict[str, Any],
+) -> None:
+    discard = operations(document)[("POST", "/ops/page/dead-letters/{message_id}/discard")]
+    sign_in = operations(document)[("POST", "/ops/sign-in")]
+
+    assert discard["requestBody"]["required"] is False
+    assert sign_in["requestBody"]["required"] is True
