@@ -1,6 +1,9 @@
 """``Idempotency-Key`` for ``POST /tasks`` (IETF draft "The Idempotency-Key HTTP Header Field").
 
-- same key, same body: the stored response again (same status, same task), no second task;
+- same key, same body: the stored response again (same status, same task), no second task,
+  marked ``Idempotent-Replayed: true``. It is the answer as it was given: if the task was
+  deleted since, its ``Location`` now answers 404 (the draft's rule: replay the stored
+  response, do not re-run the request);
 - same key, another body: 422;
 - same key while the first request is still in flight: 409;
 - keys are per user and kept ``KEY_LIFETIME`` (24 h), then purged (``shared.store.housekeeping``).
@@ -39,6 +42,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.schemas import IDEMPOTENCY_KEY, PATTERN_SENTENCES
 from shared.logs import get_logger
 from shared.store.db import database_unreachable, unit_of_work, utcnow
 from shared.store.models import IdempotencyKey
@@ -50,11 +54,11 @@ IN_FLIGHT_TIMEOUT = timedelta(seconds=60)
 # How often a claim is given back while the database cannot be reached (see `release`).
 RELEASE_RETRY_SECONDS = 0.5
 HEADER = "Idempotency-Key"
-# A bare key is the whole field value: visible ASCII but for what would make it a list (","),
-# an item with parameters (";") or a string ('"', "\\").
-BARE_KEY = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+$")
-# What an sf-string may hold (RFC 9651 section 3.3.3), at most as long as the stored column.
-KEY_SHAPE = re.compile(r"^[\x20-\x7e]{1,255}$")
+# On a replayed response: it is the stored first answer, not a new one.
+REPLAYED_HEADER = "Idempotent-Replayed"
+# What the field may hold, bare key or string: the expression the document's pattern is.
+KEY_FIELD = re.compile(IDEMPOTENCY_KEY)
+KEY_FIELD_SENTENCE = PATTERN_SENTENCES[IDEMPOTENCY_KEY]
 
 
 class BadKey(ValueError):
@@ -71,29 +75,17 @@ def parse_key(field_value: str) -> str:
         BadKey: the value is neither one Structured Field string (parameters, which the
             draft defines none of, are ignored) nor one bare key, or the string is empty.
     """
-    value = field_value.strip(" \t")
-    if not value.isascii():  # neither form may hold anything else
+    if not field_value.isascii():  # neither form may hold anything else
         raise BadKey(f"{HEADER} must hold ASCII characters only")
-    if value.startswith('"'):
-        try:
-            parsed = http_sf.parse(value.encode("ascii"), tltype="item")
-        except http_sf.StructuredFieldError as exc:  # says what is wrong, and where
-            raise BadKey(
-                f"{HEADER} must be one Structured Field string or one bare key, given once: {exc}"
-            ) from None
-        key = parsed[0] if isinstance(parsed, tuple) else None  # (value, parameters)
-        if not isinstance(key, str):
-            raise BadKey(f"{HEADER} must be one Structured Field string or one bare key")
-    elif BARE_KEY.match(value):
-        key = value
-    else:
-        raise BadKey(
-            f"{HEADER} must be one Structured Field string or one bare key, given once "
-            "(a bare key may not hold spaces, commas, semicolons, quotes or backslashes)"
-        )
-    if not key:
-        raise BadKey(f"{HEADER} must not be empty")
-    return key
+    if not KEY_FIELD.fullmatch(field_value):
+        raise BadKey(f"{HEADER} {KEY_FIELD_SENTENCE}")
+    value = field_value.strip(" \t")
+    if not value.startswith('"'):
+        return value
+    # A string the expression admits is one RFC 9651 item: http-sf undoes its escapes.
+    item = http_sf.parse(value.encode("ascii"), tltype="item")
+    assert isinstance(item, tuple)  # (value, parameters)
+    return str(item[0])
 
 
 @dataclass(frozen=True)
@@ -138,11 +130,9 @@ def claim(
     to answer instead.
 
     Raises:
-        BadKey: ``field_value`` does not name one key of at most 255 characters.
+        BadKey: ``field_value`` does not name one key (see `parse_key`).
     """
     key = parse_key(field_value)
-    if not KEY_SHAPE.match(key):
-        raise BadKey(f"{HEADER} must name a key of 1-255 printable ASCII characters")
     for _ in range(2):  # a second pass after clearing an expired or abandoned claim
         now = utcnow()
         try:

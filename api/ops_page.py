@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
-from flask import Response, g, redirect, render_template, request, url_for
+from flask import Response, g, has_request_context, redirect, render_template, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 
 from api.limits import authentication_failed
 from api.ops_sessions import COOKIE, PageSessions
@@ -41,7 +41,17 @@ SHOWN_IN_CONFIRMATION = 20
 HTML = {"text/html": {"schema": {"type": "string"}}}
 PAGE_RESPONSES: dict[str | int, Any] = {
     200: {"description": "HTML page", "content": HTML},
-    303: {"description": "Redirect to the page or to sign-in"},
+    303: {
+        "description": "Redirect to the page or to sign-in",
+        "headers": {
+            "Location": {
+                "description": "Where to go next: the page (with its filter), a "
+                "confirmation, or the sign-in form",
+                "required": True,
+                "schema": {"type": "string", "format": "uri-reference"},
+            }
+        },
+    },
     401: {"description": "Sign-in refused: not a valid token", "content": HTML},
     403: {
         "description": "Not an operator, or a form posted from another site",
@@ -70,19 +80,39 @@ class PageQuery(RequestModel):
     )
 
 
-class SignInForm(BaseModel):
+class FormModel(BaseModel):
+    """A form's fields as the browser sent them: text, always.
+
+    flask-openapi3 reads each form value as JSON when it parses as JSON, so ``token=0``
+    would reach the model as the number 0 and ``token="x"`` as ``x``. The model takes the
+    values from the submitted form instead, unchanged.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_sent(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not has_request_context():
+            return data
+        sent = dict(data)
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if key in request.form:
+                values = request.form.getlist(key)
+                sent[key] = values if get_origin(field.annotation) is list else values[0]
+        return sent
+
+
+class SignInForm(FormModel):
     token: str = Field(min_length=1, max_length=200)
 
 
-class ConfirmForm(BaseModel):
+class ConfirmForm(FormModel):
     confirmed: Literal["", "yes"] = ""
 
 
-class BulkForm(BaseModel):
+class BulkForm(FormModel):
     action: Literal["retry-selected", "discard-selected", "retry-matching", "discard-matching"]
-    message_id: list[Annotated[str, BeforeValidator(_text)]] = Field(
-        default_factory=list, max_length=PAGE_SIZE
-    )
+    message_id: list[str] = Field(default_factory=list, max_length=PAGE_SIZE)
     error_type: ErrorTypeChoice = ""
     q: Search = ""
     confirmed: Literal["", "yes"] = ""

@@ -4,10 +4,14 @@ The same models validate requests and generate ``/openapi.json`` (through flask-
 so the document cannot drift from what the server accepts. One rule for every body and
 query, ``/ops`` included: unknown fields are refused; types are JSON Schema's, strictly (no
 ``"5"`` for a number, no ``true`` or ``0`` for a boolean, no ``true`` for an integer), where
-an integer is a number with no fractional part (``3600.0`` is one, ``3600.5`` is not);
-``null`` only where the document says a field is nullable (leave a field out to get its
-default); times are RFC 3339 strings that carry an offset. A query parameter is the text of
-such a JSON value (``limit=50``, not ``limit=+50`` or ``limit=5_0``).
+an integer in a body is a number with no fractional part (``3600.0`` is one, ``3600.5`` is
+not); ``null`` only where the document says a field is nullable (leave a field out to get its
+default); times are RFC 3339 strings that carry an offset. A query parameter is text, and an
+integer one is written with digits only (``limit=50``, not ``limit=50.0``, ``limit=5e1`` or
+``limit=+50``): OpenAPI's form style writes an integer that way, and that is what a client
+generated from the document sends for its ``integer`` type.
+
+Response models list every field they always return as required (`ResponseModel`).
 
 What a client reads about a refused field is written here, beside each constraint: the
 validators raise `PydanticCustomError` with their own code and sentence, and each pattern
@@ -23,6 +27,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 
+import httpx
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -55,9 +60,27 @@ DATE_TIME_SENTENCE = (
 NO_NUL = r"^[^\x00]*$"
 VISIBLE_NO_NUL = r"^[^\x00]*[^\s\x00][^\x00]*$"
 HTTP_URL = r"^[Hh][Tt][Tt][Pp][Ss]?://\S+$"
-VISIBLE_ASCII = r"^[\x21-\x7e]+$"
 ERROR_TYPE_NAME = r"^[A-Za-z_][A-Za-z0-9_.]*$"
 ERROR_TYPE_NAME_OR_EMPTY = r"^([A-Za-z_][A-Za-z0-9_.]*)?$"
+# Idempotency-Key (`api.idempotency`): one key, as the draft's Structured Field string
+# (RFC 9651: printable ASCII, with \" and \\ escaped; parameters, which the draft defines none
+# of, allowed with a token, number, string or boolean value and ignored) or sent bare (printable
+# ASCII but for what would make it a list, parameters or a string: no space, comma, semicolon,
+# quote or backslash); the key itself 1-255 characters; optional whitespace around the value.
+# The server's check and the document use this one expression.
+_SF_STRING_CHAR = r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])'
+_SF_BARE_ITEM = (
+    r"(?:-?[0-9]{1,12}\.[0-9]{1,3}|-?[0-9]{1,15}|\?[01]"
+    rf'|"{_SF_STRING_CHAR}*"'
+    r"|[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*)"
+)
+_SF_PARAMETERS = rf"(?:;\x20*[a-z*][a-z0-9_.*\-]*(?:={_SF_BARE_ITEM})?)*"
+IDEMPOTENCY_KEY = (
+    r"^[\x20\x09]*"
+    r"(?:[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,255}"
+    rf'|"{_SF_STRING_CHAR}{{1,255}}"{_SF_PARAMETERS})'
+    r"[\x20\x09]*$"
+)
 _ERROR_TYPE_SENTENCE = (
     "must be an error type's name: letters, digits, '_' and '.', not starting with a digit"
 )
@@ -66,9 +89,11 @@ PATTERN_SENTENCES = {
     VISIBLE_NO_NUL: "must contain a character other than spaces, and not the NUL character "
     "(U+0000)",
     HTTP_URL: "must be an https:// (or http://) URL without spaces",
-    VISIBLE_ASCII: "must be printable ASCII characters without spaces",
     ERROR_TYPE_NAME: _ERROR_TYPE_SENTENCE,
     ERROR_TYPE_NAME_OR_EMPTY: _ERROR_TYPE_SENTENCE + ", or empty",
+    IDEMPOTENCY_KEY: "must be one key of 1-255 printable ASCII characters, given once: a "
+    'Structured Field string ("...", with \\" and \\\\ escaped) or a bare key (no spaces, '
+    "commas, semicolons, quotes or backslashes)",
 }
 
 
@@ -121,17 +146,21 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
+QUERY_INTEGER = re.compile(r"^-?(?:0|[1-9][0-9]*)$")
 JSON_NUMBER = re.compile(r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$")
+QUERY_INTEGER_SENTENCE = "must be an integer written with digits only, e.g. 50 (not 50.0 or 5e1)"
 
 
 def _query_integer(value: Any) -> Any:
-    # A query parameter is text: the text of a JSON integer (as above), nothing looser.
+    # A query parameter is text: an integer's digits, nothing looser. The document says
+    # "integer", which generated clients send as digits; "50.0" would be a number there.
     if isinstance(value, str):
-        if not JSON_NUMBER.match(value):
-            raise PydanticKnownError("int_parsing")
-        number = float(value) if any(mark in value for mark in ".eE") else int(value)
-        return _json_integer(number)
-    return _json_integer(value)
+        if QUERY_INTEGER.match(value):
+            return int(value)
+        if JSON_NUMBER.match(value):  # a number, but not written as an integer
+            raise PydanticCustomError("int_digits", QUERY_INTEGER_SENTENCE)
+        raise PydanticKnownError("int_parsing")
+    return value
 
 
 # Integers are built as Annotated[StrictInt, Field(bounds), BeforeValidator(...)], in that
@@ -230,6 +259,17 @@ class CachedSchemaModel(BaseModel):
         return copy.deepcopy(_cached_schema(cls, args, tuple(sorted(kwargs.items()))))
 
 
+class ResponseModel(BaseModel):
+    """A body the API returns. Every field is always in it, defaults included, so the
+    document marks every field required (the schema of what is serialized, not of what
+    would be accepted): a generated client need not treat ``kind`` or ``endpoint_id`` as
+    optional."""
+
+    model_config = ConfigDict(
+        json_schema_mode_override="serialization", json_schema_serialization_defaults_required=True
+    )
+
+
 class RequestModel(CachedSchemaModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_no_null_defaults)
 
@@ -276,17 +316,18 @@ class TaskCreate(RequestModel):
     _check_offsets = model_validator(mode="after")(_one_form_of_offsets)
 
 
-class CreateHeaders(CachedSchemaModel):
-    model_config = ConfigDict(extra="ignore")
+IdempotencyKeyField = Annotated[StrictStr, Field(pattern=IDEMPOTENCY_KEY)]
 
-    idempotency_key: str | None = Field(
+
+class CreateHeaders(CachedSchemaModel):
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_no_null_defaults)
+
+    idempotency_key: IdempotencyKeyField | SkipJsonSchema[None] = Field(
         default=None,
         alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        pattern=VISIBLE_ASCII,
         description="Retry-safe creation: the same key and body return the first response "
-        "again; kept 24 hours, per user.",
+        'again, marked "Idempotent-Replayed: true"; kept 24 hours, per user. A Structured '
+        'Field string ("abc") or the same key bare (abc).',
     )
 
 
@@ -332,7 +373,7 @@ class TaskPath(RequestModel):
     task_id: uuid.UUID
 
 
-class ReminderOut(BaseModel):
+class ReminderOut(ResponseModel):
     state: Literal["waiting", "queued", "sent", "failed", "missed", "cancelled"]
     kind: Literal["reminder", "snooze"] = "reminder"
     due_at: datetime = Field(description="The occurrence this reminder is for.")
@@ -357,13 +398,13 @@ class ReminderOut(BaseModel):
     )
 
 
-class OccurrenceOut(BaseModel):
+class OccurrenceOut(ResponseModel):
     due_at: datetime = Field(description="UTC.")
     local_due_at: datetime = Field(description="The same instant with the task's zone's offset.")
     remind_at: list[datetime] = Field(description="Its reminders' times, earliest first (UTC).")
 
 
-class TaskOut(BaseModel):
+class TaskOut(ResponseModel):
     id: uuid.UUID
     owner: str
     title: str
@@ -394,12 +435,12 @@ class TaskOut(BaseModel):
     )
 
 
-class TaskPage(BaseModel):
+class TaskPage(ResponseModel):
     items: list[TaskOut]
     next_cursor: str | None
 
 
-class ReminderPage(BaseModel):
+class ReminderPage(ResponseModel):
     items: list[ReminderOut]
     next_cursor: str | None
 
@@ -420,7 +461,7 @@ class OccurrenceQuery(RequestModel):
     limit: OccurrenceCount = 10
 
 
-class OccurrenceList(BaseModel):
+class OccurrenceList(ResponseModel):
     items: list[OccurrenceOut]
 
 
@@ -439,7 +480,18 @@ def _one_snooze_time(model: Any) -> Any:
     return model
 
 
+def _exactly_one_snooze_time(schema: dict[str, Any]) -> None:
+    # The model validator's rule, in the document's terms: JSON Schema validators (and
+    # clients generated from the document) see that one of the two, not both, is required.
+    _no_null_defaults(schema)
+    schema["oneOf"] = [{"required": ["until"]}, {"required": ["seconds"]}]
+
+
 class SnoozeRequest(RequestModel):
+    """Exactly one of until and seconds."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_snooze_time)
+
     until: Omittable[Timestamp] = Field(
         default=None, description="When to remind again: 60 s to 7 days from now."
     )
@@ -449,6 +501,19 @@ class SnoozeRequest(RequestModel):
 
 
 # -- endpoints ---------------------------------------------------------------------------
+
+
+def _sendable_url(value: str) -> str:
+    # The pattern admits any host text; the webhook client (httpx) refuses a host that is
+    # not a valid internationalised name, which would fail every delivery and test ping.
+    try:
+        httpx.URL(value)
+    except httpx.InvalidURL as error:
+        raise PydanticCustomError(
+            "url_parsing", "must be a valid URL: {reason}", {"reason": str(error)}
+        ) from None
+    return value
+
 
 EndpointUrl = Annotated[
     StrictStr,
@@ -461,6 +526,7 @@ EndpointUrl = Annotated[
         "spaces, backslashes, control or invisible characters (bidi controls, U+FEFF, "
         "zero-width).",
     ),
+    AfterValidator(_sendable_url),
 ]
 EndpointDescription = Annotated[StrictStr, Field(max_length=500, pattern=NO_NUL)]
 
@@ -482,7 +548,7 @@ class EndpointPath(RequestModel):
     endpoint_id: uuid.UUID
 
 
-class EndpointOut(BaseModel):
+class EndpointOut(ResponseModel):
     id: uuid.UUID
     url: str
     description: str | None
@@ -510,12 +576,12 @@ class EndpointCreated(EndpointOut):
     )
 
 
-class EndpointPage(BaseModel):
+class EndpointPage(ResponseModel):
     items: list[EndpointOut]
     next_cursor: str | None
 
 
-class AttemptOut(BaseModel):
+class AttemptOut(ResponseModel):
     at: datetime
     kind: Literal["reminder", "ping"]
     message_id: str = Field(description="The reminder's message ID, or the ping's id.")
@@ -525,7 +591,7 @@ class AttemptOut(BaseModel):
     error: str | None
 
 
-class AttemptPage(BaseModel):
+class AttemptPage(ResponseModel):
     items: list[AttemptOut]
     next_cursor: str | None
 
@@ -547,11 +613,11 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
 
 
-class Health(BaseModel):
+class Health(ResponseModel):
     status: str
 
 
-class Readiness(BaseModel):
+class Readiness(ResponseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
 
@@ -584,7 +650,7 @@ class DeadLetterPath(RequestModel):
     message_id: uuid.UUID
 
 
-class DeadLetterOut(BaseModel):
+class DeadLetterOut(ResponseModel):
     message_id: uuid.UUID = Field(
         description="The message ID; for an undecodable message, its broker id (`broker_id`)."
     )
@@ -617,13 +683,13 @@ class DeadLetterDetail(DeadLetterOut):
     )
 
 
-class DeadLetterPage(BaseModel):
+class DeadLetterPage(ResponseModel):
     items: list[DeadLetterOut]
     next_cursor: str | None
     error_types: dict[str, int] = Field(description="All live dead letters by final error type.")
 
 
-class RetryResult(BaseModel):
+class RetryResult(ResponseModel):
     message_id: uuid.UUID
     outcome: Literal["requeued", "already_sent"]
 
@@ -638,13 +704,13 @@ class BulkRetryRequest(RequestModel):
     dry_run: StrictBool = Field(default=False, description="true: only list what would be retried.")
 
 
-class BulkRetryResult(BaseModel):
+class BulkRetryResult(ResponseModel):
     dry_run: bool
     count: int
     message_ids: list[uuid.UUID]
 
 
-class QueueOut(BaseModel):
+class QueueOut(ResponseModel):
     queue: str
     ready: int
     delayed: int
@@ -652,5 +718,5 @@ class QueueOut(BaseModel):
     dead: int
 
 
-class QueueList(BaseModel):
+class QueueList(ResponseModel):
     items: list[QueueOut]

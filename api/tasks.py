@@ -28,7 +28,6 @@ from api.schemas import (
     HistoryQuery,
     OccurrenceList,
     OccurrenceQuery,
-    ReminderOut,
     ReminderPage,
     SnoozeRequest,
     TaskCreate,
@@ -47,16 +46,34 @@ SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 # The decorators document what each view answers. 401, 429, 503 and the body checks' 400,
 # 413 and 415 come from the app's hooks and are added to every operation by api.openapi.
+REPLAYED = {
+    idempotency.REPLAYED_HEADER: {
+        "description": "true: this is the stored answer to the first request with this "
+        "Idempotency-Key, replayed as it was given (nothing was created now). What it "
+        "describes may have changed or been deleted since: its Location may now be a 404.",
+        "required": False,
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 CREATED = {
-    "description": "Created: the task",
+    "description": "Created: the task; or, with an Idempotency-Key already used with this "
+    "body, the first request's answer again (Idempotent-Replayed: true)",
     "headers": {
         "Location": {
-            "description": "The task's URL",
+            "description": "The task's URL (on a replay, the URL the first answer gave: the "
+            "task may have been deleted since)",
             "required": True,
             "schema": {"type": "string", "format": "uri-reference"},
-        }
+        },
+        **REPLAYED,
     },
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskOut"}}},
+}
+SNOOZED = {
+    "description": "The snooze's reminder; or, with an Idempotency-Key already used with "
+    "this body, the first request's answer again (Idempotent-Replayed: true)",
+    "headers": REPLAYED,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReminderOut"}}},
 }
 NO_TASK = {404: "No such task (or not yours, or deleted)"}
 
@@ -116,7 +133,9 @@ def tasks_api(service: TaskService) -> APIBlueprint:
             service.sessions, owner.id, header.idempotency_key, request_hash
         )
         if isinstance(outcome, idempotency.Replay):
-            headers = {"Location": outcome.location} if outcome.location else {}
+            headers = {idempotency.REPLAYED_HEADER: "true"}
+            if outcome.location:
+                headers["Location"] = outcome.location
             return Response(
                 outcome.body, outcome.status, mimetype="application/json", headers=headers
             )
@@ -255,7 +274,7 @@ def tasks_api(service: TaskService) -> APIBlueprint:
         summary="Remind once more, later",
         operation_id="snoozeTask",
         responses={
-            201: ReminderOut,
+            201: SNOOZED,
             **problem_responses(
                 400,
                 404,

@@ -397,3 +397,17 @@ def test_disabling_and_enabling_an_endpoint_by_patch(guarded: ApiHarness) -> Non
         f"/endpoints/{made['id']}", json={"enabled": "yes"}, headers=alice.headers
     )
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("url", ["https://\U00080d2b", "https://a\u0080b.example/hook"])
+def test_a_url_the_webhook_client_cannot_send_to_is_refused_when_saved(
+    local: ApiHarness, url: str
+) -> None:
+    """Found by Schemathesis: such a URL was saved, then its test ping was a 500."""
+    alice = local.account("alice")
+
+    response = local.client.post("/endpoints", json={"url": url}, headers=alice.headers)
+
+    assert response.status_code == 422, response.get_data(as_text=True)
+    [error] = response.json["errors"]
+    assert (error["field"], error["code"]) == ("url", "url_parsing")

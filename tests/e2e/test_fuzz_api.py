@@ -25,6 +25,10 @@ Answers that generated requests rarely or never provoke, because the app-wide ho
 them before an operation runs (401, 403, 429, 413, 415, 400, and 503 when the database
 connection is lost), are provoked on every operation and checked the same way.
 
+Last, Schemathesis's own runner makes a whole run against the app served on 127.0.0.1, with
+every check and every phase, stateful sequences included (`FULL_RUN_CONFIG` says which
+documented answers two of its checks must accept, and why).
+
 What fuzzing found is pinned by the targeted tests at the end, each with the exact input:
 date-times at the edge of the representable range and NUL characters (both once 500s),
 and operator-page answers the document did not describe.
@@ -32,12 +36,15 @@ and operator-page answers the document did not describe.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,6 +64,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from sqlalchemy import Engine, select
+from werkzeug.serving import make_server
 
 from shared.broker.queue import make_broker
 from shared.delivery.webhooks import WebhookSender
@@ -609,3 +617,64 @@ def test_operator_answers_as_documented(
 
     assert response.status_code == status, response.text[:300]
     case.validate_response(response, checks=CHECKS, headers=seeded.operator.headers)
+
+
+# -- a whole Schemathesis run: every check, every phase, stateful included ---------------
+
+FULL_RUN_EXAMPLES = 10
+FULL_RUN_SECONDS = 600
+# Two checks are told what this API's documented answers mean:
+# - positive_data_acceptance: a request the schema admits may still be a 422 for a rule no
+#   JSON Schema can state: a cursor this API did not hand out, a time zone that does not
+#   exist, a recurrence that never fires, a snooze 60 s to 7 days from *now*, an endpoint
+#   URL that does not resolve to an allowed address. Each is a documented 422 problem.
+# - negative_data_rejection, on the operator page's forms: a form value is text, so a
+#   "wrong type" Schemathesis generates (an object for a string) arrives as valid text.
+FULL_RUN_CONFIG = """
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-path-regex = "^/ops/(page/|sign-)"
+checks.negative_data_rejection.enabled = false
+"""
+
+
+def test_a_full_schemathesis_run_reports_no_failure(seeded: Seeded, tmp_path: Path) -> None:
+    """Schemathesis's own runner, as a third party would run it, against the app served on
+    127.0.0.1, with its default of every check (server errors, undocumented statuses,
+    headers and bodies,
+    positive data accepted and negative data refused, unsupported methods, use after
+    free, resource availability, ignored authentication), in every phase (the document's
+    examples, coverage, fuzzing, and stateful sequences along the links it infers from
+    Location headers and ids). Bounded and seeded, so a failure reproduces."""
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(FULL_RUN_CONFIG)
+    server = make_server("127.0.0.1", 0, seeded.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        run = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                f"--config-file={config}",
+                "run",
+                f"http://127.0.0.1:{server.server_port}/openapi.json",
+                "--phases=examples,coverage,fuzzing,stateful",
+                f"--header=Authorization: Bearer {seeded.operator.token}",
+                f"--max-examples={FULL_RUN_EXAMPLES}",
+                "--seed=1",
+                "--no-color",
+                "--request-timeout=30",
+                f"--report-dir={tmp_path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=FULL_RUN_SECONDS,
+            check=False,
+            cwd=tmp_path,  # where it keeps its own state
+        )
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-3_000:]

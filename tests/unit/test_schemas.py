@@ -142,15 +142,17 @@ def test_bulk_retry_takes_json_booleans_and_integral_numbers() -> None:
         (DeadLetterQuery, "newer_than_seconds"),
     ],
 )
-@pytest.mark.parametrize("text", ["+50", " 50", "5_0", "0x10", "50.5", "true", "NaN", "", "1e"])
-def test_query_integers_are_the_text_of_a_json_integer(
+@pytest.mark.parametrize(
+    "text", ["+50", " 50", "5_0", "0x10", "50.5", "50.0", "5e1", "true", "NaN", "", "1e"]
+)
+def test_query_integers_are_written_with_digits_only(
     model: type[Any], name: str, text: str
 ) -> None:
     assert rejected_fields(model, {name: text}) == {name}
 
 
-@pytest.mark.parametrize(("text", "value"), [("50", 50), ("50.0", 50), ("5e1", 50), ("7", 7)])
-def test_query_integers_read_integral_json_numbers(text: str, value: int) -> None:
+@pytest.mark.parametrize(("text", "value"), [("50", 50), ("7", 7), ("200", 200)])
+def test_query_integers_read_digits(text: str, value: int) -> None:
     assert TaskQuery.model_validate({"limit": text}).limit == value
     query = DeadLetterQuery.model_validate({"limit": text, "older_than_seconds": text})
     assert (query.limit, query.older_than_seconds) == (value, value)
