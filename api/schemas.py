@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 
-import httpx
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -503,18 +502,6 @@ class SnoozeRequest(RequestModel):
 # -- endpoints ---------------------------------------------------------------------------
 
 
-def _sendable_url(value: str) -> str:
-    # The pattern admits any host text; the webhook client (httpx) refuses a host that is
-    # not a valid internationalised name, which would fail every delivery and test ping.
-    try:
-        httpx.URL(value)
-    except httpx.InvalidURL as error:
-        raise PydanticCustomError(
-            "url_parsing", "must be a valid URL: {reason}", {"reason": str(error)}
-        ) from None
-    return value
-
-
 EndpointUrl = Annotated[
     StrictStr,
     Field(
@@ -526,7 +513,6 @@ EndpointUrl = Annotated[
         "spaces, backslashes, control or invisible characters (bidi controls, U+FEFF, "
         "zero-width).",
     ),
-    AfterValidator(_sendable_url),
 ]
 EndpointDescription = Annotated[StrictStr, Field(max_length=500, pattern=NO_NUL)]
 

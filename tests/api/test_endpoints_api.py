@@ -410,4 +410,7 @@ def test_a_url_the_webhook_client_cannot_send_to_is_refused_when_saved(
 
     assert response.status_code == 422, response.get_data(as_text=True)
     [error] = response.json["errors"]
-    assert (error["field"], error["code"]) == ("url", "url_parsing")
+    assert (error["field"], error["code"]) == ("url", "address_refused")
+    assert error["message"].startswith(
+        ("endpoint URL has an invalid host", "endpoint URL contains an invisible or control")
+    )
