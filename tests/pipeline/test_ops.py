@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from shared.broker.queue import QUEUE_NAME
 from shared.broker.redis_broker import dead_letters, queue_depth, remove_dead_letter
 from shared.store.db import unit_of_work
-from shared.store.models import OperatorAction, Reminder
+from shared.store.models import OperatorAction, Reminder, User
 from tests.conftest import create_account
 from tests.pipeline.conftest import BIN, Receiver, Stack
 from workers.producer import scan_due_tasks
@@ -300,7 +300,7 @@ def test_page_lists_recent_failures_still_retrying(
     [row] = stack.reminders()
     ops = create_account(stack.engine, "olivia", operator=True)
     client = api_client_for(stack)
-    client.set_cookie("reminders_ops_token", ops.token, path="/ops")
+    assert client.post("/ops/sign-in", data={"token": ops.token}).status_code == 303
 
     page = client.get("/ops").get_data(as_text=True)
 
@@ -311,9 +311,11 @@ def test_page_lists_recent_failures_still_retrying(
 
 
 def test_a_non_operator_can_sign_out_from_the_403_page(stack: Stack, api_client_for) -> None:
-    user = create_account(stack.engine, "ursula")
+    user = create_account(stack.engine, "ursula", operator=True)
     client = api_client_for(stack)
-    client.set_cookie("reminders_ops_token", user.token, path="/ops")
+    assert client.post("/ops/sign-in", data={"token": user.token}).status_code == 303
+    with stack.sessions.begin() as session:  # no longer an operator, still signed in
+        session.execute(update(User).where(User.id == user.id).values(is_operator=False))
 
     forbidden = client.get("/ops")
     signed_out = client.post("/ops/sign-out")
@@ -368,10 +370,16 @@ def test_operator_integers_are_json_integers_in_bodies_and_queries(
         json={"dry_run": True, "older_than_seconds": 0.0},
         headers=ops.headers,
     )
-    listed = client.get("/ops/dead-letters?limit=5.0&older_than_seconds=0", headers=ops.headers)
+    listed = client.get("/ops/dead-letters?limit=5&older_than_seconds=0", headers=ops.headers)
     refused = {
         query: client.get(f"/ops/dead-letters?{query}", headers=ops.headers).status_code
-        for query in ("limit=%2B5", "limit=5_0", "older_than_seconds=1.5", "newer_than_seconds=")
+        for query in (
+            "limit=%2B5",
+            "limit=5_0",
+            "limit=5.0",  # a query's integer is digits, as the document says
+            "older_than_seconds=1.5",
+            "newer_than_seconds=",
+        )
     }
 
     assert integral.status_code == 200 and integral.json["count"] == 1
@@ -425,7 +433,7 @@ def test_page_shows_an_undecodable_dead_letter_by_broker_id_with_discard_only(
         assert stack.wait_for(lambda: len(dead_letters(broker, QUEUE_NAME)) == 1, 10)
     ops = create_account(stack.engine, "olivia", operator=True)
     client = api_client_for(stack)
-    client.set_cookie("reminders_ops_token", ops.token, path="/ops")
+    assert client.post("/ops/sign-in", data={"token": ops.token}).status_code == 303
 
     page = client.get("/ops").get_data(as_text=True)
     row = page.split('id="dead-letters"', 1)[1].split("</tr>", 2)[1]
