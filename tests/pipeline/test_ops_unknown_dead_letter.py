@@ -104,7 +104,6 @@ def test_an_unknown_dead_letter_answers_at_once_and_holds_no_other_request(
             method,
             path.format(id=unknown),
             headers={**operator.headers, "Origin": server},
-            cookies={"reminders_ops_token": operator.token},
             data={"confirmed": "yes"} if path.endswith("discard") else None,
         )
         acting = pool.submit(timed, request, client)
