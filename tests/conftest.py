@@ -14,6 +14,7 @@ fails, so CI cannot go green by skipping the guarantees.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,6 +70,22 @@ def pg_schema() -> Iterator[str]:
             (schema,),
         )
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """A WSGI app behind a real threaded HTTP server on 127.0.0.1; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{http.server_port}"
+    finally:
+        http.shutdown()
+        http.server_close()
+        thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ and the receivers are real HTTP servers on 127.0.0.1 that answer after 8 s.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from werkzeug.serving import make_server
 
 from api.app import create_app
 from api.pings import PINGS_PER_PROCESS
 from tests.api.test_body_limit import gunicorn_server
-from tests.conftest import Account, create_account
+from tests.conftest import Account, create_account, served
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import Receiver, Stack
 
@@ -46,14 +44,8 @@ def slow_receiver() -> Iterator[Receiver]:
 @contextlib.contextmanager
 def werkzeug_server(stack: Stack) -> Iterator[str]:
     app = create_app(stack.settings(), engine=stack.engine)
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{http.server_port}"
-    finally:
-        http.shutdown()
-        http.server_close()
+    with served(app) as url:
+        yield url
 
 
 def endpoint(client: httpx.Client, owner: Account, url: str) -> str:

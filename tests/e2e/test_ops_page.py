@@ -14,7 +14,6 @@ without it the tests skip, and under ``CI=true`` they fail.
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,13 +26,12 @@ import httpx
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import update
-from werkzeug.serving import make_server
 
 from shared.broker.queue import QUEUE_NAME
 from shared.broker.redis_broker import dead_letters
 from shared.store.db import unit_of_work
 from shared.store.models import Reminder, User
-from tests.conftest import IN_CI, Account, create_account
+from tests.conftest import IN_CI, Account, create_account, served
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import Receiver, Stack, reminder_id
 from workers.producer import scan_due_tasks
@@ -102,15 +100,8 @@ def server(stack: Stack) -> Iterator[str]:
     from api.app import create_app
 
     app = create_app(stack.settings(), engine=stack.engine)
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{http.server_port}"
-    finally:
-        http.shutdown()
-        http.server_close()
-        thread.join(timeout=10)
+    with served(app) as url:
+        yield url
 
 
 @dataclass

@@ -9,17 +9,15 @@ whole: its style, charts and live refresh, with no violation reported.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Response
 
 from shared.store.models import OperatorAction
-from tests.conftest import create_account
+from tests.conftest import create_account, served
 from tests.e2e import test_ops_page as ops_harness
 from tests.pipeline import conftest as pipeline_harness
 from tests.pipeline.conftest import Receiver, Stack
@@ -49,15 +47,8 @@ def neighbour(server: str) -> Iterator[str]:
     def app(environ: Any, start_response: Any) -> Any:
         return Response(html, mimetype="text/html")(environ, start_response)
 
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{http.server_port}/"
-    finally:
-        http.shutdown()
-        http.server_close()
-        thread.join(timeout=10)
+    with served(app) as url:
+        yield f"{url}/"
 
 
 def operator_actions(stack: Stack) -> list[str]:

@@ -11,7 +11,6 @@ with a mistyped error type does the same.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,14 +19,13 @@ from urllib.parse import unquote
 import httpx
 import pytest
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from api.app import create_app
 from shared.broker.queue import QUEUE_NAME
 from shared.broker.redis_broker import dead_letters
 from shared.store.db import unit_of_work
 from shared.store.models import OperatorAction
-from tests.conftest import create_account
+from tests.conftest import create_account, served
 from tests.pipeline.conftest import Receiver, Stack
 from workers.producer import scan_due_tasks
 
@@ -39,15 +37,8 @@ POISON = {"webhook_secret": "s", "max_retries": 1, "min_backoff_ms": 50, "max_ba
 @pytest.fixture
 def server(stack: Stack) -> Iterator[str]:
     app = create_app(stack.settings(rate_limit=""), engine=stack.engine)
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{http.server_port}"
-    finally:
-        http.shutdown()
-        http.server_close()
-        thread.join(timeout=10)
+    with served(app) as url:
+        yield url
 
 
 def dead_letters_for_real(stack: Stack, receiver: Receiver) -> list[str]:

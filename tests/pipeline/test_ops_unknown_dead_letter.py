@@ -11,7 +11,6 @@ runs behind a real threaded HTTP server on 127.0.0.1, with a real dead letter in
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,12 +20,11 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import Engine
-from werkzeug.serving import make_server
 
 from api.app import create_app
 from shared.broker.queue import QUEUE_NAME
 from shared.broker.redis_broker import dead_letters
-from tests.conftest import create_account
+from tests.conftest import create_account, served
 from tests.pipeline.conftest import FAST_RETRIES, Receiver, Stack, reminder_id
 from workers.producer import scan_due_tasks
 
@@ -52,15 +50,8 @@ def any_stack(migrated: Engine, any_database_url: str, redis_namespace: str) -> 
 @pytest.fixture
 def server(any_stack: Stack) -> Iterator[str]:
     app = create_app(any_stack.settings(rate_limit=""), engine=any_stack.engine)
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{http.server_port}"
-    finally:
-        http.shutdown()
-        http.server_close()
-        thread.join(timeout=10)
+    with served(app) as url:
+        yield url
 
 
 def dead_letter(stack: Stack, receiver: Receiver) -> str:
