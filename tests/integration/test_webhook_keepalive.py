@@ -161,6 +161,19 @@ def test_threads_sharing_keep_alive_connections_send_every_message_once(
     assert failures == []
     repeated = {key: count for key, count in receiver.received.items() if count > 1}
     assert repeated == {}
-    assert len(receiver.received) == DELIVERIES
-    # Connections were reused, as keep-alive does: far fewer than one per delivery.
-    assert receiver.connections < DELIVERIES / 2, (receiver.connections, took)
+    assert len(receiver.received) == DELIVERIES, took
+    # How often connections were reused here depends on the machine's pace against the
+    # 2 ms expiry; that they are reused at all is the next test's.
+
+
+def test_one_thread_sending_in_turn_reuses_one_connection(receiver: KeepAliveReceiver) -> None:
+    """With the pool's own expiry, deliveries one after another go over one connection."""
+    sender = WebhookSender(
+        5.0, AddressGuard(allow_private=True, resolve=lambda host, port: ["127.0.0.1"])
+    )
+    url = f"http://receiver.test:{receiver.port}/hook"
+    for number in range(20):
+        answer = sender.post(url, b"{}", {"Idempotency-Key": f"msg_{number}"})
+        assert answer.ok, answer.error
+    assert len(receiver.received) == 20
+    assert receiver.connections == 1
