@@ -149,6 +149,10 @@ class Settings(BaseModel):
     webhook_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, validation_alias="REMINDERS_WEBHOOK_TIMEOUT"
     )
+    # Threads of a worker process that requests to slow receivers may hold together (SPEC §4.9).
+    slow_lane_threads: int = Field(
+        default=2, ge=1, le=256, validation_alias="REMINDERS_SLOW_LANE_THREADS"
+    )
     secret_key: str = Field(
         default="",
         repr=False,

@@ -26,11 +26,13 @@ from typing import Any
 import dramatiq
 from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 from dramatiq.middleware import Retries, TimeLimit
 from periodiq import PeriodiqMiddleware, cron
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.broker.gate import RESERVED_SLOT, Gate, Verdict
 from shared.broker.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
 from shared.config import Settings
 from shared.delivery.endpoints import purge_attempts
@@ -40,6 +42,7 @@ from shared.planning.rules import describe_error
 from shared.store.db import database_unreachable, utcnow
 from shared.store.housekeeping import purge_expired_idempotency_keys, purge_history
 from workers import metrics
+from workers.admission import Deferred
 from workers.channels import Channel, PermanentDeliveryError
 from workers.delivery import Outcome, deliver_occurrence, parse_occurrence, record_failed_attempt
 from workers.endpoint_channel import EndpointChannel
@@ -58,6 +61,8 @@ class Pipeline:
     settings: Settings
     # Users' endpoints; None: every reminder goes through ``channel``.
     endpoints: EndpointChannel | None = None
+    # The receivers' limits (SPEC §4.9): swept on every scan. None: no limits anywhere.
+    gate: Gate | None = None
 
     @property
     def engine(self) -> Engine:
@@ -65,6 +70,10 @@ class Pipeline:
         assert isinstance(engine, Engine)
         return engine
 
+
+# Reminders of the slow lane woken on each scan, should no slow-lane thread be left to wake
+# them (every process that held one killed).
+SWEEP_SLOW_LANE = 4
 
 HOUSEKEEPING = "housekeeping"
 HOUSEKEEPING_CRON = "17 * * * *"  # hourly, off the top of the hour
@@ -206,6 +215,26 @@ def put_back_until(broker: RedisBroker, message: Any, remind_at: datetime) -> No
     )
 
 
+def put_back_deferred(broker: RedisBroker, message: Any, deferred: Deferred) -> None:
+    """A reminder its receiver's limits hold back: parked in the gate already, or enqueued
+    again here, delayed to its rate slot or to the end of the receiver's back-off. Its
+    options (retry count among them) are kept: being held back is no attempt."""
+    admission = deferred.admission
+    if admission.verdict is not Verdict.PARKED:
+        copy = message.copy()
+        copy.options.pop(RESERVED_SLOT, None)
+        if admission.verdict is Verdict.RATE:
+            copy.options[RESERVED_SLOT] = admission.until_ms
+        broker.enqueue(copy, delay=max(0, admission.until_ms - current_millis()))
+    log.debug(
+        "reminder.deferred",
+        message_id=message.message_id,
+        receiver=deferred.receiver,
+        reason="slow_lane" if admission.slow else admission.verdict.value,
+        until_ms=admission.until_ms or None,
+    )
+
+
 def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
     """Bind the actors and the failure middleware to ``broker``."""
     broker.add_middleware(RecordFailedAttempts(pipeline), before=Retries)
@@ -226,13 +255,18 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         if message is None:
             raise PermanentDeliveryError("malformed message: no message ID")
         named = parse_occurrence(message.message_id, task_id, due_at)
-        delivery = deliver_occurrence(
-            pipeline.engine,
-            pipeline.channel,
-            named,
-            carried=message.options,
-            endpoints=pipeline.endpoints,
-        )
+        try:
+            delivery = deliver_occurrence(
+                pipeline.engine,
+                pipeline.channel,
+                named,
+                carried=message.options,
+                endpoints=pipeline.endpoints,
+                message=message,
+            )
+        except Deferred as deferred:
+            put_back_deferred(broker, message, deferred)
+            return
         fields = {"task_id": task_id, "message_id": message.message_id}
         if delivery.outcome is Outcome.SENT:
             assert delivery.sent_at is not None and delivery.remind_at is not None
@@ -269,6 +303,9 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         # The ops page's queue depth and dead letters per minute; best effort, they never
         # fail the scan.
         sample_queue_depth(broker, settings.redis_namespace, utcnow())
+        if pipeline.gate is not None:
+            # What a SIGKILLed worker's expired leases left waiting, and the slow lane.
+            pipeline.gate.sweep(slow_wake=SWEEP_SLOW_LANE)
         record_dead_letters(
             broker.client, settings.redis_namespace, utcnow(), result.repaired_failed
         )

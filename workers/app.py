@@ -15,6 +15,7 @@ from shared.config import settings_or_exit
 from shared.logs import configure_logging
 from shared.store.db import make_engine, make_session_factory
 from workers.actors import Pipeline, declare_actors
+from workers.admission import make_admissions
 from workers.channels import make_channel
 from workers.endpoint_channel import make_endpoint_channel
 
@@ -30,6 +31,8 @@ if settings.metrics_port:
     broker.add_middleware(Prometheus())
 dramatiq.set_broker(broker)
 
+# Every receiver's limits, kept in the broker's Redis (SPEC §4.9).
+admissions = make_admissions(settings, broker)
 engine = make_engine(settings.resolved_database_url, pool_pre_ping=False, pool_size=0)
 pipeline = Pipeline(
     # No pre-ping round trip on every checkout: a connection that died since its last use
@@ -37,8 +40,9 @@ pipeline = Pipeline(
     # No size limit (pool_size=0): each worker thread keeps its own connection. A fixed size
     # below the thread count would close and reopen connections on every message.
     sessions=make_session_factory(engine),
-    channel=make_channel(settings),
+    channel=make_channel(settings, admissions),
     settings=settings,
-    endpoints=make_endpoint_channel(settings, engine),
+    endpoints=make_endpoint_channel(settings, engine, admissions=admissions),
+    gate=admissions.gate,
 )
 actors = declare_actors(broker, pipeline)

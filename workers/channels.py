@@ -17,17 +17,20 @@ timeouts, connection errors) and `PermanentDeliveryError` for what will not.
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from dramatiq import Retry
+from dramatiq import Message, Retry
 
+from shared.broker.gate import Limits
 from shared.config import Settings
 from shared.delivery.webhooks import Answer, WebhookSender, signed_headers
 from shared.logs import get_logger
+from workers.admission import Admissions
 
 log = get_logger("delivery")
 
@@ -64,6 +67,9 @@ class ReminderPayload:
     remind_at: datetime
     sent_at: datetime
     body: bytes
+    # The broker's message it came in, when a worker delivers it: what a receiver's limits
+    # park or delay (`workers.admission`). None: delivered without limits (a direct call).
+    message: Message[Any] | None = field(default=None, compare=False)
 
 
 def reminder_body(
@@ -136,23 +142,40 @@ class LogChannel:
 
 class WebhookChannel:
     """POSTs each reminder to the deployment's URL, signed; the whole call ends within the
-    timeout. The URL is the operator's: no address guard (`shared.delivery.webhooks`)."""
+    timeout. The URL is the operator's: no address guard (`shared.delivery.webhooks`).
+
+    With ``REMINDERS_WEBHOOK_MAX_CONCURRENCY`` or ``REMINDERS_WEBHOOK_MAX_PER_SECOND`` set,
+    its requests go through the gate as an endpoint's do (receiver ``webhook``)."""
 
     name = "webhook"
     announces_delivery = False
     sends_body = True
 
-    def __init__(self, url: str, secret: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        timeout_seconds: float,
+        limits: Limits | None = None,
+        admissions: Admissions | None = None,
+    ) -> None:
         self.url = url
         self._secret = secret
         # One sender per process: its client is thread-safe and pools connections.
         self._sender = WebhookSender(timeout_seconds)
+        self.limits = limits if limits is not None and limits.limited else None
+        self.admissions = admissions
 
     def deliver(self, reminder: ReminderPayload) -> None:
         headers = signed_headers(
             reminder.message_id, int(time.time()), reminder.body, [self._secret]
         )
-        raise_for_answer(self._sender.post(self.url, reminder.body, headers), "webhook")
+        if self.limits is None or self.admissions is None or reminder.message is None:
+            raise_for_answer(self._sender.post(self.url, reminder.body, headers), "webhook")
+            return
+        with self.admissions.request("webhook", self.limits, reminder.message) as request:
+            request.answer = self._sender.post(self.url, reminder.body, headers)
+        raise_for_answer(request.answer, "webhook")
 
 
 def raise_for_answer(answer: Answer, receiver: str) -> None:
@@ -160,13 +183,21 @@ def raise_for_answer(answer: Answer, receiver: str) -> None:
     if answer.ok:
         return
     if answer.transient:
-        raise TransientDeliveryError(f"{receiver} {answer.error}")
+        # The back-off a receiver asked for (Retry-After) replaces the exponential one.
+        wait = answer.retry_after_seconds
+        raise TransientDeliveryError(
+            f"{receiver} {answer.error}", delay=math.ceil(wait * 1000) if wait else None
+        )
     raise PermanentDeliveryError(f"{receiver} {answer.error}")
 
 
-def make_channel(settings: Settings) -> Channel:
+def make_channel(settings: Settings, admissions: Admissions | None = None) -> Channel:
     if settings.webhook_url:
         return WebhookChannel(
-            settings.webhook_url, settings.webhook_secret, settings.webhook_timeout_seconds
+            settings.webhook_url,
+            settings.webhook_secret,
+            settings.webhook_timeout_seconds,
+            Limits(settings.webhook_max_concurrency, settings.webhook_max_per_second),
+            admissions,
         )
     return LogChannel()

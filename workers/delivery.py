@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from dramatiq import Message
 from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,6 +30,7 @@ from shared.logs import get_logger
 from shared.planning.rules import DELIVERABLE_STATES, describe_error
 from shared.store.db import database_unreachable, hot_transaction, unit_of_work, utcnow
 from shared.store.models import Reminder, Task, User
+from workers.admission import Deferred
 from workers.channels import Channel, PermanentDeliveryError, ReminderPayload, reminder_body
 from workers.endpoint_channel import EndpointChannel, Made
 
@@ -160,6 +162,7 @@ def deliver_occurrence(
     clock: Callable[[], datetime] = utcnow,
     carried: MutableMapping[str, Any] | None = None,
     endpoints: EndpointChannel | None = None,
+    message: Message[Any] | None = None,
 ) -> Delivery:
     """Deliver the reminder ``named`` at most once; see the module docstring.
 
@@ -168,12 +171,14 @@ def deliver_occurrence(
     endpoint is delivered there (``endpoints``), else through ``channel``; the endpoint's
     attempt is recorded once the transaction has ended. ``carried`` is the message's
     options: an attempt the channel accepted but the database outage kept from committing is
-    counted there, so the row's ``attempts`` stays true.
+    counted there, so the row's ``attempts`` stays true. ``message`` is that message: a
+    receiver's limits park or delay it (`workers.admission`).
 
     Raises:
         TransientDeliveryError, PermanentDeliveryError: from the channel; nothing is recorded
             (the caller records the attempt, see ``RecordFailedAttempts``).
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was recorded.
+        Deferred: the receiver's limits hold the reminder back; nothing was sent or recorded.
     """
     now = clock()
     carried = {} if carried is None else carried
@@ -221,6 +226,7 @@ def deliver_occurrence(
                     remind_at=remind_at,
                     sent_at=now,
                     body=body if body is not None else (kept_body or "").encode(),
+                    message=message,
                 )
                 if (
                     endpoints is not None
@@ -234,7 +240,7 @@ def deliver_occurrence(
     except BaseException as exc:
         if accepted and database_unreachable(exc):
             carried[UNRECORDED_ATTEMPTS] = unrecorded + 1
-        if body is not None and not database_unreachable(exc):
+        if body is not None and not database_unreachable(exc) and not isinstance(exc, Deferred):
             _keep_body(engine, named.message_id, body)
         raise
     finally:

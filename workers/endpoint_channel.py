@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.broker.gate import Limits
 from shared.config import Settings
 from shared.delivery import endpoints
 from shared.delivery.address_guard import Resolver, system_resolver
@@ -29,6 +30,7 @@ from shared.logs import get_logger
 from shared.store.db import Rows, utcnow
 from shared.store.models import Endpoint
 from workers import metrics
+from workers.admission import Admissions
 from workers.channels import PermanentDeliveryError, ReminderPayload, raise_for_answer
 
 log = get_logger("delivery")
@@ -41,6 +43,8 @@ _ENDPOINT = select(
     Endpoint.secret,
     Endpoint.previous_secret,
     Endpoint.previous_secret_expires_at,
+    Endpoint.max_concurrency,
+    Endpoint.max_per_second,
 ).where(Endpoint.id == bindparam("b_endpoint"))
 
 
@@ -52,6 +56,8 @@ class _Endpoint:
     secret: str
     previous_secret: str | None
     previous_secret_expires_at: datetime | None
+    max_concurrency: int
+    max_per_second: float | None
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,15 @@ class EndpointChannel:
         sender: WebhookSender,
         disable_after: timedelta,
         clock: Callable[[], datetime] = utcnow,
+        admissions: Admissions | None = None,
     ) -> None:
         self.engine = engine
         self.box = box
         self.sender = sender
         self.disable_after = disable_after
         self.clock = clock
+        # The endpoints' limits (SPEC §4.9); None: no limits (a channel used without a broker).
+        self.admissions = admissions
 
     def deliver(
         self, reminder: ReminderPayload, endpoint_id: uuid.UUID, made: list[Made], rows: Rows
@@ -94,6 +103,7 @@ class EndpointChannel:
             PermanentDeliveryError: the endpoint is disabled, its secret cannot be read, or
                 it refused the reminder (4xx, an address the guard refuses).
             TransientDeliveryError: worth retrying (5xx, 408, 429, timeout, unreachable).
+            Deferred: the endpoint's limits hold the reminder back (no request, no attempt).
         """
         found = rows(_ENDPOINT, {"b_endpoint": endpoint_id})
         endpoint = _Endpoint(*found[0]) if found else None
@@ -108,7 +118,13 @@ class EndpointChannel:
         except SecretKeyMismatch as exc:
             raise PermanentDeliveryError(str(exc)) from None
         headers = signed_headers(reminder.message_id, int(time.time()), reminder.body, secrets)
-        answer = self.sender.post(endpoint.url, reminder.body, headers)
+        if self.admissions is None or reminder.message is None:
+            answer = self.sender.post(endpoint.url, reminder.body, headers)
+        else:
+            limits = Limits(endpoint.max_concurrency, endpoint.max_per_second)
+            receiver = f"endpoint:{endpoint_id}"
+            with self.admissions.request(receiver, limits, reminder.message) as request:
+                answer = request.answer = self.sender.post(endpoint.url, reminder.body, headers)
         made.append(Made(endpoint_id, Attempt.of("reminder", reminder.message_id, answer, now)))
         metrics.ENDPOINT_ATTEMPTS.labels(_outcome(answer)).inc()
         raise_for_answer(answer, "endpoint")
@@ -145,6 +161,7 @@ def make_endpoint_channel(
     engine: Engine,
     resolve: Resolver = system_resolver,
     clock: Callable[[], datetime] = utcnow,
+    admissions: Admissions | None = None,
 ) -> EndpointChannel:
     """The endpoint channel the settings describe; ``clock`` stamps each attempt (and so
     decides when an endpoint has been failing long enough to be disabled)."""
@@ -154,6 +171,7 @@ def make_endpoint_channel(
         WebhookSender.for_endpoints(settings, resolve),
         timedelta(seconds=settings.endpoint_disable_after_seconds),
         clock,
+        admissions,
     )
 
 

@@ -65,3 +65,14 @@ ENDPOINTS_DISABLED = Counter(
     "reminders_endpoints_disabled_total",
     "Endpoints disabled after failing for REMINDERS_ENDPOINT_DISABLE_AFTER.",
 )
+DEFERRED = Counter(
+    "reminders_deferred_total",
+    "Reminders held back by their receiver's limits, not sent and not counted as an attempt: "
+    "parked (concurrency full), slow_lane (its threads busy), rate (delayed to a rate slot), "
+    "backing_off (the receiver's Retry-After).",
+    ["reason"],
+)
+THROTTLED = Counter(
+    "reminders_throttled_total",
+    "Answers 429 or 503 from a receiver (its Retry-After, if any, defers its reminders).",
+)

@@ -39,6 +39,7 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import and_, bindparam, case, literal_column, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.broker.gate import parked_message_ids
 from shared.broker.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SoonDue, message_for
 from shared.broker.redis_broker import (
     dead_message_ids,
@@ -190,7 +191,9 @@ def _requeue_lost(
             if not rows:
                 return
             if held is None or dead is None:  # read the broker once, only when needed
-                held = pending_message_ids(broker, QUEUE_NAME)
+                # Parked first: a message woken meanwhile is then found on its queue.
+                held = parked_message_ids(broker.client, broker.namespace)
+                held |= pending_message_ids(broker, QUEUE_NAME)
                 dead = dead_message_ids(broker, QUEUE_NAME)
             lost = []
             for row in rows:

@@ -11,10 +11,12 @@ channel, configured by its operator, is not.
 
 from __future__ import annotations
 
+import email.utils
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 
@@ -32,6 +34,7 @@ from shared.planning.rules import webhook_status_is_transient
 # The answer's body means nothing to delivery; more than this of it is not read.
 MAX_ANSWER_BYTES = 64 * 1024
 INVALID_URL = "URL has an invalid host: not a host name or an IP address"
+RETRY_AFTER_CAP_SECONDS = 3600  # a receiver's Retry-After is honoured up to an hour
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class Answer:
     duration_ms: int
     error: str | None = None
     transient: bool = False
+    # A 429's or 503's Retry-After: how long the receiver asked to be left alone.
+    retry_after_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,7 +104,7 @@ class WebhookSender:
             return Answer(None, took(), INVALID_URL)
         try:
             with self._deadline.applies(self.timeout_seconds):
-                status = self._post(url, body, headers)
+                status, retry_after = self._post(url, body, headers)
         except httpx.InvalidURL:  # a URL httpx reads otherwise than `valid_host` does
             return Answer(None, took(), INVALID_URL)
         except httpx.TimeoutException:
@@ -112,17 +117,45 @@ class WebhookSender:
             return Answer(None, took(), f"unreachable ({type(exc).__name__})", transient=True)
         if 200 <= status < 300:
             return Answer(status, took())
-        return Answer(status, took(), f"answered {status}", webhook_status_is_transient(status))
+        return Answer(
+            status,
+            took(),
+            f"answered {status}",
+            webhook_status_is_transient(status),
+            retry_after if status in (429, 503) else None,
+        )
 
-    def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """POST and read at most ``MAX_ANSWER_BYTES`` of the answer; returns its status."""
+    def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, float | None]:
+        """POST and read at most ``MAX_ANSWER_BYTES`` of the answer; returns its status and
+        its ``Retry-After`` in seconds."""
         with self._client.stream("POST", url, content=body, headers=dict(headers)) as response:
             read = 0
             for chunk in response.iter_raw():
                 read += len(chunk)
                 if read > MAX_ANSWER_BYTES:
                     break  # nobody reads it: the connection is closed rather than drained
-            return response.status_code
+            return response.status_code, retry_after_seconds(response.headers.get("Retry-After"))
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """A ``Retry-After`` header's wait in seconds (delta-seconds or an HTTP date), capped at
+    an hour; None when absent, unreadable or not in the future."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        seconds = float(int(value))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds <= 0:
+        return None
+    return min(seconds, RETRY_AFTER_CAP_SECONDS)
 
 
 def _sendable(url: str) -> bool:

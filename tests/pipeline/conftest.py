@@ -41,6 +41,7 @@ from shared.store.occurrences import plan_reminders
 from tests.conftest import REDIS_URL, Account, create_account, make_settings
 from tests.processes import service_env
 from workers.actors import Actors, Pipeline, declare_actors
+from workers.admission import make_admissions
 from workers.channels import Channel, make_channel
 from workers.endpoint_channel import make_endpoint_channel
 
@@ -163,15 +164,21 @@ class Stack:
         """
         settings = self.settings(**more)
         broker = make_broker(settings)
+        admissions = make_admissions(settings, broker)  # every receiver's limits, as workers
         actors = declare_actors(
             broker,
             Pipeline(
                 sessions=self.sessions,
-                channel=channel or make_channel(settings),
+                channel=channel or make_channel(settings, admissions),
                 settings=settings,
                 endpoints=make_endpoint_channel(
-                    settings, self.engine, resolve or system_resolver, endpoint_clock
+                    settings,
+                    self.engine,
+                    resolve or system_resolver,
+                    endpoint_clock,
+                    admissions=admissions,
                 ),
+                gate=admissions.gate,
             ),
         )
         self._brokers.append(broker)

@@ -1,0 +1,475 @@
+"""Per-endpoint admission: how many requests are in flight at a receiver, how fast they go,
+and the reminders waiting their turn (SPEC §4.9).
+
+Every worker process on every host asks the same Redis, in one script call, before it sends
+a reminder to a receiver (a user's endpoint, or the deployment's webhook when it has
+limits), and tells it when the request ended. Per receiver ``e`` (namespace ``ns``)::
+
+    ns:gate:<e>:leases    sorted set: token (the reminder's message ID) -> lease expiry (ms)
+    ns:gate:<e>:started   sorted set: token -> when its request was admitted (ms)
+    ns:gate:<e>:parked    list of tokens waiting for a slot, oldest first
+    ns:gate:<e>:state     hash: max (its concurrency), tat (next free rate slot, ms),
+                          until (Retry-After back-off, ms), ewma (request time, ms),
+                          deferred, throttled (counts for operators)
+    ns:gate:parked.msgs   hash token -> broker id (32 hex) + the encoded message to wake
+    ns:gate:slow          list of tokens waiting for a thread of the slow lane
+    ns:gate:receivers     set of receivers that have parked reminders or leases
+
+``admit`` answers one of:
+
+- **admitted**: a lease (expiring after ``lease_ms``, so a SIGKILLed worker never blocks a
+  receiver for good) is taken; the caller sends, then calls ``release``.
+- **parked**: the receiver has ``max`` requests in flight. The message is stored in Redis
+  and the worker thread goes on; the caller acknowledges its message. When a request to the
+  receiver ends, ``release`` moves the oldest parked message back onto the queue, with the
+  freed slot reserved for it: one list push to wait, one pop to wake — no polling.
+- **delayed** until a time: the receiver's rate (``max_per_second``) has no slot before
+  then (the slot is reserved for this message, which comes back delayed to it and carries
+  the reservation), or the receiver asked to be left alone (``Retry-After``). The caller
+  enqueues the message again, delayed; this is no attempt.
+
+Waking moves a message from the parked hash onto the queue in the same script, under a
+broker id chosen when it was parked, so no crash between the two loses it; a parked message
+counts as held by the broker (`parked_message_ids`), and the producer does not enqueue it
+again. Redis losing the gate's keys loses no reminder either: the rows stay ``queued`` and
+the producer enqueues them again after ``REMINDERS_REQUEUE_AFTER``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from dramatiq import Message, get_encoder
+from dramatiq.common import current_millis
+
+# A rate reservation is honoured if its message comes back this long after its slot at most
+# (a backlog in the queue); later, it takes a new slot.
+RESERVATION_GRACE_MS = 2_000
+# How long a slot freed for a woken message stays reserved for it while it travels the queue.
+WAKE_LEASE_MS = 60_000
+# A receiver is slow while its requests take this long (their running average, or one still
+# in flight for longer).
+SLOW_MS = 1_000
+
+_LUA_COMMON = """
+local ns, e = ARGV[1], ARGV[2]
+local now = tonumber(ARGV[3])
+local base = ns .. ':gate:' .. e
+local leases, started = base .. ':leases', base .. ':started'
+local parked, state = base .. ':parked', base .. ':state'
+local parked_msgs = ns .. ':gate:parked.msgs'
+local slow_list = ns .. ':gate:slow'
+local receivers = ns .. ':gate:receivers'
+
+local function push(queue, value)
+  local bid = string.sub(value, 1, 32)
+  redis.call('HSET', queue .. '.msgs', bid, string.sub(value, 33))
+  redis.call('RPUSH', queue, bid)
+end
+
+-- Wake up to n parked messages of this receiver, each with a slot reserved for it.
+local function wake(n, queue, wake_lease)
+  local woken = 0
+  while woken < n do
+    local token = redis.call('LPOP', parked)
+    if not token then break end
+    local value = redis.call('HGET', parked_msgs, token)
+    if value then
+      redis.call('HDEL', parked_msgs, token)
+      push(queue, value)
+      redis.call('ZADD', leases, now + wake_lease, token)
+      woken = woken + 1
+    end
+  end
+  return woken
+end
+
+local function room()
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  local max = tonumber(redis.call('HGET', state, 'max') or 0)
+  if max <= 0 then return 0 end
+  return max - redis.call('ZCARD', leases)
+end
+"""
+
+# ARGV: ns, receiver, now, token, lease_ms, max, interval_ms, reserved_ms, grace_ms, slow_ms,
+#       parked value, queue key, wake lease ms
+_ADMIT = (
+    _LUA_COMMON
+    + """
+local token, lease, max = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local interval, reserved, grace = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local slow_ms, value, queue, wake_lease = tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[13])
+
+redis.call('HSET', state, 'max', max)
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', started, '-inf', now - lease)
+local mine = redis.call('ZSCORE', leases, token)
+
+local function give_back()
+  -- A slot reserved for this message that it will not use now: to the next one waiting.
+  if mine then
+    redis.call('ZREM', leases, token)
+    wake(1, queue, wake_lease)
+  end
+end
+
+local until_ms = tonumber(redis.call('HGET', state, 'until') or 0)
+if until_ms > now then
+  give_back()
+  redis.call('HINCRBY', state, 'deferred', 1)
+  return {3, until_ms}
+end
+
+local next_tat = nil
+if interval > 0 then
+  local held = reserved > 0 and now <= reserved + grace
+  if not held then
+    local tat = math.max(tonumber(redis.call('HGET', state, 'tat') or 0), now)
+    if tat > now then
+      redis.call('HSET', state, 'tat', tat + interval)
+      give_back()
+      redis.call('HINCRBY', state, 'deferred', 1)
+      return {2, tat}
+    end
+    next_tat = now + interval
+  end
+end
+
+if max > 0 and not mine then
+  local busy = redis.call('ZCARD', leases)
+  local waiting = redis.call('LLEN', parked)
+  if busy >= max or waiting > 0 then
+    if waiting > 0 and busy < max then wake(max - busy, queue, wake_lease) end
+    redis.call('RPUSH', parked, token)
+    redis.call('HSET', parked_msgs, token, value)
+    redis.call('SADD', receivers, e)
+    redis.call('HINCRBY', state, 'deferred', 1)
+    return {1, 0}
+  end
+end
+
+if next_tat then redis.call('HSET', state, 'tat', next_tat) end
+if max > 0 then
+  redis.call('ZADD', leases, now + lease, token)
+  redis.call('SADD', receivers, e)
+end
+redis.call('ZADD', started, now, token)
+local slow = 0
+local ewma = tonumber(redis.call('HGET', state, 'ewma') or 0)
+local oldest = redis.call('ZRANGE', started, 0, 0, 'WITHSCORES')
+if ewma >= slow_ms or (oldest[2] and now - tonumber(oldest[2]) >= slow_ms) then slow = 1 end
+return {0, slow}
+"""
+)
+
+# ARGV: ns, receiver, now, token, duration_ms, until_ms, queue key, wake lease ms, slow lane
+#       (1: the request held a thread of the slow lane), throttled (1: a 429/503)
+_RELEASE = (
+    _LUA_COMMON
+    + """
+local token, duration, until_ms = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local queue, wake_lease, slow_lane, throttled = ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+redis.call('ZREM', leases, token)
+redis.call('ZREM', started, token)
+if until_ms > now then
+  local current = tonumber(redis.call('HGET', state, 'until') or 0)
+  if until_ms > current then redis.call('HSET', state, 'until', until_ms) end
+end
+if throttled == '1' then redis.call('HINCRBY', state, 'throttled', 1) end
+if duration >= 0 then
+  local ewma = tonumber(redis.call('HGET', state, 'ewma') or duration)
+  redis.call('HSET', state, 'ewma', math.floor((ewma + duration) / 2))
+end
+if slow_lane == '1' then
+  local waiting = redis.call('LPOP', slow_list)
+  if waiting then
+    local value = redis.call('HGET', parked_msgs, waiting)
+    if value then
+      redis.call('HDEL', parked_msgs, waiting)
+      push(queue, value)
+    end
+  end
+end
+local free = room()
+if free > 0 then wake(free, queue, wake_lease) end
+if redis.call('ZCARD', leases) == 0 and redis.call('LLEN', parked) == 0 then
+  redis.call('SREM', receivers, e)
+end
+return 0
+"""
+)
+
+# ARGV: ns, receiver, now, token, parked value: the receiver is slow and this process's slow
+# lane is full: give the slot back and wait for a thread of the slow lane.
+_PARK_SLOW = (
+    _LUA_COMMON
+    + """
+local token, value = ARGV[4], ARGV[5]
+redis.call('ZREM', leases, token)
+redis.call('ZREM', started, token)
+redis.call('RPUSH', slow_list, token)
+redis.call('HSET', parked_msgs, token, value)
+redis.call('HINCRBY', state, 'deferred', 1)
+return 0
+"""
+)
+
+# ARGV: ns, receiver (unused: ''), now, queue key, wake lease ms, slow wake count: wake what
+# expired leases left waiting, on every receiver, and a few of the slow lane.
+_SWEEP = """
+local ns, now, queue = ARGV[1], tonumber(ARGV[3]), ARGV[4]
+local wake_lease, slow_wake = tonumber(ARGV[5]), tonumber(ARGV[6])
+local parked_msgs = ns .. ':gate:parked.msgs'
+local receivers = ns .. ':gate:receivers'
+local woken = 0
+local function push(q, value)
+  local bid = string.sub(value, 1, 32)
+  redis.call('HSET', q .. '.msgs', bid, string.sub(value, 33))
+  redis.call('RPUSH', q, bid)
+end
+for _, e in ipairs(redis.call('SMEMBERS', receivers)) do
+  local base = ns .. ':gate:' .. e
+  local leases, parked, state = base .. ':leases', base .. ':parked', base .. ':state'
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  local max = tonumber(redis.call('HGET', state, 'max') or 0)
+  local free = max - redis.call('ZCARD', leases)
+  while free > 0 do
+    local token = redis.call('LPOP', parked)
+    if not token then break end
+    local value = redis.call('HGET', parked_msgs, token)
+    if value then
+      redis.call('HDEL', parked_msgs, token)
+      push(queue, value)
+      redis.call('ZADD', leases, now + wake_lease, token)
+      free = free - 1
+      woken = woken + 1
+    end
+  end
+  if redis.call('ZCARD', leases) == 0 and redis.call('LLEN', parked) == 0 then
+    redis.call('SREM', receivers, e)
+  end
+end
+for _ = 1, slow_wake do
+  local token = redis.call('LPOP', ns .. ':gate:slow')
+  if not token then break end
+  local value = redis.call('HGET', parked_msgs, token)
+  if value then
+    redis.call('HDEL', parked_msgs, token)
+    push(queue, value)
+    woken = woken + 1
+  end
+end
+return woken
+"""
+
+
+class Verdict(StrEnum):
+    ADMITTED = "admitted"
+    PARKED = "parked"  # waiting for a slot of the receiver's concurrency
+    RATE = "rate"  # delayed to the receiver's next free rate slot, reserved for it
+    BACKING_OFF = "backing_off"  # delayed until the receiver's Retry-After ends
+
+
+@dataclass(frozen=True)
+class Admission:
+    verdict: Verdict
+    slow: bool = False  # admitted, to a receiver whose requests are slow
+    until_ms: int = 0  # delayed until then (milliseconds since the epoch)
+
+
+# In a message's options: the rate slot (ms since the epoch) reserved for it by `Gate.admit`.
+RESERVED_SLOT = "gate_slot"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A receiver's limits; None: unlimited."""
+
+    max_concurrency: int | None
+    max_per_second: float | None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_concurrency is not None or self.max_per_second is not None
+
+
+@dataclass(frozen=True)
+class ReceiverState:
+    """What operators see of one receiver (`Gate.receivers`)."""
+
+    receiver: str
+    in_flight: int
+    parked: int
+    backing_off_until_ms: int
+    average_ms: int
+    deferred: int
+    throttled: int
+
+    @property
+    def slow(self) -> bool:
+        return self.average_ms >= SLOW_MS
+
+
+class Gate:
+    """Admission to receivers, shared through Redis by every worker (see the module)."""
+
+    def __init__(
+        self,
+        client: Any,
+        namespace: str,
+        queue_name: str,
+        *,
+        lease_ms: int,
+        clock_ms: Any = current_millis,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.queue_key = f"{namespace}:{queue_name}"
+        self.lease_ms = lease_ms
+        self.clock_ms = clock_ms
+        self._admit = client.register_script(_ADMIT)
+        self._release = client.register_script(_RELEASE)
+        self._park_slow = client.register_script(_PARK_SLOW)
+        self._sweep = client.register_script(_SWEEP)
+
+    def admit(self, receiver: str, limits: Limits, message: Message[Any]) -> Admission:
+        """Admit ``message`` to ``receiver`` now, park it, or tell until when to delay it."""
+        interval = (
+            0 if limits.max_per_second is None else max(1, round(1000 / limits.max_per_second))
+        )
+        reserved = int(message.options.get(RESERVED_SLOT) or 0)
+        code, value = self._admit(
+            args=[
+                self.namespace,
+                receiver,
+                self.clock_ms(),
+                message.message_id,
+                self.lease_ms,
+                limits.max_concurrency or 0,
+                interval,
+                reserved,
+                RESERVATION_GRACE_MS,
+                SLOW_MS,
+                parked_value(message),
+                self.queue_key,
+                WAKE_LEASE_MS,
+            ]
+        )
+        if code == 0:
+            return Admission(Verdict.ADMITTED, slow=bool(value))
+        if code == 1:
+            return Admission(Verdict.PARKED)
+        return Admission(Verdict.RATE if code == 2 else Verdict.BACKING_OFF, until_ms=int(value))
+
+    def release(
+        self,
+        receiver: str,
+        token: str,
+        *,
+        duration_ms: int,
+        retry_after_until_ms: int = 0,
+        throttled: bool = False,
+        slow_lane: bool = False,
+    ) -> None:
+        """The request admitted for ``token`` ended: free its slot, wake who waits for it,
+        and note how long it took and any back-off the receiver asked for."""
+        self._release(
+            args=[
+                self.namespace,
+                receiver,
+                self.clock_ms(),
+                token,
+                duration_ms,
+                retry_after_until_ms,
+                self.queue_key,
+                WAKE_LEASE_MS,
+                "1" if slow_lane else "0",
+                "1" if throttled else "0",
+            ]
+        )
+
+    def park_slow(self, receiver: str, message: Message[Any]) -> None:
+        """Give back the slot ``message`` was admitted to and wait for a slow-lane thread."""
+        self._park_slow(
+            args=[
+                self.namespace,
+                receiver,
+                self.clock_ms(),
+                message.message_id,
+                parked_value(message),
+            ]
+        )
+
+    def sweep(self, slow_wake: int) -> int:
+        """Wake what waits on slots freed by expired leases (a worker killed mid-request), and
+        up to ``slow_wake`` messages of the slow lane; returns how many were woken."""
+        woken: int = self._sweep(
+            args=[self.namespace, "", self.clock_ms(), self.queue_key, WAKE_LEASE_MS, slow_wake]
+        )
+        return woken
+
+    def parked_message_ids(self) -> set[str]:
+        """Message IDs parked here: held by the broker, to be woken."""
+        return parked_message_ids(self.client, self.namespace)
+
+    def receivers(self) -> list[ReceiverState]:
+        """Every receiver with requests in flight or reminders parked, and every one backing
+        off or counted, as operators see them."""
+        now = self.clock_ms()
+        names = {name.decode() for name in self.client.smembers(f"{self.namespace}:gate:receivers")}
+        for key in self.client.scan_iter(match=f"{self.namespace}:gate:*:state", count=1000):
+            names.add(key.decode()[len(self.namespace) + 6 : -len(":state")])
+        found = []
+        for name in sorted(names):
+            base = f"{self.namespace}:gate:{name}"
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.zcount(f"{base}:leases", now, "+inf")
+                pipe.zcard(f"{base}:started")
+                pipe.llen(f"{base}:parked")
+                pipe.hgetall(f"{base}:state")
+                _leases, started, parked, state = pipe.execute()
+            until = int(state.get(b"until", 0))
+            found.append(
+                ReceiverState(
+                    receiver=name,
+                    in_flight=int(started),
+                    parked=int(parked),
+                    backing_off_until_ms=until if until > now else 0,
+                    average_ms=int(state.get(b"ewma", 0)),
+                    deferred=int(state.get(b"deferred", 0)),
+                    throttled=int(state.get(b"throttled", 0)),
+                )
+            )
+        return found
+
+    def slow_lane_waiting(self) -> int:
+        return int(self.client.llen(f"{self.namespace}:gate:slow"))
+
+
+def parked_message_ids(client: Any, namespace: str) -> set[str]:
+    """Message IDs parked by the gate of ``namespace``: held, to be woken."""
+    return {token.decode() for token in client.hkeys(f"{namespace}:gate:parked.msgs")}
+
+
+def parked_value(message: Message[Any]) -> str:
+    """What a parked message is stored as: a fresh broker id, then the message encoded as it
+    goes back onto its queue under that id (its retry count and reservation kept)."""
+    broker_id = os.urandom(16).hex()
+    options = {key: value for key, value in message.options.items() if key != "eta"}
+    options["redis_message_id"] = broker_id
+    encoded = get_encoder().encode(
+        {
+            "queue_name": message.queue_name.removesuffix(".DQ"),
+            "actor_name": message.actor_name,
+            "args": message.args,
+            "kwargs": message.kwargs,
+            "options": options,
+            "message_id": message.message_id,
+            "message_timestamp": message.message_timestamp,
+        }
+    )
+    return broker_id + encoded.decode()

@@ -1,0 +1,199 @@
+"""The gate's bookkeeping on a real Redis, at an injected clock: slots, parking and waking,
+leases that expire, rate slots, back-off and the slow mark (SPEC §4.9).
+
+Real time: none (the clock is injected); a few Redis round trips per test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from dramatiq import Message
+
+from shared.broker.gate import RESERVED_SLOT, SLOW_MS, WAKE_LEASE_MS, Gate, Limits, Verdict
+from shared.broker.redis_broker import decode_message
+from tests.conftest import REDIS_URL
+
+LEASE_MS = 15_000
+QUEUE = "reminders"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    connection = redis.Redis.from_url(REDIS_URL)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def gate(client: Any, redis_namespace: str, clock: Clock) -> Gate:
+    return Gate(client, redis_namespace, QUEUE, lease_ms=LEASE_MS, clock_ms=clock)
+
+
+def reminder(options: dict[str, Any] | None = None) -> Message[Any]:
+    return Message(
+        queue_name=QUEUE,
+        actor_name="send_reminder",
+        args=(str(uuid.uuid4()), datetime(2026, 1, 1, tzinfo=UTC).isoformat()),
+        kwargs={},
+        options={"redis_message_id": uuid.uuid4().hex, "retries": 1, **(options or {})},
+        message_id=str(uuid.uuid4()),
+    )
+
+
+def queued(client: Any, namespace: str) -> list[Message[Any]]:
+    """The messages on the queue, in order, as a worker would fetch them."""
+    ids = client.lrange(f"{namespace}:{QUEUE}", 0, -1)
+    bodies = client.hmget(f"{namespace}:{QUEUE}.msgs", ids) if ids else []
+    messages = [decode_message(body) for body in bodies]
+    for broker_id, message in zip(ids, messages, strict=True):
+        assert message.options["redis_message_id"] == broker_id.decode()
+    return messages
+
+
+TWO = Limits(max_concurrency=2, max_per_second=None)
+
+
+def test_a_full_receiver_parks_and_its_next_free_slot_wakes_the_oldest(
+    gate: Gate, client: Any, redis_namespace: str
+) -> None:
+    first, second, third, fourth = (reminder() for _ in range(4))
+    assert gate.admit("endpoint:a", TWO, first).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, second).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, third).verdict is Verdict.PARKED
+    assert gate.admit("endpoint:a", TWO, fourth).verdict is Verdict.PARKED
+    # Another receiver is not held up by this one.
+    assert gate.admit("endpoint:b", TWO, reminder()).verdict is Verdict.ADMITTED
+    assert queued(client, redis_namespace) == []
+    assert gate.parked_message_ids() == {third.message_id, fourth.message_id}
+
+    gate.release("endpoint:a", first.message_id, duration_ms=20)
+
+    [woken] = queued(client, redis_namespace)
+    assert woken.message_id == third.message_id
+    assert woken.args == third.args and woken.options["retries"] == 1  # no attempt spent
+    assert gate.parked_message_ids() == {fourth.message_id}
+    # The freed slot is the woken message's: a newcomer waits behind the fourth.
+    assert gate.admit("endpoint:a", TWO, reminder()).verdict is Verdict.PARKED
+    assert gate.admit("endpoint:a", TWO, woken).verdict is Verdict.ADMITTED
+
+
+def test_a_lease_whose_worker_died_expires_and_the_sweep_wakes_who_waited(
+    gate: Gate, client: Any, redis_namespace: str, clock: Clock
+) -> None:
+    one = Limits(max_concurrency=1, max_per_second=None)
+    held, waiting = reminder(), reminder()
+    assert gate.admit("endpoint:a", one, held).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", one, waiting).verdict is Verdict.PARKED
+    # The worker holding the slot is killed: nobody releases it.
+    clock.now += LEASE_MS - 1
+    assert gate.sweep(slow_wake=0) == 0
+    assert queued(client, redis_namespace) == []
+    clock.now += 2
+    assert gate.sweep(slow_wake=0) == 1
+    assert [message.message_id for message in queued(client, redis_namespace)] == [
+        waiting.message_id
+    ]
+
+
+def test_a_rate_gives_each_reminder_its_own_slot_and_honours_the_reservation(
+    gate: Gate, clock: Clock
+) -> None:
+    twice = Limits(max_concurrency=8, max_per_second=2)
+    start = clock.now
+    assert gate.admit("endpoint:a", twice, reminder()).verdict is Verdict.ADMITTED
+    later = [gate.admit("endpoint:a", twice, reminder()) for _ in range(3)]
+    assert [admission.verdict for admission in later] == [Verdict.RATE] * 3
+    assert [admission.until_ms - start for admission in later] == [500, 1000, 1500]
+    # The second comes back at its slot, carrying it: admitted, and nobody else is.
+    clock.now = start + 500
+    assert gate.admit("endpoint:a", twice, reminder()).verdict is Verdict.RATE
+    carrying = reminder({RESERVED_SLOT: later[0].until_ms})
+    assert gate.admit("endpoint:a", twice, carrying).verdict is Verdict.ADMITTED
+
+
+def test_retry_after_holds_every_reminder_of_that_receiver_until_it_ends(
+    gate: Gate, clock: Clock
+) -> None:
+    first = reminder()
+    assert gate.admit("endpoint:a", TWO, first).verdict is Verdict.ADMITTED
+    gate.release(
+        "endpoint:a",
+        first.message_id,
+        duration_ms=5,
+        retry_after_until_ms=clock.now + 6_000,
+        throttled=True,
+    )
+    held = gate.admit("endpoint:a", TWO, reminder())
+    assert (held.verdict, held.until_ms) == (Verdict.BACKING_OFF, clock.now + 6_000)
+    assert gate.admit("endpoint:b", TWO, reminder()).verdict is Verdict.ADMITTED
+    clock.now += 6_000
+    assert gate.admit("endpoint:a", TWO, reminder()).verdict is Verdict.ADMITTED
+    [state] = [seen for seen in gate.receivers() if seen.receiver == "endpoint:a"]
+    assert (state.throttled, state.deferred) == (1, 1)
+
+
+def test_a_receiver_is_slow_while_its_requests_take_a_second(gate: Gate, clock: Clock) -> None:
+    first = reminder()
+    assert not gate.admit("endpoint:a", TWO, first).slow
+    # One request still in flight after a second marks it slow, before any answer.
+    clock.now += SLOW_MS
+    second = reminder()
+    assert gate.admit("endpoint:a", TWO, second).slow
+    gate.release("endpoint:a", first.message_id, duration_ms=SLOW_MS)
+    gate.release("endpoint:a", second.message_id, duration_ms=SLOW_MS)
+    third = reminder()
+    assert gate.admit("endpoint:a", TWO, third).slow  # the average of its requests
+    gate.release("endpoint:a", third.message_id, duration_ms=10)
+    gate.release("endpoint:a", (fourth := reminder()).message_id, duration_ms=10)
+    assert not gate.admit("endpoint:a", TWO, fourth).slow  # fast again: halved twice
+
+
+def test_the_slow_lane_wakes_one_waiting_reminder_per_request_that_ends(
+    gate: Gate, client: Any, redis_namespace: str
+) -> None:
+    running, waiting = reminder(), reminder()
+    assert gate.admit("endpoint:a", TWO, running).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, waiting).verdict is Verdict.ADMITTED
+    gate.park_slow("endpoint:a", waiting)  # this process's slow lane was full
+    assert gate.parked_message_ids() == {waiting.message_id}
+    assert gate.slow_lane_waiting() == 1
+    gate.release("endpoint:a", running.message_id, duration_ms=2_000, slow_lane=True)
+    assert [message.message_id for message in queued(client, redis_namespace)] == [
+        waiting.message_id
+    ]
+    assert gate.slow_lane_waiting() == 0
+
+
+def test_a_woken_reminder_whose_reservation_lapsed_competes_again(
+    gate: Gate, client: Any, redis_namespace: str, clock: Clock
+) -> None:
+    one = Limits(max_concurrency=1, max_per_second=None)
+    first, second = reminder(), reminder()
+    gate.admit("endpoint:a", one, first)
+    gate.admit("endpoint:a", one, second)
+    gate.release("endpoint:a", first.message_id, duration_ms=5)
+    [woken] = queued(client, redis_namespace)
+    # Stuck behind a backlog past its reservation: the slot is anyone's again.
+    clock.now += WAKE_LEASE_MS + 1
+    newcomer = reminder()
+    assert gate.admit("endpoint:a", one, newcomer).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", one, woken).verdict is Verdict.PARKED
