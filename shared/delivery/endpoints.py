@@ -79,8 +79,12 @@ def create(
     url: str,
     description: str | None,
     now: datetime,
+    *,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_per_second: float | None = None,
 ) -> tuple[Endpoint, str]:
-    """A new endpoint and its secret in clear (to show once). The URL is checked already."""
+    """A new endpoint and its secret in clear (to show once). The URL and the limits are
+    checked already."""
     secret = new_endpoint_secret()
     endpoint = Endpoint(
         owner_id=owner_id,
@@ -88,6 +92,8 @@ def create(
         description=description,
         enabled=True,
         secret=box.encrypt(secret),
+        max_concurrency=max_concurrency,
+        max_per_second=max_per_second,
         created_at=now,
         updated_at=now,
     )
