@@ -5,8 +5,10 @@ shown once, kept encrypted (`shared.delivery.secret_box`). Rotating the secret k
 one signing beside the new one for `ROTATION_OVERLAP`. Every delivery attempt (a reminder
 or a ``ping``) is recorded (`record_attempt`): the attempt log the owner reads, and the
 endpoint's health — a success clears ``failing_since``, and an endpoint whose attempts have
-all failed for ``REMINDERS_ENDPOINT_DISABLE_AFTER`` is disabled with a reason. Everything
-here is scoped to one owner: another user's endpoint is simply not found.
+all failed for ``REMINDERS_ENDPOINT_DISABLE_AFTER`` is disabled with a reason. Each endpoint
+also carries its delivery limits (`Limits`): how many of its requests may be in flight at once,
+across every worker process and host, and how many it takes per second. Everything here is
+scoped to one owner: another user's endpoint is simply not found.
 """
 
 from __future__ import annotations
@@ -32,6 +34,22 @@ log = get_logger("endpoints")
 
 ROTATION_OVERLAP = timedelta(hours=24)
 MAX_ERROR_CHARS = 500
+
+# An endpoint's limits as its owner may set them (SPEC §4.9). Enough requests in flight for a
+# receiver that answers slowly, few enough that one endpoint cannot hold every worker thread.
+DEFAULT_MAX_CONCURRENCY = 8
+MAX_CONCURRENCY_RANGE = (1, 64)
+MAX_PER_SECOND_MAX = 1000.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much a channel (an endpoint, or the deployment's webhook) takes: requests in flight
+    at once across every worker process and host, and requests per second (fractions allowed:
+    0.5 is one every 2 s). None: unlimited."""
+
+    max_concurrency: int | None
+    max_per_second: float | None
 
 
 @dataclass(frozen=True)
@@ -61,8 +79,12 @@ def create(
     url: str,
     description: str | None,
     now: datetime,
+    *,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_per_second: float | None = None,
 ) -> tuple[Endpoint, str]:
-    """A new endpoint and its secret in clear (to show once). The URL is checked already."""
+    """A new endpoint and its secret in clear (to show once). The URL and the limits are
+    checked already."""
     secret = new_endpoint_secret()
     endpoint = Endpoint(
         owner_id=owner_id,
@@ -70,6 +92,8 @@ def create(
         description=description,
         enabled=True,
         secret=box.encrypt(secret),
+        max_concurrency=max_concurrency,
+        max_per_second=max_per_second,
         created_at=now,
         updated_at=now,
     )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -153,10 +154,15 @@ class Endpoint(Base):
     keeps signing beside the new one until ``previous_secret_expires_at``. ``failing_since``
     is the first failed attempt since the last success; an endpoint failing for
     ``REMINDERS_ENDPOINT_DISABLE_AFTER`` is disabled (``enabled`` false, with a reason).
+    ``max_concurrency`` and ``max_per_second`` are its delivery limits
+    (`shared.delivery.endpoints.Limits`); the database refuses limits that would stop
+    deliveries for good, the API holds them to the ranges an owner may choose.
     """
 
     __tablename__ = "endpoints"
     __table_args__ = (
+        CheckConstraint("max_concurrency >= 1", name="max_concurrency"),
+        CheckConstraint("max_per_second IS NULL OR max_per_second > 0", name="max_per_second"),
         Index("ix_endpoints_owner_id_created_at", "owner_id", "created_at"),
         # The operators' view of unhealthy endpoints.
         Index(
@@ -183,6 +189,10 @@ class Endpoint(Base):
     last_error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Requests in flight at once, across every worker process and host (the default is
+    # shared.delivery.endpoints.DEFAULT_MAX_CONCURRENCY, which rows made before it got).
+    max_concurrency: Mapped[int] = mapped_column(Integer, default=8, server_default=text("8"))
+    max_per_second: Mapped[float | None] = mapped_column(Float)  # NULL: no rate limit
 
 
 class EndpointAttempt(Base):

@@ -6,6 +6,7 @@ database without a checkout or an ``alembic.ini``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -31,6 +32,17 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     which foreign keys pointing at it forbid: they are switched off for the migration (a
     pragma that only takes effect outside a transaction) and checked once it is done.
     """
+    _migrate(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the database at ``engine`` back to ``revision``, as `upgrade` moves it forward
+    (on SQLite, with the same care for foreign keys: a rebuilt table keeps the rows that
+    point at it)."""
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: Engine, step: Callable[[Config, str], None], revision: str) -> None:
     config = alembic_config(engine)
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
@@ -39,7 +51,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         try:
             with connection.begin():
                 config.attributes["connection"] = connection
-                command.upgrade(config, revision)
+                step(config, revision)
                 if sqlite:
                     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
                     if broken:

@@ -327,3 +327,92 @@ def test_migration_0006_keeps_existing_tasks_rows_and_message_ids(any_database_u
             (600, message_id(task_id, DUE, 600))
         ]
     engine.dispose()
+
+
+def test_migration_0010_gives_existing_endpoints_the_default_limits_and_goes_back(
+    any_database_url: str,
+) -> None:
+    """Upgrading a database with an endpoint in it: the endpoint gets 8 requests in flight and
+    no rate limit, keeps its attempt log, and the database refuses limits that would stop its
+    deliveries for good. Going back to 0009 drops the two columns and keeps the endpoint and
+    its attempts (SQLite rebuilds the table the attempts point at); upgrading again restores
+    the defaults."""
+    from sqlalchemy import Boolean, String, Uuid, column, insert, inspect, table
+
+    from shared.store.db import UTCDateTime, make_engine
+    from shared.store.models import EndpointAttempt
+    from shared.store.schema import downgrade, upgrade
+
+    engine = make_engine(any_database_url)
+    _upgrade_to_before(engine, "0010")
+    owner = create_account(engine, "alice")
+    endpoint_id, attempt_id = uuid.uuid4(), uuid.uuid4()
+    old_endpoints = table(  # as revision 0009 stored an endpoint
+        "endpoints",
+        *(column(name, Uuid()) for name in ("id", "owner_id")),
+        *(column(name, String()) for name in ("url", "secret")),
+        column("enabled", Boolean()),
+        *(column(name, UTCDateTime()) for name in ("created_at", "updated_at")),
+    )
+    with engine.begin() as connection:
+        connection.execute(
+            insert(old_endpoints),
+            {
+                "id": endpoint_id,
+                "owner_id": owner.id,
+                "url": "https://hooks.example/r",
+                "secret": "encrypted",
+                "enabled": True,
+                "created_at": NOW,
+                "updated_at": NOW,
+            },
+        )
+        connection.execute(
+            insert(EndpointAttempt.__table__),
+            {
+                "id": attempt_id,
+                "endpoint_id": endpoint_id,
+                "at": NOW,
+                "kind": "ping",
+                "message_id": "ping_1",
+                "ok": True,
+                "duration_ms": 12,
+            },
+        )
+
+    def limits() -> tuple[object, object]:
+        with engine.connect() as connection:
+            row = connection.execute(
+                select(column("max_concurrency"), column("max_per_second"))
+                .select_from(table("endpoints"))
+                .where(column("id", Uuid()) == endpoint_id)
+            ).one()
+        return tuple(row)
+
+    def attempts() -> list[uuid.UUID]:
+        with engine.connect() as connection:
+            return list(connection.scalars(select(EndpointAttempt.id)))
+
+    upgrade(engine)
+    assert limits() == (8, None)
+    assert attempts() == [attempt_id]
+    for change in ("max_concurrency = 0", "max_per_second = 0", "max_per_second = -1"):
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(text(f"UPDATE endpoints SET {change}"))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE endpoints SET max_concurrency = 2, max_per_second = 0.5"))
+    assert limits() == (2, 0.5)
+
+    downgrade(engine, "0009")
+    columns = {column["name"] for column in inspect(engine).get_columns("endpoints")}
+    assert {"max_concurrency", "max_per_second"}.isdisjoint(columns)
+    assert "url" in columns
+    assert attempts() == [attempt_id]
+    indexes = {index["name"]: index for index in inspect(engine).get_indexes("endpoints")}
+    where = "sqlite_where" if engine.dialect.name == "sqlite" else "postgresql_where"
+    assert where in indexes["ix_endpoints_failing_since"]["dialect_options"]
+
+    upgrade(engine)
+    assert limits() == (8, None)
+    assert attempts() == [attempt_id]
+    engine.dispose()
