@@ -149,6 +149,13 @@ class Settings(BaseModel):
     webhook_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, validation_alias="REMINDERS_WEBHOOK_TIMEOUT"
     )
+    # The deployment webhook's limits (SPEC §4.9); None: unlimited.
+    webhook_max_concurrency: int | None = Field(
+        default=None, ge=1, validation_alias="REMINDERS_WEBHOOK_MAX_CONCURRENCY"
+    )
+    webhook_max_per_second: float | None = Field(
+        default=None, gt=0, validation_alias="REMINDERS_WEBHOOK_MAX_PER_SECOND"
+    )
     # Threads of a worker process that requests to slow receivers may hold together (SPEC §4.9).
     slow_lane_threads: int = Field(
         default=2, ge=1, le=256, validation_alias="REMINDERS_SLOW_LANE_THREADS"

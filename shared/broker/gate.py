@@ -8,6 +8,7 @@ limits), and tells it when the request ended. Per receiver ``e`` (namespace ``ns
     ns:gate:<e>:leases    sorted set: token (the reminder's message ID) -> lease expiry (ms)
     ns:gate:<e>:started   sorted set: token -> when its request was admitted (ms)
     ns:gate:<e>:parked    list of tokens waiting for a slot, oldest first
+    ns:gate:<e>:sent      sorted set: the requests of the last rate window, by time (ms)
     ns:gate:<e>:state     hash: max (its concurrency), tat (next free rate slot, ms),
                           until (Retry-After back-off, ms), ewma (request time, ms),
                           deferred, throttled (counts for operators)
@@ -37,6 +38,7 @@ the producer enqueues them again after ``REMINDERS_REQUEUE_AFTER``.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from enum import StrEnum
@@ -96,13 +98,16 @@ end
 """
 
 # ARGV: ns, receiver, now, token, lease_ms, max, interval_ms, reserved_ms, grace_ms, slow_ms,
-#       parked value, queue key, wake lease ms
+#       parked value, queue key, wake lease ms, sends per window (of interval_ms each)
 _ADMIT = (
     _LUA_COMMON
     + """
 local token, lease, max = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local interval, reserved, grace = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local slow_ms, value, queue, wake_lease = tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[13])
+local per_window = tonumber(ARGV[14])
+local window = interval * per_window
+local sent = base .. ':sent'
 
 redis.call('HSET', state, 'max', max)
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
@@ -137,6 +142,15 @@ if interval > 0 then
     end
     next_tat = now + interval
   end
+  -- The slots are spaced, but a delayed message may come back late and the next on time:
+  -- never more than per_window sends in any window (what the receiver counts).
+  redis.call('ZREMRANGEBYSCORE', sent, '-inf', now - window)
+  if redis.call('ZCARD', sent) >= per_window then
+    local oldest = redis.call('ZRANGE', sent, 0, 0, 'WITHSCORES')
+    give_back()
+    redis.call('HINCRBY', state, 'deferred', 1)
+    return {2, tonumber(oldest[2]) + window}
+  end
 end
 
 if max > 0 and not mine then
@@ -153,6 +167,10 @@ if max > 0 and not mine then
 end
 
 if next_tat then redis.call('HSET', state, 'tat', next_tat) end
+if interval > 0 then
+  redis.call('ZADD', sent, now, token .. ':' .. now)
+  redis.call('PEXPIRE', sent, window * 2)
+end
 if max > 0 then
   redis.call('ZADD', leases, now + lease, token)
   redis.call('SADD', receivers, e)
@@ -338,9 +356,10 @@ class Gate:
 
     def admit(self, receiver: str, limits: Limits, message: Message[Any]) -> Admission:
         """Admit ``message`` to ``receiver`` now, park it, or tell until when to delay it."""
-        interval = (
-            0 if limits.max_per_second is None else max(1, round(1000 / limits.max_per_second))
-        )
+        rate = limits.max_per_second
+        interval = 0 if rate is None else max(1, round(1000 / rate))
+        # The window a receiver counts in: a second, or one request's interval below 1/s.
+        per_window = 1 if rate is None else max(1, math.floor(rate))
         reserved = int(message.options.get(RESERVED_SLOT) or 0)
         code, value = self._admit(
             args=[
@@ -357,6 +376,7 @@ class Gate:
                 parked_value(message),
                 self.queue_key,
                 WAKE_LEASE_MS,
+                per_window,
             ]
         )
         if code == 0:

@@ -6,9 +6,9 @@ one signing beside the new one for `ROTATION_OVERLAP`. Every delivery attempt (a
 or a ``ping``) is recorded (`record_attempt`): the attempt log the owner reads, and the
 endpoint's health — a success clears ``failing_since``, and an endpoint whose attempts have
 all failed for ``REMINDERS_ENDPOINT_DISABLE_AFTER`` is disabled with a reason. Each endpoint
-also carries its delivery limits (`Limits`): how many of its requests may be in flight at once,
-across every worker process and host, and how many it takes per second. Everything here is
-scoped to one owner: another user's endpoint is simply not found.
+also carries its delivery limits (`shared.broker.gate.Limits`): how many of its requests may
+be in flight at once, across every worker process and host, and how many it takes per
+second. Everything here is scoped to one owner: another user's endpoint is simply not found.
 """
 
 from __future__ import annotations
@@ -40,16 +40,6 @@ MAX_ERROR_CHARS = 500
 DEFAULT_MAX_CONCURRENCY = 8
 MAX_CONCURRENCY_RANGE = (1, 64)
 MAX_PER_SECOND_MAX = 1000.0
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How much a channel (an endpoint, or the deployment's webhook) takes: requests in flight
-    at once across every worker process and host, and requests per second (fractions allowed:
-    0.5 is one every 2 s). None: unlimited."""
-
-    max_concurrency: int | None
-    max_per_second: float | None
 
 
 @dataclass(frozen=True)

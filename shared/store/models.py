@@ -155,7 +155,7 @@ class Endpoint(Base):
     is the first failed attempt since the last success; an endpoint failing for
     ``REMINDERS_ENDPOINT_DISABLE_AFTER`` is disabled (``enabled`` false, with a reason).
     ``max_concurrency`` and ``max_per_second`` are its delivery limits
-    (`shared.delivery.endpoints.Limits`); the database refuses limits that would stop
+    (`shared.broker.gate.Limits`); the database refuses limits that would stop
     deliveries for good, the API holds them to the ranges an owner may choose.
     """
 

@@ -197,3 +197,19 @@ def test_a_woken_reminder_whose_reservation_lapsed_competes_again(
     newcomer = reminder()
     assert gate.admit("endpoint:a", one, newcomer).verdict is Verdict.ADMITTED
     assert gate.admit("endpoint:a", one, woken).verdict is Verdict.PARKED
+
+
+def test_a_reservation_kept_late_does_not_let_the_next_one_crowd_its_window(
+    gate: Gate, clock: Clock
+) -> None:
+    once = Limits(max_concurrency=8, max_per_second=1)
+    start = clock.now
+    assert gate.admit("endpoint:a", once, reminder()).verdict is Verdict.ADMITTED
+    second, third = (gate.admit("endpoint:a", once, reminder()) for _ in range(2))
+    assert (second.until_ms - start, third.until_ms - start) == (1000, 2000)
+    clock.now = start + 1500  # the second came back half a second after its slot
+    late = reminder({RESERVED_SLOT: second.until_ms})
+    assert gate.admit("endpoint:a", once, late).verdict is Verdict.ADMITTED
+    clock.now = start + 2000  # the third on time: a second has not passed since the last
+    crowded = gate.admit("endpoint:a", once, reminder({RESERVED_SLOT: third.until_ms}))
+    assert (crowded.verdict, crowded.until_ms - start) == (Verdict.RATE, 2500)

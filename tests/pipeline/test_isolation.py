@@ -1,0 +1,254 @@
+"""Isolation between users (SPEC §4.9), with real Dramatiq workers, real PostgreSQL and Redis,
+and receivers on 127.0.0.1 that answer slowly, count what is in flight, or ask for back-off.
+
+Real time: each test waits for its reminders' remind times (a few seconds) and for slow
+receivers' answers; the longest runs about 10 s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from shared.delivery.secret_box import SecretBox
+from shared.store.db import unit_of_work
+from shared.store.models import Endpoint, Reminder, Task
+from tests.conftest import Account
+from tests.pipeline.conftest import Stack
+from workers.producer import scan_due_tasks
+
+Answer = tuple[int, dict[str, str]]
+
+
+@dataclass
+class Arrival:
+    at: float  # wall clock, seconds since the epoch
+    key: str
+
+
+@dataclass
+class SlowReceiver:
+    """An endpoint on 127.0.0.1 that takes ``hold`` seconds per request, answers
+    ``script(n)`` to its n-th, and counts requests in flight."""
+
+    hold: float = 0.0
+    script: Callable[[int], Answer] = lambda n: (200, {})
+    arrivals: list[Arrival] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def start(self) -> SlowReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    index = len(receiver.arrivals)
+                    receiver.arrivals.append(Arrival(time.time(), self.headers["Idempotency-Key"]))
+                    receiver.in_flight += 1
+                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
+                try:
+                    time.sleep(receiver.hold)
+                    status, headers = receiver.script(index)
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                finally:
+                    with receiver.lock:
+                        receiver.in_flight -= 1
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def keys(self) -> list[str]:
+        with self.lock:
+            return [arrival.key for arrival in self.arrivals]
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., SlowReceiver]]:
+    started: list[SlowReceiver] = []
+
+    def start(**fields: Any) -> SlowReceiver:
+        started.append(SlowReceiver(**fields).start())
+        return started[-1]
+
+    yield start
+    for receiver in started:
+        receiver.stop()
+
+
+def endpoint_for(
+    stack: Stack,
+    owner: Account,
+    url: str,
+    max_concurrency: int = 8,
+    per_second: float | None = None,
+) -> uuid.UUID:
+    now = datetime.now(UTC)
+    endpoint_id = uuid.uuid4()
+    with unit_of_work(stack.sessions) as session:
+        session.add(
+            Endpoint(
+                id=endpoint_id,
+                owner_id=owner.id,
+                url=url,
+                secret=stack_box(stack).encrypt("whsec_" + "A" * 43),
+                enabled=True,
+                max_concurrency=max_concurrency,
+                max_per_second=per_second,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return endpoint_id
+
+
+def stack_box(stack: Stack) -> SecretBox:
+    settings = stack.settings()
+    return SecretBox.from_setting(settings.secret_key, settings.data_dir)
+
+
+def reminders_at(
+    stack: Stack, owner: Account, endpoint_id: uuid.UUID, times: list[datetime]
+) -> list[uuid.UUID]:
+    """One task per remind time, routed to ``endpoint_id``; their reminders' message IDs."""
+    task_ids = []
+    for when in times:
+        task = stack.add_task(owner, when + timedelta(seconds=60), 60)
+        task_ids.append(task.id)
+    with unit_of_work(stack.sessions) as session:
+        session.execute(update(Task).where(Task.id.in_(task_ids)).values(endpoint_id=endpoint_id))
+        return list(
+            session.scalars(select(Reminder.message_id).where(Reminder.task_id.in_(task_ids)))
+        )
+
+
+def sent(stack: Stack) -> int:
+    with unit_of_work(stack.sessions) as session:
+        return int(session.scalar(select(func.count()).where(Reminder.state == "sent")) or 0)
+
+
+def whole_second_from_now(seconds: int) -> datetime:
+    return (datetime.now(UTC) + timedelta(seconds=seconds + 1)).replace(microsecond=0)
+
+
+def test_a_slow_users_flood_does_not_make_a_fast_users_reminders_late(
+    stack: Stack, receivers: Callable[..., SlowReceiver]
+) -> None:
+    """A's endpoint takes 1.5 s per request and has 14 reminders due at once, more than the
+    worker has threads; B's five, due over the next seconds, arrive on time, and A's all
+    arrive once."""
+    slow, fast = receivers(hold=1.5), receivers()
+    alice, bob = stack.account("alice"), stack.account("bob")
+    start = whole_second_from_now(1)
+    flood = reminders_at(stack, alice, endpoint_for(stack, alice, slow.url), [start] * 14)
+    bob_times = [start + timedelta(seconds=2 + second) for second in range(5)]
+    bobs = reminders_at(stack, bob, endpoint_for(stack, bob, fast.url), bob_times)
+    broker, _ = stack.broker(allow_private_endpoints=True, slow_lane_threads=2)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    with stack.run_workers(broker, threads=6):
+        assert stack.wait_for(lambda: sent(stack) == len(flood) + len(bobs), 60)
+
+    by_key = {arrival.key: arrival.at for arrival in fast.arrivals}
+    lateness = [
+        by_key[str(key)] - when.timestamp() for key, when in zip(bobs, bob_times, strict=True)
+    ]
+    assert all(-0.05 <= late <= 1.0 for late in lateness), lateness
+    assert sorted(slow.keys()) == sorted(str(key) for key in flood)  # each once
+    assert slow.most_in_flight <= 8
+
+
+def test_an_endpoint_never_has_more_than_its_max_concurrency_in_flight(
+    stack: Stack, receivers: Callable[..., SlowReceiver]
+) -> None:
+    receiver = receivers(hold=0.2)
+    alice = stack.account("alice")
+    flood = reminders_at(
+        stack,
+        alice,
+        endpoint_for(stack, alice, receiver.url, max_concurrency=3),
+        [whole_second_from_now(0)] * 30,
+    )
+    broker, _ = stack.broker(allow_private_endpoints=True)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    with stack.run_workers(broker, threads=8):
+        assert stack.wait_for(lambda: sent(stack) == len(flood), 60)
+    assert receiver.most_in_flight == 3
+    assert sorted(receiver.keys()) == sorted(str(key) for key in flood)
+    with unit_of_work(stack.sessions) as session:
+        attempts = session.scalars(select(Reminder.attempts).where(Reminder.message_id.in_(flood)))
+        assert set(attempts) == {1}  # waiting for a slot is no attempt
+
+
+def test_a_retry_after_of_two_seconds_is_honoured_for_every_reminder_of_that_endpoint(
+    stack: Stack, receivers: Callable[..., SlowReceiver]
+) -> None:
+    receiver = receivers(script=lambda n: (429, {"Retry-After": "2"}) if n == 0 else (200, {}))
+    alice = stack.account("alice")
+    endpoint_id = endpoint_for(stack, alice, receiver.url, max_concurrency=1)
+    keys = reminders_at(stack, alice, endpoint_id, [whole_second_from_now(0)] * 3)
+    broker, _ = stack.broker(allow_private_endpoints=True, min_backoff_ms=100)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    with stack.run_workers(broker, threads=4):
+        assert stack.wait_for(lambda: sent(stack) == len(keys), 30)
+    first, *rest = receiver.arrivals
+    assert len(rest) == 3  # the 429'd one again, and the two behind it
+    assert min(arrival.at for arrival in rest) - first.at >= 2.0
+    with unit_of_work(stack.sessions) as session:
+        attempts = dict(
+            session.execute(
+                select(Reminder.message_id, Reminder.attempts).where(Reminder.message_id.in_(keys))
+            ).all()
+        )
+    assert attempts[uuid.UUID(first.key)] == 2  # the 429 counted
+    assert sorted(attempts.values()) == [1, 1, 2]  # the ones held back did not
+
+
+def test_max_per_second_holds_at_the_receiver(
+    stack: Stack, receivers: Callable[..., SlowReceiver]
+) -> None:
+    receiver = receivers()
+    alice = stack.account("alice")
+    endpoint_id = endpoint_for(stack, alice, receiver.url, per_second=4)
+    keys = reminders_at(stack, alice, endpoint_id, [whole_second_from_now(0)] * 12)
+    broker, _ = stack.broker(allow_private_endpoints=True)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    with stack.run_workers(broker, threads=8):
+        assert stack.wait_for(lambda: sent(stack) == len(keys), 30)
+    times = sorted(arrival.at for arrival in receiver.arrivals)
+    assert len(times) == 12
+    # Over the run: 11 gaps of at least a quarter second, give or take the requests' jitter.
+    assert times[-1] - times[0] >= 11 / 4 - 0.1
+    # In any one second, no more than 4: the gate counts when it admits, the receiver when
+    # the request arrives, a few milliseconds later or earlier for each.
+    assert max(sum(1 for t in times if start <= t < start + 0.97) for start in times) <= 4
