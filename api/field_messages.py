@@ -29,6 +29,13 @@ def _count(number: Any, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
+def _number(value: Any) -> str:
+    # A bound as the document writes it: 1000, not 1000.0; 0.5 stays 0.5.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _too_short_text(context: dict[str, Any]) -> str:
     if context["min_length"] == 1:
         return "must not be empty"
@@ -56,10 +63,13 @@ SENTENCES: dict[str, _Wording] = {
     "int_from_float": "must be an integer",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
-    "greater_than_equal": lambda ctx: f"must be at least {ctx['ge']}",
-    "less_than_equal": lambda ctx: f"must be at most {ctx['le']}",
-    "greater_than": lambda ctx: f"must be more than {ctx['gt']}",
-    "less_than": lambda ctx: f"must be less than {ctx['lt']}",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "greater_than_equal": lambda ctx: f"must be at least {_number(ctx['ge'])}",
+    "less_than_equal": lambda ctx: f"must be at most {_number(ctx['le'])}",
+    "greater_than": lambda ctx: f"must be more than {_number(ctx['gt'])}",
+    "less_than": lambda ctx: f"must be less than {_number(ctx['lt'])}",
     "literal_error": lambda ctx: f"must be {ctx['expected']}",
     "list_type": "must be an array",
     "too_short": lambda ctx: f"must hold at least {_count(ctx['min_length'], 'item')}",
