@@ -66,7 +66,14 @@ class EndpointService:
         now = self.clock()
         with unit_of_work(self.sessions) as session:
             endpoint, secret = endpoints.create(
-                session, self.box, owner.id, data.url, data.description, now
+                session,
+                self.box,
+                owner.id,
+                data.url,
+                data.description,
+                now,
+                max_concurrency=data.max_concurrency,
+                max_per_second=data.max_per_second,
             )
             return _created(endpoint, secret)
 
@@ -113,6 +120,10 @@ class EndpointService:
                 endpoint.url = changes["url"]
             if "description" in changes:
                 endpoint.description = changes["description"]
+            if "max_concurrency" in changes:
+                endpoint.max_concurrency = changes["max_concurrency"]
+            if "max_per_second" in changes:  # null: no rate limit any more
+                endpoint.max_per_second = changes["max_per_second"]
             if changes.get("enabled") is True and not endpoint.enabled:
                 endpoints.enable(endpoint, now)
             elif changes.get("enabled") is False and endpoint.enabled:

@@ -88,7 +88,9 @@ def endpoints_api(service: EndpointService) -> APIBlueprint:
     def create_endpoint(body: EndpointCreate) -> Response:
         """The URL must be https:// and resolve only to public addresses. Keep the secret
         (whsec_...): every request to the endpoint is signed with it (Standard Webhooks
-        headers and X-Reminders-Signature)."""
+        headers and X-Reminders-Signature). max_concurrency (default 8) and max_per_second
+        (default: none) bound how fast its reminders are delivered to it; a reminder over
+        either limit waits for room, and other endpoints' reminders do not wait behind it."""
         try:
             made = service.create(caller(), body)
         except AddressRefused as error:
@@ -119,7 +121,7 @@ def endpoints_api(service: EndpointService) -> APIBlueprint:
 
     @api.patch(
         "/<uuid:endpoint_id>",
-        summary="Change an endpoint's URL or description, or enable it again",
+        summary="Change an endpoint's URL, description or delivery limits, or enable it again",
         operation_id="updateEndpoint",
         responses={
             200: EndpointOut,
@@ -129,7 +131,8 @@ def endpoints_api(service: EndpointService) -> APIBlueprint:
     def update_endpoint(path: EndpointPath, body: EndpointPatch) -> Response:
         """enabled: true enables a disabled endpoint again (its failure history starts
         afresh); enabled: false stops deliveries: its tasks' reminders then fail with
-        "endpoint disabled" until it is enabled again."""
+        "endpoint disabled" until it is enabled again. max_per_second: null removes the rate
+        limit; max_concurrency always has a value (1 to 64)."""
         try:
             changed = service.update(caller(), path.endpoint_id, body)
         except AddressRefused as error:

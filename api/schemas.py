@@ -35,6 +35,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     model_validator,
@@ -43,6 +44,11 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from shared.config import THIRTY_DAYS
+from shared.delivery.endpoints import (
+    DEFAULT_MAX_CONCURRENCY,
+    MAX_CONCURRENCY_RANGE,
+    MAX_PER_SECOND_MAX,
+)
 from shared.planning.recurrence import RecurrenceError, parse_rule, time_zone
 
 MAX_PAGE_SIZE = 200
@@ -515,19 +521,53 @@ EndpointUrl = Annotated[
     ),
 ]
 EndpointDescription = Annotated[StrictStr, Field(max_length=500, pattern=NO_NUL)]
+MaxConcurrency = Annotated[
+    StrictInt,
+    Field(
+        ge=MAX_CONCURRENCY_RANGE[0],
+        le=MAX_CONCURRENCY_RANGE[1],
+        description="How many requests to this endpoint may be in flight at once, across every "
+        "worker process and host: 1 to 64. A reminder over the limit waits for room, without "
+        "spending an attempt.",
+    ),
+    BeforeValidator(_json_integer),
+]
+# A number, strictly: no "8", no true; an integer is a number (2 is 2.0). NaN and infinities
+# (which Python's JSON parser reads) are not.
+MaxPerSecond = Annotated[
+    StrictFloat,
+    Field(
+        gt=0,
+        le=MAX_PER_SECOND_MAX,
+        allow_inf_nan=False,
+        description="How many requests per second this endpoint takes: more than 0, at most "
+        "1000; fractions allowed (0.5: one request every 2 seconds).",
+    ),
+]
 
 
 class EndpointCreate(RequestModel):
     url: EndpointUrl
     description: EndpointDescription | None = None
+    # Absent means the default, which the document shows; null is refused (there is always a
+    # limit in flight), as it is in a PATCH.
+    max_concurrency: Annotated[MaxConcurrency, BeforeValidator(_refuse_null)] = (
+        DEFAULT_MAX_CONCURRENCY
+    )
+    max_per_second: MaxPerSecond | None = Field(default=None, description="null: no rate limit.")
 
 
 class EndpointPatch(RequestModel):
-    """Only the fields present change; ``enabled: true`` re-enables a disabled endpoint."""
+    """Only the fields present change; ``enabled: true`` re-enables a disabled endpoint,
+    ``max_per_second: null`` removes its rate limit."""
 
     url: Omittable[EndpointUrl] = None
     description: EndpointDescription | None = None
     enabled: Omittable[StrictBool] = None
+    max_concurrency: Omittable[MaxConcurrency] = None
+    max_per_second: MaxPerSecond | None = Field(
+        default=None, description="null: no rate limit any more."
+    )
 
 
 class EndpointPath(RequestModel):
@@ -551,6 +591,13 @@ class EndpointOut(ResponseModel):
         description="The first failed attempt since the last success; null when healthy."
     )
     last_error: str | None
+    max_concurrency: int = Field(
+        description="Requests to this endpoint in flight at once, at most, across every worker "
+        "process and host."
+    )
+    max_per_second: float | None = Field(
+        description="Requests per second this endpoint takes, at most; null: no rate limit."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -414,3 +414,132 @@ def test_a_url_the_webhook_client_cannot_send_to_is_refused_when_saved(
     assert error["message"].startswith(
         ("endpoint URL has an invalid host", "endpoint URL contains an invisible or control")
     )
+
+
+def endpoint_row(api: ApiHarness, endpoint_id: str) -> Endpoint:
+    with unit_of_work(make_session_factory(api.engine)) as session:
+        row = session.get_one(Endpoint, uuid.UUID(endpoint_id))
+        session.expunge(row)
+    return row
+
+
+def test_an_endpoint_made_without_limits_takes_8_in_flight_and_has_no_rate_limit(
+    guarded: ApiHarness,
+) -> None:
+    alice = guarded.account("alice")
+    made = create_endpoint(guarded, alice, "https://hooks.example/a")
+    assert (made["max_concurrency"], made["max_per_second"]) == (8, None)
+    shown = guarded.client.get(f"/endpoints/{made['id']}", headers=alice.headers).json
+    assert (shown["max_concurrency"], shown["max_per_second"]) == (8, None)
+    [listed] = guarded.client.get("/endpoints", headers=alice.headers).json["items"]
+    assert (listed["max_concurrency"], listed["max_per_second"]) == (8, None)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ({"max_concurrency": 2, "max_per_second": 0.5}, (2, 0.5)),
+        ({"max_concurrency": 1, "max_per_second": 1000}, (1, 1000.0)),
+        ({"max_concurrency": 64.0, "max_per_second": 0.001}, (64, 0.001)),  # 64.0 is an integer
+        ({"max_per_second": 20}, (8, 20.0)),
+        ({"max_concurrency": 3, "max_per_second": None}, (3, None)),
+    ],
+)
+def test_limits_given_at_creation_are_kept_and_shown(
+    guarded: ApiHarness, given: dict[str, Any], kept: tuple[int, float | None]
+) -> None:
+    alice = guarded.account("alice")
+    made = create_endpoint(guarded, alice, "https://hooks.example/a", **given)
+    assert (made["max_concurrency"], made["max_per_second"]) == kept
+    shown = guarded.client.get(f"/endpoints/{made['id']}", headers=alice.headers).json
+    assert (shown["max_concurrency"], shown["max_per_second"]) == kept
+    row = endpoint_row(guarded, made["id"])
+    assert (row.max_concurrency, row.max_per_second) == kept
+
+
+def test_patch_changes_the_limits_and_null_removes_the_rate_limit(guarded: ApiHarness) -> None:
+    alice = guarded.account("alice")
+    made = create_endpoint(guarded, alice, "https://hooks.example/a")
+    path = f"/endpoints/{made['id']}"
+
+    changed = guarded.client.patch(
+        path, json={"max_concurrency": 2, "max_per_second": 0.5}, headers=alice.headers
+    )
+    assert changed.status_code == 200, changed.json
+    assert (changed.json["max_concurrency"], changed.json["max_per_second"]) == (2, 0.5)
+    # Other changes leave the limits as they are.
+    described = guarded.client.patch(path, json={"description": "prod"}, headers=alice.headers)
+    assert (described.json["max_concurrency"], described.json["max_per_second"]) == (2, 0.5)
+    # One limit at a time.
+    faster = guarded.client.patch(path, json={"max_per_second": 50}, headers=alice.headers)
+    assert (faster.json["max_concurrency"], faster.json["max_per_second"]) == (2, 50.0)
+    cleared = guarded.client.patch(path, json={"max_per_second": None}, headers=alice.headers)
+    assert cleared.status_code == 200, cleared.json
+    assert (cleared.json["max_concurrency"], cleared.json["max_per_second"]) == (2, None)
+    shown = guarded.client.get(path, headers=alice.headers).json
+    assert (shown["max_concurrency"], shown["max_per_second"]) == (2, None)
+    row = endpoint_row(guarded, made["id"])
+    assert (row.max_concurrency, row.max_per_second) == (2, None)
+
+
+BAD_LIMITS = [
+    ("max_concurrency", 0, "must be at least 1"),
+    ("max_concurrency", 65, "must be at most 64"),
+    ("max_concurrency", 1.5, "must be an integer"),
+    ("max_concurrency", True, "must be an integer"),
+    ("max_concurrency", "8", "must be an integer"),
+    ("max_concurrency", None, "may not be null; leave the field out instead"),
+    ("max_per_second", -1, "must be more than 0"),
+    ("max_per_second", 0, "must be more than 0"),
+    ("max_per_second", 1001, "must be at most 1000"),
+    ("max_per_second", 1000.5, "must be at most 1000"),
+    ("max_per_second", True, "must be a number"),
+    ("max_per_second", "8", "must be a number"),
+    ("max_per_second", float("nan"), "must be a finite number"),
+    ("max_per_second", float("inf"), "must be a finite number"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "sentence"), BAD_LIMITS)
+def test_a_bad_limit_is_refused_naming_the_field_at_create_and_patch(
+    guarded: ApiHarness, field: str, value: Any, sentence: str
+) -> None:
+    alice = guarded.account("alice")
+    body = {"url": "https://hooks.example/a", field: value}
+
+    created = guarded.client.post("/endpoints", json=body, headers=alice.headers)
+
+    assert created.status_code == 422, created.json
+    assert created.content_type == PROBLEM
+    assert [
+        (error["in"], error["field"], error["message"]) for error in created.json["errors"]
+    ] == [("body", field, sentence)]
+    assert guarded.client.get("/endpoints", headers=alice.headers).json["items"] == []
+
+    made = create_endpoint(guarded, alice, "https://hooks.example/a", max_per_second=5)
+    patched = guarded.client.patch(
+        f"/endpoints/{made['id']}", json={field: value}, headers=alice.headers
+    )
+    assert patched.status_code == 422, patched.json
+    assert [(error["field"], error["message"]) for error in patched.json["errors"]] == [
+        (field, sentence)
+    ]
+    row = endpoint_row(guarded, made["id"])
+    assert (row.max_concurrency, row.max_per_second) == (8, 5.0)
+
+
+def test_another_user_cannot_change_an_endpoint_s_limits(guarded: ApiHarness) -> None:
+    alice, bob = guarded.account("alice"), guarded.account("bob")
+    theirs = create_endpoint(
+        guarded, alice, "https://hooks.example/a", max_concurrency=4, max_per_second=2
+    )
+
+    response = guarded.client.patch(
+        f"/endpoints/{theirs['id']}",
+        json={"max_concurrency": 64, "max_per_second": None},
+        headers=bob.headers,
+    )
+
+    assert response.status_code == 404 and response.content_type == PROBLEM
+    row = endpoint_row(guarded, theirs["id"])
+    assert (row.max_concurrency, row.max_per_second) == (4, 2.0)

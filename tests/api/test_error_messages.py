@@ -165,12 +165,21 @@ def bad_bodies(walk: Walk) -> Iterator[tuple[str, str, str, Any]]:
         "description with NUL": {"url": "https://93.184.215.14/", "description": "\u0000"},
         "no URL": {},
         "unknown field": {"url": "https://93.184.215.14/", "secret": "mine"},
+        "concurrency as text": {"url": "https://93.184.215.14/", "max_concurrency": "8"},
+        "fractional concurrency": {"url": "https://93.184.215.14/", "max_concurrency": 1.5},
+        "rate as a boolean": {"url": "https://93.184.215.14/", "max_per_second": True},
+        "rate not finite": {"url": "https://93.184.215.14/", "max_per_second": float("nan")},
+        "rate too high": {"url": "https://93.184.215.14/", "max_per_second": 1001},
     }.items():
         yield f"POST /endpoints {name}", "POST", "/endpoints", body
     for name, body in {
         "enabled as text": {"enabled": "yes"},
         "null URL": {"url": None},
         "ftp URL": {"url": "ftp://x"},
+        "null concurrency": {"max_concurrency": None},
+        "no concurrency": {"max_concurrency": 0},
+        "rate of zero": {"max_per_second": 0},
+        "rate as text": {"max_per_second": "0.5"},
     }.items():
         yield f"PATCH /endpoints/{{id}} {name}", "PATCH", endpoint, body
     for name, body in {

@@ -228,6 +228,7 @@ def test_what_the_http_server_answers_first_is_documented(document: dict[str, An
         ("TaskOut", {"endpoint_id", "next_occurrence"}),
         ("ReminderOut", {"kind", "offset_seconds"}),
         ("DeadLetterOut", {"broker_id", "retryable"}),
+        ("EndpointOut", {"max_concurrency", "max_per_second"}),
     ],
 )
 def test_fields_always_returned_are_required(
@@ -259,3 +260,24 @@ def test_a_form_whose_fields_all_have_defaults_may_be_posted_empty(
 
     assert discard["requestBody"]["required"] is False
     assert sign_in["requestBody"]["required"] is True
+
+
+def test_the_endpoint_limits_are_documented_with_their_bounds_and_default(
+    document: dict[str, Any],
+) -> None:
+    schemas = document["components"]["schemas"]
+    concurrency = {"type": "integer", "minimum": 1, "maximum": 64}
+    rate = {"type": "number", "exclusiveMinimum": 0, "maximum": 1000}
+    for name in ("EndpointCreate", "EndpointPatch"):
+        fields = schemas[name]["properties"]
+        assert concurrency.items() <= fields["max_concurrency"].items(), name
+        assert "max_concurrency" not in schemas[name].get("required", [])
+        [number, null] = fields["max_per_second"]["anyOf"]
+        assert rate.items() <= number.items() and null == {"type": "null"}, name
+    assert schemas["EndpointCreate"]["properties"]["max_concurrency"]["default"] == 8
+    assert schemas["EndpointCreate"]["properties"]["max_per_second"]["default"] is None
+    assert "default" not in schemas["EndpointPatch"]["properties"]["max_concurrency"]
+    shown = schemas["EndpointOut"]["properties"]
+    assert shown["max_concurrency"]["type"] == "integer"
+    assert {"type": "number"} in shown["max_per_second"]["anyOf"]
+    assert {"type": "null"} in shown["max_per_second"]["anyOf"]

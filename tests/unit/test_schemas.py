@@ -172,6 +172,8 @@ def schema_properties(model: type[Any]) -> dict[str, Any]:
         (DeadLetterQuery, "older_than_seconds"),
         (DeadLetterQuery, "newer_than_seconds"),
         (BulkRetryRequest, "older_than_seconds"),
+        (EndpointCreate, "max_concurrency"),
+        (EndpointPatch, "max_concurrency"),
     ],
 )
 def test_document_says_integer_with_bounds_and_no_null(model: type[Any], name: str) -> None:
@@ -182,10 +184,11 @@ def test_document_says_integer_with_bounds_and_no_null(model: type[Any], name: s
     assert "anyOf" not in field and field.get("default", 0) is not None
 
 
-def test_document_marks_only_notes_recurrence_endpoint_and_description_as_nullable() -> None:
+def test_document_marks_only_notes_recurrence_endpoint_description_and_rate_as_nullable() -> None:
     """What the server refuses as null, the document does not allow as null, and back:
     null clears the notes, makes a task one-off (recurrence), sends its reminders to the
-    deployment's channel (endpoint_id), and clears an endpoint's description."""
+    deployment's channel (endpoint_id), clears an endpoint's description, and removes its
+    rate limit (max_per_second)."""
     for model in (
         TaskCreate,
         TaskPatch,
@@ -203,8 +206,8 @@ def test_document_marks_only_notes_recurrence_endpoint_and_description_as_nullab
         expected = {
             TaskCreate: {"notes", "recurrence", "endpoint_id"},
             TaskPatch: {"notes", "recurrence", "endpoint_id"},
-            EndpointCreate: {"description"},
-            EndpointPatch: {"description"},
+            EndpointCreate: {"description", "max_per_second"},
+            EndpointPatch: {"description", "max_per_second"},
         }.get(model, set())
         assert nullable == expected, model
     assert schema_properties(BulkRetryRequest)["dry_run"] == {
