@@ -1,7 +1,8 @@
 """``reminders endpoints``: users' webhook endpoints and their health, for operators.
 
 A table by default, ``--json`` for scripts. Never a secret: operators see where reminders
-go and whether they arrive, not how they are signed.
+go, whether they arrive and how fast each endpoint takes them (its delivery limits), not how
+they are signed.
 """
 
 from __future__ import annotations
@@ -40,13 +41,25 @@ def endpoints_list(user: str | None, failing: bool, as_json: bool) -> None:
     if not found:
         click.echo("no endpoints")
         return
-    headers = ("endpoint", "owner", "url", "state", "failing since", "last success", "last error")
+    headers = (
+        "endpoint",
+        "owner",
+        "url",
+        "state",
+        "max_concurrency",
+        "max_per_second",
+        "failing since",
+        "last success",
+        "last error",
+    )
     rows = [
         (
             endpoint.id,
             endpoint.owner,
             endpoint.url,
             "enabled" if endpoint.enabled else "DISABLED",
+            endpoint.max_concurrency,
+            _rate(endpoint.max_per_second),
             endpoint.failing_since,
             endpoint.last_success_at,
             _problem(endpoint),
@@ -61,3 +74,10 @@ def _problem(endpoint: endpoints.EndpointHealth) -> str:
     if not endpoint.enabled:
         return endpoint.disabled_reason or ""
     return (endpoint.last_error or "") if endpoint.failing_since else ""
+
+
+def _rate(per_second: float | None) -> str:
+    """Requests per second as the owner gave them (20, 0.5); "-" for no rate limit."""
+    if per_second is None:
+        return "-"
+    return str(int(per_second)) if per_second.is_integer() else str(per_second)

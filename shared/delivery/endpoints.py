@@ -292,7 +292,8 @@ def purge_attempts(engine: Engine, keep: timedelta, clock: Callable[[], datetime
 
 @dataclass(frozen=True)
 class EndpointHealth:
-    """One endpoint as operators see it: whose, where, and how it is doing (no secret)."""
+    """One endpoint as operators see it: whose, where, how it is doing, and its delivery
+    limits (no secret)."""
 
     id: uuid.UUID
     owner: str
@@ -303,6 +304,8 @@ class EndpointHealth:
     last_success_at: datetime | None
     last_failure_at: datetime | None
     last_error: str | None
+    max_concurrency: int
+    max_per_second: float | None  # None: no rate limit
 
 
 def user_exists(session: Session, name: str) -> bool:
@@ -326,6 +329,8 @@ def health(
         Endpoint.last_success_at,
         Endpoint.last_failure_at,
         Endpoint.last_error,
+        Endpoint.max_concurrency,
+        Endpoint.max_per_second,
     ).join(User, User.id == Endpoint.owner_id)
     if owner is not None:
         statement = statement.where(User.name == owner)
