@@ -151,10 +151,19 @@ class Settings(BaseModel):
     )
     # The deployment webhook's limits (SPEC §4.9); None: unlimited.
     webhook_max_concurrency: int | None = Field(
-        default=None, ge=1, validation_alias="REMINDERS_WEBHOOK_MAX_CONCURRENCY"
+        default=None,
+        ge=1,
+        validation_alias="REMINDERS_WEBHOOK_MAX_CONCURRENCY",
+        description="Requests to REMINDERS_WEBHOOK_URL in flight at once, across every worker "
+        "process and host. Unset (or empty): no limit.",
     )
     webhook_max_per_second: float | None = Field(
-        default=None, gt=0, validation_alias="REMINDERS_WEBHOOK_MAX_PER_SECOND"
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias="REMINDERS_WEBHOOK_MAX_PER_SECOND",
+        description="Requests per second to REMINDERS_WEBHOOK_URL (fractions allowed: 0.5 is "
+        "one every 2 seconds). Unset (or empty): no limit.",
     )
     # Threads of a worker process that requests to slow receivers may hold together (SPEC §4.9).
     slow_lane_threads: int = Field(
@@ -220,6 +229,13 @@ class Settings(BaseModel):
         description="json: one JSON object per line (what log shippers read); console: "
         "aligned lines for a person; auto: console when stderr is a terminal, else json.",
     )
+
+    @field_validator("webhook_max_concurrency", "webhook_max_per_second", mode="before")
+    @classmethod
+    def _empty_is_unlimited(cls, value: object) -> object:
+        # A variable set to nothing (VAR= in a compose or env file) means what leaving it out
+        # does: no limit.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod

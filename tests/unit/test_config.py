@@ -33,6 +33,56 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.history_days == 90
 
 
+def test_the_deployment_webhook_has_no_delivery_limits_unless_set() -> None:
+    settings = load_settings({})
+
+    assert (settings.webhook_max_concurrency, settings.webhook_max_per_second) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "per_second", "limits"),
+    [
+        ("4", "0.5", (4, 0.5)),
+        ("1", "20", (1, 20.0)),
+        ("", " ", (None, None)),  # set to nothing, as an env file writes it: no limit
+    ],
+)
+def test_the_deployment_webhook_limits_are_read_from_the_environment(
+    concurrency: str, per_second: str, limits: tuple[int | None, float | None]
+) -> None:
+    settings = load_settings(
+        {
+            "REMINDERS_WEBHOOK_MAX_CONCURRENCY": concurrency,
+            "REMINDERS_WEBHOOK_MAX_PER_SECOND": per_second,
+        }
+    )
+
+    assert (settings.webhook_max_concurrency, settings.webhook_max_per_second) == limits
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("REMINDERS_WEBHOOK_MAX_CONCURRENCY", "0", "greater than or equal to 1"),
+        ("REMINDERS_WEBHOOK_MAX_CONCURRENCY", "-2", "greater than or equal to 1"),
+        ("REMINDERS_WEBHOOK_MAX_CONCURRENCY", "1.5", "a valid integer"),
+        ("REMINDERS_WEBHOOK_MAX_CONCURRENCY", "many", "a valid integer"),
+        ("REMINDERS_WEBHOOK_MAX_PER_SECOND", "0", "greater than 0"),
+        ("REMINDERS_WEBHOOK_MAX_PER_SECOND", "-0.5", "greater than 0"),
+        ("REMINDERS_WEBHOOK_MAX_PER_SECOND", "fast", "a valid number"),
+        ("REMINDERS_WEBHOOK_MAX_PER_SECOND", "inf", "a finite number"),
+        ("REMINDERS_WEBHOOK_MAX_PER_SECOND", "nan", "a finite number"),
+    ],
+)
+def test_a_bad_deployment_webhook_limit_is_named_with_its_value_and_why(
+    variable: str, value: str, reason: str
+) -> None:
+    [line] = config_error({variable: value}).splitlines()
+
+    assert line.startswith(f"configuration error: {variable}={value!r}: ")
+    assert reason in line
+
+
 def test_default_scan_runs_every_minute() -> None:
     schedule = cron(load_settings({}).scan_cron)
     start = pendulum.datetime(2030, 3, 31, 0, 0, tz="UTC")
