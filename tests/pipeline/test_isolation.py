@@ -7,6 +7,8 @@ receivers' answers; the longest runs about 10 s.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -14,16 +16,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
+from shared.broker.gate import Gate
+from shared.broker.queue import QUEUE_NAME
 from shared.delivery.secret_box import SecretBox
 from shared.store.db import unit_of_work
 from shared.store.models import Endpoint, Reminder, Task
 from tests.conftest import Account
-from tests.pipeline.conftest import Stack
+from tests.pipeline.conftest import BIN, Stack
 from workers.producer import scan_due_tasks
 
 Answer = tuple[int, dict[str, str]]
@@ -252,3 +257,38 @@ def test_max_per_second_holds_at_the_receiver(
     # In any one second, no more than 4: the gate counts when it admits, the receiver when
     # the request arrives, a few milliseconds later or earlier for each.
     assert max(sum(1 for t in times if start <= t < start + 0.97) for start in times) <= 4
+
+
+def test_a_sigkilled_worker_holding_slots_and_parked_reminders_loses_none(
+    stack: Stack, receivers: Callable[..., SlowReceiver], tmp_path: Path
+) -> None:
+    """Real time: a real worker process is SIGKILLed with both of an endpoint's slots in flight
+    and the rest parked; a second one delivers them all once."""
+    receiver = receivers(hold=0.8)
+    alice = stack.account("alice")
+    endpoint_id = endpoint_for(stack, alice, receiver.url, max_concurrency=2)
+    keys = reminders_at(stack, alice, endpoint_id, [whole_second_from_now(0)] * 10)
+    settings = {"allow_private_endpoints": True, "heartbeat_timeout_ms": 2000}
+    producer, _ = stack.broker(**settings)
+    scan_due_tasks(stack.sessions, producer, stack.settings(**settings))
+    env = stack.env(**settings)
+    argv = [str(BIN / "dramatiq"), "workers.app", "--processes", "1", "--threads", "4"]
+    first = stack.spawn_logged(argv, env, tmp_path / "first.log")
+    assert stack.wait_for(lambda: receiver.in_flight == 2, 30)
+    gate = Gate(producer.client, producer.namespace, QUEUE_NAME, lease_ms=1)
+    assert stack.wait_for(lambda: len(gate.parked_message_ids()) == 8, 10)
+    os.killpg(first.pid, signal.SIGKILL)  # slots held, nothing given back
+    first.wait(timeout=30)
+    in_flight_at_kill = set(receiver.keys())
+    stack.spawn_logged(argv, env, tmp_path / "second.log")
+
+    def all_sent() -> bool:
+        scan_due_tasks(stack.sessions, producer, stack.settings(**settings))  # maintenance
+        return sent(stack) == len(keys)
+
+    assert stack.wait_for(all_sent, 60, 0.5)
+    assert set(receiver.keys()) == {str(key) for key in keys}
+    arrived = receiver.keys()
+    repeated = {key for key in arrived if arrived.count(key) > 1}
+    assert repeated <= in_flight_at_kill  # only what was in flight at the crash came twice
+    assert gate.parked_message_ids() == set()
