@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
@@ -32,7 +33,7 @@ from periodiq import PeriodiqMiddleware, cron
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.broker.gate import RESERVED_SLOT, Gate, Verdict
+from shared.broker.gate import RESERVED_SLOT, WOKEN_FOR, Gate, Verdict
 from shared.broker.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
 from shared.config import Settings
 from shared.delivery.endpoints import purge_attempts
@@ -235,6 +236,15 @@ def put_back_deferred(broker: RedisBroker, message: Any, deferred: Deferred) -> 
     )
 
 
+def forfeit(gate: Gate, receiver: str, token: str) -> None:
+    """Give back a slot reserved for a woken message that will not use it; best effort (the
+    reservation lapses on its own)."""
+    try:
+        gate.release(receiver, token, duration_ms=-1)
+    except redis.RedisError as exc:
+        log.warning("gate.release_failed", receiver=receiver, error_type=type(exc).__name__)
+
+
 def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
     """Bind the actors and the failure middleware to ``broker``."""
     broker.add_middleware(RecordFailedAttempts(pipeline), before=Retries)
@@ -292,6 +302,11 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         else:
             metrics.STALE.inc()
             log.info("reminder.stale", state=delivery.state, **fields)
+        woken_for = message.options.get(WOKEN_FOR)
+        if delivery.outcome is not Outcome.SENT and woken_for and pipeline.gate is not None:
+            # Woken with a slot reserved, it made no request: the slot goes to the next one
+            # waiting now, not when the reservation lapses.
+            forfeit(pipeline.gate, woken_for, message.message_id)
 
     def scan() -> None:
         """The producer, as run by the scheduler (periodiq) on REMINDERS_SCAN_CRON."""

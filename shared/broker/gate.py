@@ -301,6 +301,9 @@ class Admission:
 
 # In a message's options: the rate slot (ms since the epoch) reserved for it by `Gate.admit`.
 RESERVED_SLOT = "gate_slot"
+# In a parked message's options: the receiver it waits for. Woken, it holds a reserved slot
+# there; a message that then makes no request (its task changed meanwhile) gives it back.
+WOKEN_FOR = "gate_receiver"
 
 
 @dataclass(frozen=True)
@@ -373,7 +376,7 @@ class Gate:
                 reserved,
                 RESERVATION_GRACE_MS,
                 SLOW_MS,
-                parked_value(message),
+                parked_value(message, receiver),
                 self.queue_key,
                 WAKE_LEASE_MS,
                 per_window,
@@ -420,7 +423,7 @@ class Gate:
                 receiver,
                 self.clock_ms(),
                 message.message_id,
-                parked_value(message),
+                parked_value(message, receiver),
             ]
         )
 
@@ -475,12 +478,14 @@ def parked_message_ids(client: Any, namespace: str) -> set[str]:
     return {token.decode() for token in client.hkeys(f"{namespace}:gate:parked.msgs")}
 
 
-def parked_value(message: Message[Any]) -> str:
+def parked_value(message: Message[Any], receiver: str) -> str:
     """What a parked message is stored as: a fresh broker id, then the message encoded as it
-    goes back onto its queue under that id (its retry count and reservation kept)."""
+    goes back onto its queue under that id (its retry count and reservation kept, and the
+    receiver it waited for)."""
     broker_id = os.urandom(16).hex()
     options = {key: value for key, value in message.options.items() if key != "eta"}
     options["redis_message_id"] = broker_id
+    options[WOKEN_FOR] = receiver
     encoded = get_encoder().encode(
         {
             "queue_name": message.queue_name.removesuffix(".DQ"),

@@ -292,3 +292,31 @@ def test_a_sigkilled_worker_holding_slots_and_parked_reminders_loses_none(
     repeated = {key for key in arrived if arrived.count(key) > 1}
     assert repeated <= in_flight_at_kill  # only what was in flight at the crash came twice
     assert gate.parked_message_ids() == set()
+
+
+def test_a_woken_reminder_whose_task_was_finished_gives_its_slot_to_the_next_at_once(
+    stack: Stack, receivers: Callable[..., SlowReceiver]
+) -> None:
+    """Real time: three reminders to an endpoint taking one request at a time, 0.9 s each;
+    the one parked first is finished meanwhile. The last goes out right after the first
+    (not once the slot reserved for the finished one lapses, a minute later)."""
+    receiver = receivers(hold=0.9)
+    alice = stack.account("alice")
+    endpoint_id = endpoint_for(stack, alice, receiver.url, max_concurrency=1)
+    reminders_at(stack, alice, endpoint_id, [whole_second_from_now(0)] * 3)
+    broker, _ = stack.broker(allow_private_endpoints=True)
+    scan_due_tasks(stack.sessions, broker, stack.settings())
+    parked = f"{broker.namespace}:gate:endpoint:{endpoint_id}:parked"
+    with stack.run_workers(broker, threads=4):
+        assert stack.wait_for(lambda: broker.client.llen(parked) == 2, 15)
+        finished = uuid.UUID(broker.client.lindex(parked, 0).decode())
+        with unit_of_work(stack.sessions) as session:
+            task_id = session.scalar(
+                select(Reminder.task_id).where(Reminder.message_id == finished)
+            )
+            session.execute(update(Task).where(Task.id == task_id).values(status="done"))
+        assert stack.wait_for(lambda: sent(stack) == 2, 15)
+    first, last = receiver.arrivals
+    assert str(finished) not in {first.key, last.key}
+    # The reservation would have held the slot for a minute; a wake takes a moment.
+    assert last.at - first.at < 10
