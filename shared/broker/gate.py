@@ -238,17 +238,12 @@ return 0
 
 # ARGV: ns, receiver (unused: ''), now, queue key, wake lease ms, slow wake count: wake what
 # expired leases left waiting, on every receiver, and a few of the slow lane.
-_SWEEP = """
-local ns, now, queue = ARGV[1], tonumber(ARGV[3]), ARGV[4]
+_SWEEP = (
+    _LUA_COMMON
+    + """
+local queue = ARGV[4]
 local wake_lease, slow_wake = tonumber(ARGV[5]), tonumber(ARGV[6])
-local parked_msgs = ns .. ':gate:parked.msgs'
-local receivers = ns .. ':gate:receivers'
 local woken = 0
-local function push(q, value)
-  local bid = string.sub(value, 1, 32)
-  redis.call('HSET', q .. '.msgs', bid, string.sub(value, 33))
-  redis.call('RPUSH', q, bid)
-end
 for _, e in ipairs(redis.call('SMEMBERS', receivers)) do
   local base = ns .. ':gate:' .. e
   local leases, parked, state = base .. ':leases', base .. ':parked', base .. ':state'
@@ -283,6 +278,7 @@ for _ = 1, slow_wake do
 end
 return woken
 """
+)
 
 
 class Verdict(StrEnum):
