@@ -175,11 +175,11 @@ class TaskService:
         self.broker = broker
         self.clock = clock
 
-    def _enqueue_soon_due(self, opened: Iterable[Reminder]) -> None:
+    def _enqueue_soon_due(self, owner: Owner, opened: Iterable[Reminder]) -> None:
         if self.broker is None:
             return
         soon = [
-            SoonDue(row.task_id, row.due_at, row.message_id, row.remind_at)
+            SoonDue(row.task_id, row.due_at, row.message_id, row.remind_at, owner.id)
             for row in opened
             if row.state == "waiting"
         ]
@@ -253,7 +253,7 @@ class TaskService:
                 raise NoEndpoint("no such endpoint (or not yours)") from None  # deleted since
             row = Reminder(**reminder)
             created = _task_out(Task(**task), _reminder_out(row), owner, now)
-            self._enqueue_soon_due([row])
+            self._enqueue_soon_due(owner, [row])
             return created
         with unit_of_work(self.sessions) as session:
             new_task = Task(**task)
@@ -267,7 +267,7 @@ class TaskService:
             if within is not None:
                 within(session, created)
             opened = list(planned.opened)
-        self._enqueue_soon_due(opened)
+        self._enqueue_soon_due(owner, opened)
         return created
 
     def _offsets(self, reminders: list[int] | None, remind_before: int | None) -> list[int]:
@@ -322,7 +322,7 @@ class TaskService:
                 session.flush()
                 opened = plan_reminders(session, task, now, self.planning.horizon_seconds).opened
                 session.flush()
-        self._enqueue_soon_due(opened)
+        self._enqueue_soon_due(owner, opened)
         return self.get(owner, task_id)
 
     def complete(self, owner: Owner, task_id: uuid.UUID) -> TaskOut | None:
@@ -360,7 +360,7 @@ class TaskService:
                 session.flush()
                 opened = plan_reminders(session, task, now, self.planning.horizon_seconds).opened
                 session.flush()
-                self._enqueue_soon_due(opened)
+                self._enqueue_soon_due(owner, opened)
         return self.get(owner, task_id)
 
     def snooze(
@@ -409,7 +409,7 @@ class TaskService:
             snoozed = _reminder_out(row)
             if within is not None:
                 within(session, snoozed)
-        self._enqueue_soon_due([row])
+        self._enqueue_soon_due(owner, [row])
         return snoozed
 
     def occurrences(

@@ -44,6 +44,7 @@ from shared.broker.queue import QUEUE_NAME, SCAN_QUEUE_NAME, SoonDue, message_fo
 from shared.broker.redis_broker import (
     dead_message_ids,
     enqueue_batch,
+    interleave_owners,
     pending_message_ids,
     run_maintenance,
 )
@@ -75,8 +76,9 @@ class ScanResult:
 def _enqueue(
     broker: RedisBroker, claimed: list[SoonDue], result: ScanResult, now: datetime
 ) -> None:
-    """Enqueue the claimed rows: due ones at once, the others delayed to their remind time."""
-    enqueue_batch(broker, [message_for(row, now) for row in claimed])
+    """Enqueue the claimed rows: due ones at once, the others delayed to their remind time;
+    interleaved by owner, so one owner's thousands do not queue another's behind them."""
+    enqueue_batch(broker, interleave_owners([message_for(row, now) for row in claimed]))
     result.message_ids.extend(str(row.message_id) for row in claimed)
 
 
@@ -95,6 +97,9 @@ _DUE = (
     .with_for_update(skip_locked=True)
     .cte("due")
 )
+# The task's owner, for `interleave_owners`: a subquery, as SQLite's RETURNING may not name
+# another table.
+_OWNER = select(Task.owner_id).where(Task.id == Reminder.task_id).scalar_subquery()
 _CLAIM_DUE = (
     update(Reminder)
     .where(Reminder.message_id == _DUE.c.message_id)
@@ -113,7 +118,12 @@ _CLAIM_DUE = (
         updated_at=bindparam("b_now"),
     )
     .returning(
-        Reminder.task_id, Reminder.due_at, Reminder.message_id, Reminder.state, Reminder.remind_at
+        Reminder.task_id,
+        Reminder.due_at,
+        Reminder.message_id,
+        Reminder.state,
+        Reminder.remind_at,
+        _OWNER,
     )
 )
 
@@ -138,9 +148,11 @@ def _claim_due(sessions: sessionmaker[Session], settings: Settings, now: datetim
     with hot_transaction(sessions.kw["bind"]) as rows:
         claimed_rows = rows(_CLAIM_DUE, params)
     batch = _Batch(queued=[], missed=[])
-    for task_id, due_at, message_id, state, remind_at in claimed_rows:
+    for task_id, due_at, message_id, state, remind_at, owner in claimed_rows:
         # astimezone: the driver's rows are in the session's zone; messages carry UTC.
-        claimed = SoonDue(task_id, due_at.astimezone(UTC), message_id, remind_at.astimezone(UTC))
+        claimed = SoonDue(
+            task_id, due_at.astimezone(UTC), message_id, remind_at.astimezone(UTC), owner
+        )
         (batch.queued if state == "queued" else batch.missed).append(claimed)
     return batch
 
@@ -181,12 +193,13 @@ def _requeue_lost(
     dead: set[str] | None = None
     while True:
         with unit_of_work(sessions) as session:
-            rows = session.scalars(
-                select(Reminder)
+            rows = session.execute(
+                select(Reminder, Task.owner_id)
+                .join(Task, Task.id == Reminder.task_id)
                 .where(Reminder.state == "queued", Reminder.updated_at < cutoff)
                 .order_by(Reminder.updated_at)
                 .limit(settings.scan_batch_size)
-                .with_for_update(skip_locked=True)
+                .with_for_update(skip_locked=True, of=Reminder)
             ).all()
             if not rows:
                 return
@@ -196,7 +209,7 @@ def _requeue_lost(
                 held |= pending_message_ids(broker, QUEUE_NAME)
                 dead = dead_message_ids(broker, QUEUE_NAME)
             lost = []
-            for row in rows:
+            for row, owner in rows:
                 key = str(row.message_id)
                 row.updated_at = now  # checked now; looked at again after requeue_after
                 if key in held:
@@ -207,7 +220,7 @@ def _requeue_lost(
                     row.last_error = row.last_error or LOST_MESSAGE_ERROR
                     result.repaired_failed += 1
                     continue
-                lost.append(SoonDue(row.task_id, row.due_at, row.message_id, row.remind_at))
+                lost.append(SoonDue(row.task_id, row.due_at, row.message_id, row.remind_at, owner))
         _enqueue(broker, lost, result, now)
         result.requeued += len(lost)
         for row_claim in lost:

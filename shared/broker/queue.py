@@ -23,7 +23,13 @@ from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
-from shared.broker.redis_broker import BatchedDelayHandOver, GroupAckRedisBroker, enqueue_batch
+from shared.broker.redis_broker import (
+    OWNER,
+    BatchedDelayHandOver,
+    GroupAckRedisBroker,
+    enqueue_batch,
+    interleave_owners,
+)
 from shared.config import Settings
 from shared.logs import get_logger
 from shared.store.db import database_unreachable, utcnow
@@ -96,28 +102,36 @@ def make_broker(
 
 
 def reminder_message(
-    task_id: uuid.UUID, due_at: datetime, message_id: uuid.UUID, eta: datetime | None = None
+    task_id: uuid.UUID,
+    due_at: datetime,
+    message_id: uuid.UUID,
+    eta: datetime | None = None,
+    owner: uuid.UUID | None = None,
 ) -> Message:
     """The message that asks a worker to deliver one occurrence.
 
     With ``eta`` it is a delayed message, as ``RedisBroker.enqueue`` with a delay makes one
     (on the delay queue, ``eta`` in epoch milliseconds): a worker holds it until then.
+    ``owner`` (the task's owner) goes in the `OWNER` option: messages released together are
+    interleaved by it (`interleave_owners`).
     """
+    options: dict[str, Any] = {} if owner is None else {OWNER: str(owner)}
     if eta is None:
         return Message(
             queue_name=QUEUE_NAME,
             actor_name=SEND_REMINDER,
             args=(str(task_id), due_at.isoformat()),
             kwargs={},
-            options={},
+            options=options,
             message_id=str(message_id),
         )
+    options["eta"] = round(eta.timestamp() * 1000)
     return Message(
         queue_name=dq_name(QUEUE_NAME),
         actor_name=SEND_REMINDER,
         args=(str(task_id), due_at.isoformat()),
         kwargs={},
-        options={"eta": round(eta.timestamp() * 1000)},
+        options=options,
         message_id=str(message_id),
     )
 
@@ -131,12 +145,15 @@ class SoonDue:
     due_at: datetime
     message_id: uuid.UUID
     remind_at: datetime
+    owner: uuid.UUID | None = None  # the task's owner, when known
 
 
 def message_for(reminder: SoonDue, now: datetime) -> Message:
     """The message of a pending reminder: at once if it is due, else delayed to its time."""
     eta = reminder.remind_at if reminder.remind_at > now else None
-    return reminder_message(reminder.task_id, reminder.due_at, reminder.message_id, eta=eta)
+    return reminder_message(
+        reminder.task_id, reminder.due_at, reminder.message_id, eta=eta, owner=reminder.owner
+    )
 
 
 def enqueue_if_due_soon(
@@ -154,7 +171,7 @@ def enqueue_if_due_soon(
     soon = [reminder for reminder in reminders if reminder.remind_at <= horizon]
     if not soon:
         return 0
-    messages = [message_for(reminder, now) for reminder in soon]
+    messages = interleave_owners([message_for(reminder, now) for reminder in soon])
     try:
         enqueue_batch(broker, messages)
     except redis.RedisError as exc:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from queue import Empty
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from dramatiq import Message, Middleware, get_encoder
@@ -141,6 +141,35 @@ def enqueue_batch(broker: RedisBroker, messages: Sequence[Message[Any]]) -> None
 
 
 _MESSAGE_FIELDS = tuple(field.name for field in dataclasses.fields(Message))
+
+# The option naming a reminder's owner (the task's user), set by the producer.
+OWNER = "owner"
+
+_M = TypeVar("_M", Message[Any], MessageProxy)
+
+
+def interleave_owners(messages: Sequence[_M]) -> list[_M]:
+    """``messages`` in turns by owner: the first of each owner, then the second of each...
+
+    Fair bursts (SPEC §4.9): when one owner has thousands of reminders due at the same
+    second, another owner's reminder released with them goes near the front of the queue,
+    not behind them all. Each owner's own messages keep their order; owners take turns in
+    the order they first appear. Messages without an owner (enqueued by an operator's retry)
+    form one group of their own. O(n).
+    """
+    groups: dict[Any, list[_M]] = {}
+    for message in messages:
+        groups.setdefault(message.options.get(OWNER), []).append(message)
+    if len(groups) < 2:
+        return list(messages)
+    interleaved: list[_M] = []
+    turns = list(groups.values())
+    depth = 0
+    while turns:  # each round takes the depth-th message of every owner that has one
+        turns = [group for group in turns if len(group) > depth]
+        interleaved.extend(group[depth] for group in turns)
+        depth += 1
+    return interleaved
 
 
 def _overrides(middleware: Middleware, hook: str) -> bool:
@@ -371,7 +400,8 @@ class BatchedDelayHandOver(Middleware):
     GIL, and the last of a burst waits seconds for its turn. This middleware gives each
     delay-queue consumer thread a hand-over that moves up to `HAND_OVER_BATCH` due messages
     in one MULTI/EXEC (`enqueue_batch`) and acknowledges them in one pipelined round trip,
-    in the same order as Dramatiq: enqueued first, acknowledged after. A process killed in
+    in the same order as Dramatiq: enqueued first, acknowledged after. The messages due
+    together are interleaved by owner first (`interleave_owners`). A process killed in
     between leaves the delayed message unacknowledged; it is handed over again after
     recovery and the second message finds its occurrence sent (a no-op, never a second
     delivery). Installed through Dramatiq's ``consumer_thread_boot`` signal; a thread of
@@ -392,26 +422,34 @@ class BatchedDelayHandOver(Middleware):
 
 
 def _hand_over_due(broker: GroupAckRedisBroker, thread: Any) -> None:
-    """Hand every due message of ``thread``'s in-memory delay queue over to its queue."""
+    """Hand every due message of ``thread``'s in-memory delay queue over to its queue.
+
+    All that are due are taken at once and interleaved by owner (`interleave_owners`), so
+    a burst of one owner does not push another's reminder due with it to the back; they
+    go over `HAND_OVER_BATCH` at a time, each batch acknowledged once it is enqueued.
+    """
     delay_queue = thread.delay_queue
+    now = current_millis()
+    due: list[MessageProxy] = []
     while True:
-        now = current_millis()
-        due: list[MessageProxy] = []
-        while len(due) < HAND_OVER_BATCH:
-            try:
-                item = delay_queue.get_nowait()
-            except Empty:
-                break
-            if item.priority > now:  # the earliest left is not due: put it back, stop
-                delay_queue.put(item)
-                delay_queue.task_done()
-                break
-            due.append(item.message)
-        if not due:
-            return
         try:
+            item = delay_queue.get_nowait()
+        except Empty:
+            break
+        if item.priority > now:  # the earliest left is not due: put it back, stop
+            delay_queue.put(item)
+            delay_queue.task_done()
+            break
+        due.append(item.message)
+    if not due:
+        return
+    taken = len(due)
+    try:
+        due = interleave_owners(due)
+        for start in range(0, len(due), HAND_OVER_BATCH):
+            batch = due[start : start + HAND_OVER_BATCH]
             ready = []
-            for message in due:
+            for message in batch:
                 copy = message.copy(queue_name=q_name(message.queue_name))
                 del copy.options["eta"]
                 ready.append(copy)
@@ -421,12 +459,10 @@ def _hand_over_due(broker: GroupAckRedisBroker, thread: Any) -> None:
                 # As Dramatiq: the consumer thread drops what it holds and reconnects; the
                 # unacknowledged delayed messages come back from Redis.
                 raise ConnectionClosed(error) from None
-            _acknowledge(broker, thread, due)
-        finally:
-            for _ in due:
-                delay_queue.task_done()
-        if len(due) < HAND_OVER_BATCH:
-            return
+            _acknowledge(broker, thread, batch)
+    finally:
+        for _ in range(taken):
+            delay_queue.task_done()
 
 
 def _acknowledge(broker: GroupAckRedisBroker, thread: Any, messages: list[MessageProxy]) -> None:
