@@ -29,7 +29,7 @@ from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 from dramatiq.middleware import Retries, TimeLimit
-from periodiq import PeriodiqMiddleware, cron
+from periodiq import cron
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,6 +49,7 @@ from workers.delivery import Outcome, deliver_occurrence, parse_occurrence, reco
 from workers.endpoint_channel import EndpointChannel
 from workers.outage import DatabaseGate
 from workers.producer import scan_due_tasks
+from workers.ticks import LateTicks
 
 log = get_logger("worker")
 
@@ -253,9 +254,9 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
     for middleware in broker.middleware:
         if isinstance(middleware, Retries):
             middleware.logger.addFilter(_ATTEMPT_LINES)
-    # Skip a periodic message older than this: a scan that late is superseded by the next one.
-    broker.add_middleware(PeriodiqMiddleware(skip_delay=30))
+    # A late tick runs, unless a later one has run already (periodiq would drop it).
     settings = pipeline.settings
+    broker.add_middleware(LateTicks(broker.client, settings.redis_namespace))
     # The labelled counter of this channel, looked up once rather than per reminder.
     sent_here = metrics.SENT.labels(pipeline.channel.name)
 
@@ -359,7 +360,7 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
             queue_name=SCAN_QUEUE_NAME,
             broker=broker,
             periodic=cron(settings.scan_cron),
-            # periodiq drops a late periodic message anyway; the next tick rescans everything.
+            # A failed scan is not retried: the next tick rescans everything.
             max_retries=0,
         )(scan),
         housekeeping=dramatiq.actor(
