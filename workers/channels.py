@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from dramatiq import Message, Retry
 
-from shared.broker.gate import Limits
+from shared.broker.gate import WEBHOOK_RECEIVER, Limits
 from shared.config import Settings
 from shared.delivery.webhooks import Answer, WebhookSender, signed_headers
 from shared.logs import get_logger
@@ -173,7 +173,7 @@ class WebhookChannel:
         if self.limits is None or self.admissions is None or reminder.message is None:
             raise_for_answer(self._sender.post(self.url, reminder.body, headers), "webhook")
             return
-        with self.admissions.request("webhook", self.limits, reminder.message) as request:
+        with self.admissions.request(WEBHOOK_RECEIVER, self.limits, reminder.message) as request:
             request.answer = self._sender.post(self.url, reminder.body, headers)
         raise_for_answer(request.answer, "webhook")
 

@@ -45,7 +45,11 @@ from enum import StrEnum
 from typing import Any
 
 from dramatiq import Message, get_encoder
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
+
+from shared.broker.queue import QUEUE_NAME
+from shared.config import Settings
 
 # A rate reservation is honoured if its message comes back this long after its slot at most
 # (a backlog in the queue); later, it takes a new slot.
@@ -295,6 +299,10 @@ class Admission:
     until_ms: int = 0  # delayed until then (milliseconds since the epoch)
 
 
+# The receivers' names: the deployment's webhook, and a user's endpoint by its ID.
+WEBHOOK_RECEIVER = "webhook"
+ENDPOINT_RECEIVER_PREFIX = "endpoint:"
+
 # In a message's options: the rate slot (ms since the epoch) reserved for it by `Gate.admit`.
 RESERVED_SLOT = "gate_slot"
 # In a parked message's options: the receiver it waits for. Woken, it holds a reserved slot
@@ -467,6 +475,20 @@ class Gate:
 
     def slow_lane_waiting(self) -> int:
         return int(self.client.llen(f"{self.namespace}:gate:slow"))
+
+
+def endpoint_receiver(endpoint_id: object) -> str:
+    """The receiver name of a user's endpoint."""
+    return f"{ENDPOINT_RECEIVER_PREFIX}{endpoint_id}"
+
+
+def make_gate(settings: Settings, broker: RedisBroker) -> Gate:
+    """The gate on the broker's Redis, under its namespace, for ``send_reminder``'s queue:
+    built the same way by the workers (to admit) and by what shows operators the receivers
+    (the API, the CLI). A lease outlives the longest request (the webhook timeout bounds the
+    whole call) by ten seconds."""
+    lease_ms = round((settings.webhook_timeout_seconds + 10) * 1000)
+    return Gate(broker.client, broker.namespace, QUEUE_NAME, lease_ms=lease_ms)
 
 
 def parked_message_ids(client: Any, namespace: str) -> set[str]:
