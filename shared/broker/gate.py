@@ -333,10 +333,14 @@ class ReceiverState:
     average_ms: int
     deferred: int
     throttled: int
+    # How long the oldest request still in flight has been going (ms; 0: none in flight).
+    longest_in_flight_ms: int = 0
 
     @property
     def slow(self) -> bool:
-        return self.average_ms >= SLOW_MS
+        """Slow as admission judges it: its requests' running average, or one still in
+        flight, has reached `SLOW_MS`."""
+        return self.average_ms >= SLOW_MS or self.longest_in_flight_ms >= SLOW_MS
 
 
 class Gate:
@@ -450,15 +454,18 @@ class Gate:
         names = {name.decode() for name in self.client.smembers(f"{self.namespace}:gate:receivers")}
         for key in self.client.scan_iter(match=f"{self.namespace}:gate:*:state", count=1000):
             names.add(key.decode()[len(self.namespace) + 6 : -len(":state")])
+        # A request whose lease lapsed is no longer in flight (its worker died): admission
+        # stops counting it then, and so do operators.
+        live_since = f"({now - self.lease_ms}"
         found = []
         for name in sorted(names):
             base = f"{self.namespace}:gate:{name}"
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.zcount(f"{base}:leases", now, "+inf")
-                pipe.zcard(f"{base}:started")
+                pipe.zcount(f"{base}:started", live_since, "+inf")
+                pipe.zrangebyscore(f"{base}:started", live_since, "+inf", 0, 1, withscores=True)
                 pipe.llen(f"{base}:parked")
                 pipe.hgetall(f"{base}:state")
-                _leases, started, parked, state = pipe.execute()
+                started, oldest, parked, state = pipe.execute()
             until = int(state.get(b"until", 0))
             found.append(
                 ReceiverState(
@@ -469,6 +476,7 @@ class Gate:
                     average_ms=int(state.get(b"ewma", 0)),
                     deferred=int(state.get(b"deferred", 0)),
                     throttled=int(state.get(b"throttled", 0)),
+                    longest_in_flight_ms=max(0, now - int(oldest[0][1])) if oldest else 0,
                 )
             )
         return found
