@@ -6,8 +6,9 @@ environment; ``api.wsgi`` is the one place that loads the environment for gunico
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Response, g, request
@@ -134,14 +135,16 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     """Build the API. ``runtime`` may supply ``engine`` and ``broker`` (tests share theirs),
     ``resolve``, the host name resolver of endpoint URLs (tests answer for any name without
     asking a DNS server), ``endpoint_sender``, what makes an endpoint's test ping, and
-    ``clock``, the current UTC time as the ops page's sessions see it (their expiry)."""
+    ``clock``, the current UTC time as the ops page's sessions (their expiry) and the
+    receivers' view (requests in flight for how long, back-offs still to end) see it."""
     # No pre-ping: authentication is every request's first query and retries a dead connection.
     engine = runtime.get("engine") or make_engine(
         settings.resolved_database_url, pool_pre_ping=False
     )
     broker = runtime.get("broker") or make_broker(settings)
     sessions = make_session_factory(engine)
-    page_sessions = PageSessions(sessions, runtime.get("clock") or utcnow)
+    clock: Callable[[], datetime] = runtime.get("clock") or utcnow
+    page_sessions = PageSessions(sessions, clock)
 
     app = OpenAPI(
         __name__,
@@ -334,7 +337,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     )
     pings = PingGate(broker.client, settings.redis_namespace, sender.timeout_seconds)
     app.register_api(endpoints_api(endpoint_service(settings, sessions, resolve, sender, pings)))
-    gate = make_gate(settings, broker)
+    gate = make_gate(settings, broker, lambda: math.floor(clock().timestamp() * 1000))
     webhook_limits = Limits(settings.webhook_max_concurrency, settings.webhook_max_per_second)
 
     def read_receivers() -> list[ReceiverView]:

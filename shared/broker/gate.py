@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -490,13 +491,15 @@ def endpoint_receiver(endpoint_id: object) -> str:
     return f"{ENDPOINT_RECEIVER_PREFIX}{endpoint_id}"
 
 
-def make_gate(settings: Settings, broker: RedisBroker) -> Gate:
+def make_gate(
+    settings: Settings, broker: RedisBroker, clock_ms: Callable[[], int] = current_millis
+) -> Gate:
     """The gate on the broker's Redis, under its namespace, for ``send_reminder``'s queue:
     built the same way by the workers (to admit) and by what shows operators the receivers
     (the API, the CLI). A lease outlives the longest request (the webhook timeout bounds the
-    whole call) by ten seconds."""
+    whole call) by ten seconds. ``clock_ms``: the time, in milliseconds since the epoch."""
     lease_ms = round((settings.webhook_timeout_seconds + 10) * 1000)
-    return Gate(broker.client, broker.namespace, QUEUE_NAME, lease_ms=lease_ms)
+    return Gate(broker.client, broker.namespace, QUEUE_NAME, lease_ms=lease_ms, clock_ms=clock_ms)
 
 
 def parked_message_ids(client: Any, namespace: str) -> set[str]:

@@ -3,9 +3,8 @@ page's Receivers table show what the gate keeps in Redis — requests in flight,
 parked, a Retry-After back-off, the slow lane, the counts — beside each receiver's limits
 and owner, troubled first; operator tokens only; 503 when Redis cannot be reached.
 
-Real app, real PostgreSQL and Redis. The gate that workers use is driven directly, at an
-injected clock set from the wall clock (the API reads the gate at the real time): no worker
-and no waiting.
+Real app, real PostgreSQL and Redis. The gate that workers use is driven directly, and the
+app reads it, at one injected clock: no worker and no waiting.
 """
 
 from __future__ import annotations
@@ -80,10 +79,12 @@ def deployment(pg_engine: Engine, pg_url: str, redis_namespace: str) -> Iterator
         webhook_max_concurrency=WEBHOOK.max_concurrency,
         webhook_max_per_second=WEBHOOK.max_per_second,
     )
-    app = create_app(settings, engine=pg_engine)
+    clock = Clock(current_millis())
+    app = create_app(
+        settings, engine=pg_engine, clock=lambda: datetime.fromtimestamp(clock.now / 1000, UTC)
+    )
     app.testing = True
     workers_gate = make_gate(settings, make_broker(settings))
-    clock = Clock(current_millis())
     gate = Gate(
         workers_gate.client,
         workers_gate.namespace,
@@ -226,6 +227,19 @@ def test_operators_see_each_receiver_s_limits_state_troubled_first(
     assert (deleted["in_flight"], deleted["average_ms"]) == (0, 12)
     # Identifiers and owners only: never where an endpoint is.
     assert "receiver.example" not in response.get_data(as_text=True)
+
+    # Two minutes on, nobody having released anything: the back-off is over, and requests
+    # whose lease lapsed (their workers died) are no longer in flight; the parked still wait.
+    deployment.clock.now += BACK_OFF_MS
+    later = deployment.client.get("/ops/receivers", headers=deployment.operator.headers).json
+    by_name = {item["receiver"]: item for item in later["items"]}
+    assert by_name[f"endpoint:{scene.throttled}"]["backing_off_until"] is None
+    assert (
+        by_name[f"endpoint:{scene.full}"]["in_flight"],
+        by_name[f"endpoint:{scene.full}"]["parked"],
+    ) == (0, 2)
+    assert (by_name["webhook"]["in_flight"], by_name["webhook"]["slow"]) == (0, False)
+    assert later["items"][0]["receiver"] == f"endpoint:{scene.full}"  # now the most troubled
 
 
 class Table(HTMLParser):
