@@ -51,7 +51,7 @@ from api.schemas import Health, Problem, Readiness
 from api.security_headers import install_security_headers
 from api.service import Planning, TaskService
 from api.tasks import json_response, tasks_api
-from shared.broker.gate import Limits, make_gate
+from shared.broker.gate import make_gate, webhook_limits
 from shared.broker.queue import make_broker, ping
 from shared.config import Settings
 from shared.delivery import endpoints
@@ -338,10 +338,10 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     pings = PingGate(broker.client, settings.redis_namespace, sender.timeout_seconds)
     app.register_api(endpoints_api(endpoint_service(settings, sessions, resolve, sender, pings)))
     gate = make_gate(settings, broker, lambda: math.floor(clock().timestamp() * 1000))
-    webhook_limits = Limits(settings.webhook_max_concurrency, settings.webhook_max_per_second)
+    webhook = webhook_limits(settings)
 
     def read_receivers() -> list[ReceiverView]:
-        return receivers(gate, sessions, webhook_limits)
+        return receivers(gate, sessions, webhook)
 
     app.register_api(ops_api(desk, read_receivers))
     app.register_api(

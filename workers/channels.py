@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from dramatiq import Message, Retry
 
-from shared.broker.gate import WEBHOOK_RECEIVER, Limits
+from shared.broker.gate import WEBHOOK_RECEIVER, Limits, webhook_limits
 from shared.config import Settings
 from shared.delivery.webhooks import Answer, WebhookSender, signed_headers
 from shared.logs import get_logger
@@ -197,7 +197,7 @@ def make_channel(settings: Settings, admissions: Admissions | None = None) -> Ch
             settings.webhook_url,
             settings.webhook_secret,
             settings.webhook_timeout_seconds,
-            Limits(settings.webhook_max_concurrency, settings.webhook_max_per_second),
+            webhook_limits(settings),
             admissions,
         )
     return LogChannel()

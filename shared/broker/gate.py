@@ -486,6 +486,11 @@ class Gate:
         return int(self.client.llen(f"{self.namespace}:gate:slow"))
 
 
+def webhook_limits(settings: Settings) -> Limits:
+    """The deployment webhook's limits (``REMINDERS_WEBHOOK_MAX_*``)."""
+    return Limits(settings.webhook_max_concurrency, settings.webhook_max_per_second)
+
+
 def endpoint_receiver(endpoint_id: object) -> str:
     """The receiver name of a user's endpoint."""
     return f"{ENDPOINT_RECEIVER_PREFIX}{endpoint_id}"
