@@ -6,7 +6,9 @@ environment; ``api.wsgi`` is the one place that loads the environment for gunico
 
 from __future__ import annotations
 
-from datetime import timedelta
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Response, g, request
@@ -49,6 +51,7 @@ from api.schemas import Health, Problem, Readiness
 from api.security_headers import install_security_headers
 from api.service import Planning, TaskService
 from api.tasks import json_response, tasks_api
+from shared.broker.gate import make_gate, webhook_limits
 from shared.broker.queue import make_broker, ping
 from shared.config import Settings
 from shared.delivery import endpoints
@@ -58,6 +61,7 @@ from shared.delivery.secret_box import SecretBox
 from shared.delivery.webhooks import WebhookSender
 from shared.ops import activity
 from shared.ops.dead_letters import DeadLetterDesk
+from shared.ops.receivers import ReceiverView, receivers
 from shared.store.db import make_engine, make_session_factory, once_more_if_connection_lost, utcnow
 
 MAX_BODY_BYTES = 64 * 1024
@@ -78,6 +82,8 @@ PUBLIC_ENDPOINTS = frozenset(
 )
 OPERATOR_BLUEPRINTS = frozenset({"ops", "ops_page"})
 FORM_BLUEPRINTS = frozenset({"ops_page"})
+# The page lists the most troubled receivers; GET /ops/receivers lists them all.
+RECEIVERS_SHOWN = 50
 UNLIMITED_ENDPOINTS = frozenset({"healthz", "readyz", "metrics", "static", "favicon"})
 # The page's icon: a bell, drawn here (the page loads nothing from elsewhere).
 FAVICON = (
@@ -129,14 +135,16 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     """Build the API. ``runtime`` may supply ``engine`` and ``broker`` (tests share theirs),
     ``resolve``, the host name resolver of endpoint URLs (tests answer for any name without
     asking a DNS server), ``endpoint_sender``, what makes an endpoint's test ping, and
-    ``clock``, the current UTC time as the ops page's sessions see it (their expiry)."""
+    ``clock``, the current UTC time as the ops page's sessions (their expiry) and the
+    receivers' view (requests in flight for how long, back-offs still to end) see it."""
     # No pre-ping: authentication is every request's first query and retries a dead connection.
     engine = runtime.get("engine") or make_engine(
         settings.resolved_database_url, pool_pre_ping=False
     )
     broker = runtime.get("broker") or make_broker(settings)
     sessions = make_session_factory(engine)
-    page_sessions = PageSessions(sessions, runtime.get("clock") or utcnow)
+    clock: Callable[[], datetime] = runtime.get("clock") or utcnow
+    page_sessions = PageSessions(sessions, clock)
 
     app = OpenAPI(
         __name__,
@@ -329,12 +337,18 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     )
     pings = PingGate(broker.client, settings.redis_namespace, sender.timeout_seconds)
     app.register_api(endpoints_api(endpoint_service(settings, sessions, resolve, sender, pings)))
-    app.register_api(ops_api(desk))
+    gate = make_gate(settings, broker, lambda: math.floor(clock().timestamp() * 1000))
+    webhook = webhook_limits(settings)
+
+    def read_receivers() -> list[ReceiverView]:
+        return receivers(gate, sessions, webhook)
+
+    app.register_api(ops_api(desk, read_receivers))
     app.register_api(
         ops_page(
             desk,
             page_sessions,
-            lambda: ops_overview(sessions, broker, settings.redis_namespace),
+            lambda: ops_overview(sessions, broker, settings.redis_namespace, read_receivers),
             lambda endpoint_id, operator: endpoints.enable_by_operator(
                 sessions, endpoint_id, operator
             ),
@@ -364,14 +378,26 @@ def endpoint_service(
     )
 
 
-def ops_overview(sessions: sessionmaker[Session], broker: Any, namespace: str) -> dict[str, Any]:
-    """What the operations page shows beside the dead letters: the charts of the last hour
+def ops_overview(
+    sessions: sessionmaker[Session],
+    broker: Any,
+    namespace: str,
+    read_receivers: Callable[[], list[ReceiverView]],
+) -> dict[str, Any]:
+    """What the operations page shows beside the dead letters: the charts of the last hour,
+    the receivers' limits state (the `RECEIVERS_SHOWN` most troubled, and how many more)
     and the failing endpoints."""
     with sessions() as session:
         failing = endpoints.health(session, failing_only=True)
         minutes = activity.last_hour(session, broker.client, namespace, utcnow())
         session.rollback()
-    return {"charts": last_hour_charts(minutes), "endpoints": failing}
+    found = read_receivers()
+    return {
+        "charts": last_hour_charts(minutes),
+        "receivers": found[:RECEIVERS_SHOWN],
+        "receivers_not_shown": max(0, len(found) - RECEIVERS_SHOWN),
+        "endpoints": failing,
+    }
 
 
 def install_idempotency_key_check(app: OpenAPI, endpoints: frozenset[str]) -> None:

@@ -1,6 +1,9 @@
-"""The ``/ops`` JSON endpoints: dead letters and queue depths, for operator tokens only."""
+"""The ``/ops`` JSON endpoints: dead letters, queue depths and the receivers' limits state,
+for operator tokens only."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
@@ -17,11 +20,14 @@ from api.schemas import (
     DeadLetterQuery,
     QueueList,
     QueueOut,
+    ReceiverList,
+    ReceiverOut,
     RetryResult,
 )
 from api.service import Owner
 from api.tasks import SECURITY, json_response
 from shared.ops.dead_letters import DeadLetterDesk, DeadLetterFilter, RetryOutcome
+from shared.ops.receivers import ReceiverView
 
 
 def operator() -> Owner:
@@ -43,12 +49,19 @@ def not_retryable() -> Response:
     )
 
 
-def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
+def ops_api(desk: DeadLetterDesk, receivers: Callable[[], list[ReceiverView]]) -> APIBlueprint:
+    """The blueprint; ``receivers()`` gives the receivers' limits state
+    (`shared.ops.receivers`)."""
     api = APIBlueprint(
         "ops",
         __name__,
         url_prefix="/ops",
-        abp_tags=[Tag(name="operators", description="Dead letters and queues (operator tokens)")],
+        abp_tags=[
+            Tag(
+                name="operators",
+                description="Dead letters, queues and receivers (operator tokens)",
+            )
+        ],
         abp_security=SECURITY,
     )
     # 401, 403, 429 and 503 come from the app's hooks; api.openapi documents them.
@@ -143,5 +156,15 @@ def ops_api(desk: DeadLetterDesk) -> APIBlueprint:
     def list_queues() -> Response:
         items = [QueueOut.model_validate(depth, from_attributes=True) for depth in desk.queues()]
         return json_response(QueueList(items=items))
+
+    @api.get(
+        "/receivers",
+        summary="Each receiver's limits state: in flight, parked, backing off, slow",
+        operation_id="listReceivers",
+        responses={200: ReceiverList},
+    )
+    def list_receivers() -> Response:
+        items = [ReceiverOut.model_validate(view, from_attributes=True) for view in receivers()]
+        return json_response(ReceiverList(items=items))
 
     return api

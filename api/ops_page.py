@@ -1,6 +1,6 @@
-"""The ``/ops`` web page: charts of the last hour, queues, dead letters (details, retry,
-discard, bulk actions by selection or by filter), what became of retried ones, failing
-endpoints, recent actions.
+"""The ``/ops`` web page: charts of the last hour, queues, the receivers' limits state (in
+flight, parked, backing off, slow lane), dead letters (details, retry, discard, bulk actions
+by selection or by filter), what became of retried ones, failing endpoints, recent actions.
 
 Server-rendered HTML with plain forms, no front-end framework and nothing from another
 site (the charts are SVG drawn here, `api.charts`): every action works without script, and a
@@ -200,8 +200,8 @@ def ops_page(
     reenable: Callable[[uuid.UUID, str], bool],
 ) -> APIBlueprint:
     """The page's blueprint. ``page_sessions`` signs operators in and out;
-    ``overview()`` gives the charts and the failing endpoints; ``reenable(id, operator)``
-    enables a disabled endpoint again."""
+    ``overview()`` gives the charts, the receivers and the failing endpoints;
+    ``reenable(id, operator)`` enables a disabled endpoint again."""
     page = APIBlueprint(
         "ops_page",
         __name__,

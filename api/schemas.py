@@ -753,3 +753,45 @@ class QueueOut(ResponseModel):
 
 class QueueList(ResponseModel):
     items: list[QueueOut]
+
+
+class ReceiverOut(ResponseModel):
+    receiver: str = Field(
+        description="`webhook` (the deployment's webhook) or `endpoint:<endpoint ID>`."
+    )
+    endpoint_id: uuid.UUID | None = Field(description="null for the deployment's webhook.")
+    owner: str | None = Field(
+        description="The endpoint owner's user name; null for the deployment's webhook, and "
+        "for an endpoint deleted since."
+    )
+    max_concurrency: int | None = Field(
+        description="Requests in flight at once, at most (the endpoint's, or "
+        "REMINDERS_WEBHOOK_MAX_CONCURRENCY); null: no limit, or the endpoint was deleted."
+    )
+    max_per_second: float | None = Field(
+        description="Requests per second, at most (the endpoint's, or "
+        "REMINDERS_WEBHOOK_MAX_PER_SECOND); null: no rate limit, or the endpoint was deleted."
+    )
+    in_flight: int = Field(description="Requests to it in flight now, across every worker.")
+    parked: int = Field(description="Reminders parked waiting for a slot of its concurrency.")
+    backing_off_until: datetime | None = Field(
+        description="Until when its reminders wait because it answered 429 or 503 with "
+        "Retry-After; null when it is not backing off."
+    )
+    slow: bool = Field(
+        description="Its requests take a second or more (their running average, or one still "
+        "in flight): they go through the workers' slow lane."
+    )
+    average_ms: int = Field(description="The running average of its requests' time.")
+    deferred: int = Field(
+        description="Reminders its limits held back (parked or delayed, no attempt counted), "
+        "since the gate first kept state for it."
+    )
+    throttled: int = Field(description="Its 429 and 503 answers, counted the same way.")
+
+
+class ReceiverList(ResponseModel):
+    items: list[ReceiverOut] = Field(
+        description="Every receiver with requests in flight, reminders parked, or counts: "
+        "backing off first, then most parked, then slow, then most in flight, then by name."
+    )

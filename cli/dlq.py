@@ -1,4 +1,5 @@
-"""``reminders dlq``: the dead-letter commands (a table by default, ``--json`` for scripts).
+"""``reminders dlq``: the dead-letter commands, and what else operators read of the broker:
+queue depths and the receivers' limits state (a table by default, ``--json`` for scripts).
 
 Actions are recorded as done by ``cli:<name>`` (``--as``, default: the login name). Beside a
 running ``reminders dev`` they act on its database and embedded Redis server. A dead letter
@@ -17,6 +18,7 @@ import click
 
 from cli.environment import CommandError, command_settings
 from cli.output import emit_json, jsonable, printable, table
+from shared.broker.gate import make_gate, webhook_limits
 from shared.broker.queue import make_broker
 from shared.exit_status import ExitStatus
 from shared.ops.dead_letters import (
@@ -26,6 +28,7 @@ from shared.ops.dead_letters import (
     RetryOutcome,
     as_uuid,
 )
+from shared.ops.receivers import receivers as receiver_views
 from shared.store.db import make_engine, make_session_factory
 
 PAGE = 200
@@ -261,3 +264,62 @@ def queues(as_json: bool) -> None:
             [[d.queue, d.ready, d.delayed, d.in_flight, d.dead] for d in depths],
         )
     )
+
+
+@dlq.command()
+@click.option("--json", "as_json", is_flag=True)
+def receivers(as_json: bool) -> None:
+    """Each receiver's limits state, troubled first: requests in flight, reminders parked,
+    back-off (Retry-After), slow lane, and its limits (as GET /ops/receivers)."""
+    settings = command_settings(redis=True)
+    found = receiver_views(
+        make_gate(settings, make_broker(settings)),
+        make_session_factory(make_engine(settings.resolved_database_url)),
+        webhook_limits(settings),
+    )
+    if as_json:
+        emit_json([asdict(view) for view in found])
+        return
+    if not found:
+        click.echo("no receiver has requests in flight, reminders parked or counts")
+        return
+    click.echo(
+        table(
+            [
+                "receiver",
+                "owner",
+                "max_concurrency",
+                "max_per_second",
+                "in_flight",
+                "parked",
+                "backing_off_until",
+                "slow",
+                "average_ms",
+                "deferred",
+                "throttled",
+            ],
+            [
+                [
+                    r.receiver,
+                    r.owner or ("(deleted)" if r.endpoint_deleted else "-"),
+                    _limit(r.max_concurrency),
+                    _limit(r.max_per_second),
+                    r.in_flight,
+                    r.parked,
+                    r.backing_off_until or "-",
+                    "yes" if r.slow else "no",
+                    r.average_ms,
+                    r.deferred,
+                    r.throttled,
+                ]
+                for r in found
+            ],
+        )
+    )
+
+
+def _limit(value: float | None) -> str:
+    """A limit as given (8, 20, 0.5); "-" for none."""
+    if value is None:
+        return "-"
+    return str(int(value)) if float(value).is_integer() else str(value)

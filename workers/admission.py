@@ -28,8 +28,7 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
-from shared.broker.gate import Admission, Gate, Limits, Verdict
-from shared.broker.queue import QUEUE_NAME
+from shared.broker.gate import Admission, Gate, Limits, Verdict, make_gate
 from shared.config import Settings
 from shared.delivery.webhooks import Answer
 from shared.logs import get_logger
@@ -116,8 +115,5 @@ class Admissions:
 
 
 def make_admissions(settings: Settings, broker: RedisBroker) -> Admissions:
-    """The gate on the broker's Redis, for ``send_reminder``'s queue. A lease outlives the
-    longest request (the webhook timeout bounds the whole call) by ten seconds."""
-    lease_ms = round((settings.webhook_timeout_seconds + 10) * 1000)
-    gate = Gate(broker.client, broker.namespace, QUEUE_NAME, lease_ms=lease_ms)
-    return Admissions(gate, settings.slow_lane_threads)
+    """Admissions through the gate on the broker's Redis (`shared.broker.gate.make_gate`)."""
+    return Admissions(make_gate(settings, broker), settings.slow_lane_threads)

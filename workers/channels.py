@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from dramatiq import Message, Retry
 
-from shared.broker.gate import Limits
+from shared.broker.gate import WEBHOOK_RECEIVER, Limits, webhook_limits
 from shared.config import Settings
 from shared.delivery.webhooks import Answer, WebhookSender, signed_headers
 from shared.logs import get_logger
@@ -173,7 +173,7 @@ class WebhookChannel:
         if self.limits is None or self.admissions is None or reminder.message is None:
             raise_for_answer(self._sender.post(self.url, reminder.body, headers), "webhook")
             return
-        with self.admissions.request("webhook", self.limits, reminder.message) as request:
+        with self.admissions.request(WEBHOOK_RECEIVER, self.limits, reminder.message) as request:
             request.answer = self._sender.post(self.url, reminder.body, headers)
         raise_for_answer(request.answer, "webhook")
 
@@ -197,7 +197,7 @@ def make_channel(settings: Settings, admissions: Admissions | None = None) -> Ch
             settings.webhook_url,
             settings.webhook_secret,
             settings.webhook_timeout_seconds,
-            Limits(settings.webhook_max_concurrency, settings.webhook_max_per_second),
+            webhook_limits(settings),
             admissions,
         )
     return LogChannel()

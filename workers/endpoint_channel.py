@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.broker.gate import Limits
+from shared.broker.gate import Limits, endpoint_receiver
 from shared.config import Settings
 from shared.delivery import endpoints
 from shared.delivery.address_guard import Resolver, system_resolver
@@ -122,7 +122,7 @@ class EndpointChannel:
             answer = self.sender.post(endpoint.url, reminder.body, headers)
         else:
             limits = Limits(endpoint.max_concurrency, endpoint.max_per_second)
-            receiver = f"endpoint:{endpoint_id}"
+            receiver = endpoint_receiver(endpoint_id)
             with self.admissions.request(receiver, limits, reminder.message) as request:
                 answer = request.answer = self.sender.post(endpoint.url, reminder.body, headers)
         made.append(Made(endpoint_id, Attempt.of("reminder", reminder.message_id, answer, now)))

@@ -40,12 +40,17 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from dramatiq import Message, get_encoder
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
+
+from shared.broker.queue import QUEUE_NAME
+from shared.config import Settings
 
 # A rate reservation is honoured if its message comes back this long after its slot at most
 # (a backlog in the queue); later, it takes a new slot.
@@ -295,6 +300,10 @@ class Admission:
     until_ms: int = 0  # delayed until then (milliseconds since the epoch)
 
 
+# The receivers' names: the deployment's webhook, and a user's endpoint by its ID.
+WEBHOOK_RECEIVER = "webhook"
+ENDPOINT_RECEIVER_PREFIX = "endpoint:"
+
 # In a message's options: the rate slot (ms since the epoch) reserved for it by `Gate.admit`.
 RESERVED_SLOT = "gate_slot"
 # In a parked message's options: the receiver it waits for. Woken, it holds a reserved slot
@@ -325,10 +334,14 @@ class ReceiverState:
     average_ms: int
     deferred: int
     throttled: int
+    # How long the oldest request still in flight has been going (ms; 0: none in flight).
+    longest_in_flight_ms: int = 0
 
     @property
     def slow(self) -> bool:
-        return self.average_ms >= SLOW_MS
+        """Slow as admission judges it: its requests' running average, or one still in
+        flight, has reached `SLOW_MS`."""
+        return self.average_ms >= SLOW_MS or self.longest_in_flight_ms >= SLOW_MS
 
 
 class Gate:
@@ -442,15 +455,18 @@ class Gate:
         names = {name.decode() for name in self.client.smembers(f"{self.namespace}:gate:receivers")}
         for key in self.client.scan_iter(match=f"{self.namespace}:gate:*:state", count=1000):
             names.add(key.decode()[len(self.namespace) + 6 : -len(":state")])
+        # A request whose lease lapsed is no longer in flight (its worker died): admission
+        # stops counting it then, and so do operators.
+        live_since = f"({now - self.lease_ms}"
         found = []
         for name in sorted(names):
             base = f"{self.namespace}:gate:{name}"
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.zcount(f"{base}:leases", now, "+inf")
-                pipe.zcard(f"{base}:started")
+                pipe.zcount(f"{base}:started", live_since, "+inf")
+                pipe.zrangebyscore(f"{base}:started", live_since, "+inf", 0, 1, withscores=True)
                 pipe.llen(f"{base}:parked")
                 pipe.hgetall(f"{base}:state")
-                _leases, started, parked, state = pipe.execute()
+                started, oldest, parked, state = pipe.execute()
             until = int(state.get(b"until", 0))
             found.append(
                 ReceiverState(
@@ -461,12 +477,34 @@ class Gate:
                     average_ms=int(state.get(b"ewma", 0)),
                     deferred=int(state.get(b"deferred", 0)),
                     throttled=int(state.get(b"throttled", 0)),
+                    longest_in_flight_ms=max(0, now - int(oldest[0][1])) if oldest else 0,
                 )
             )
         return found
 
     def slow_lane_waiting(self) -> int:
         return int(self.client.llen(f"{self.namespace}:gate:slow"))
+
+
+def webhook_limits(settings: Settings) -> Limits:
+    """The deployment webhook's limits (``REMINDERS_WEBHOOK_MAX_*``)."""
+    return Limits(settings.webhook_max_concurrency, settings.webhook_max_per_second)
+
+
+def endpoint_receiver(endpoint_id: object) -> str:
+    """The receiver name of a user's endpoint."""
+    return f"{ENDPOINT_RECEIVER_PREFIX}{endpoint_id}"
+
+
+def make_gate(
+    settings: Settings, broker: RedisBroker, clock_ms: Callable[[], int] = current_millis
+) -> Gate:
+    """The gate on the broker's Redis, under its namespace, for ``send_reminder``'s queue:
+    built the same way by the workers (to admit) and by what shows operators the receivers
+    (the API, the CLI). A lease outlives the longest request (the webhook timeout bounds the
+    whole call) by ten seconds. ``clock_ms``: the time, in milliseconds since the epoch."""
+    lease_ms = round((settings.webhook_timeout_seconds + 10) * 1000)
+    return Gate(broker.client, broker.namespace, QUEUE_NAME, lease_ms=lease_ms, clock_ms=clock_ms)
 
 
 def parked_message_ids(client: Any, namespace: str) -> set[str]:

@@ -260,7 +260,8 @@ def test_with_redis_down_tasks_are_created_and_broker_reads_answer_503(
         due_now = http.post("/tasks", json=soon, headers=deployment.user.headers)
         status, ready = readiness(http)
         broker_reads = {
-            path: http.get(path, headers=operator) for path in ("/ops/queues", "/ops", "/metrics")
+            path: http.get(path, headers=operator)
+            for path in ("/ops/queues", "/ops/receivers", "/ops", "/metrics")
         }
 
         assert created.status == 201, created  # the rate limiter fails open
@@ -286,7 +287,7 @@ def test_with_redis_down_tasks_are_created_and_broker_reads_answer_503(
             200,
             {"status": "ready", "checks": {"database": "ok", "broker": "ok"}},
         )
-        for path in ("/ops/queues", "/ops", "/metrics"):
+        for path in ("/ops/queues", "/ops/receivers", "/ops", "/metrics"):
             assert http.get(path, headers=operator).status_code == 200, path
 
 

@@ -42,6 +42,7 @@ OPERATION_IDS = {
     ("POST", "/ops/dead-letters/retry"): "retryDeadLetters",
     ("DELETE", "/ops/dead-letters/{message_id}"): "discardDeadLetter",
     ("GET", "/ops/queues"): "listQueues",
+    ("GET", "/ops/receivers"): "listReceivers",
     ("GET", "/ops"): "showOpsPage",
     ("GET", "/ops/sign-in"): "showSignInForm",
     ("POST", "/ops/sign-in"): "signIn",
@@ -95,7 +96,9 @@ def test_operations_have_readable_unique_ids(document: dict[str, Any]) -> None:
 
 def test_every_authenticated_operation_documents_401_429_and_503(document: dict[str, Any]) -> None:
     for (method, path), operation in operations(document).items():
-        if not path.startswith(("/tasks", "/endpoints", "/ops/dead-letters", "/ops/queues")):
+        if not path.startswith(
+            ("/tasks", "/endpoints", "/ops/dead-letters", "/ops/queues", "/ops/receivers")
+        ):
             continue
         assert {401, 429, 503} <= statuses(document, method, path), (method, path)
         if path.startswith("/ops"):
@@ -229,6 +232,7 @@ def test_what_the_http_server_answers_first_is_documented(document: dict[str, An
         ("ReminderOut", {"kind", "offset_seconds"}),
         ("DeadLetterOut", {"broker_id", "retryable"}),
         ("EndpointOut", {"max_concurrency", "max_per_second"}),
+        ("ReceiverOut", {"endpoint_id", "owner", "backing_off_until", "slow"}),
     ],
 )
 def test_fields_always_returned_are_required(

@@ -79,7 +79,12 @@ def test_an_unreachable_redis_exits_69(tmp_path: Path) -> None:
     env = service_env(tmp_path / "data", REDIS_URL=f"redis://127.0.0.1:{closed}/0")
     assert run_cli(env, tmp_path, "db", "upgrade").returncode == 0
 
-    for args in (["dlq", "list"], ["dlq", "show", str(uuid.uuid4())], ["dlq", "queues"]):
+    for args in (
+        ["dlq", "list"],
+        ["dlq", "show", str(uuid.uuid4())],
+        ["dlq", "queues"],
+        ["dlq", "receivers"],
+    ):
         done = run_cli(env, tmp_path, *args)
         assert f"cannot reach Redis at redis://127.0.0.1:{closed}/0" in one_line_error(done)
         assert done.returncode == ExitStatus.UNAVAILABLE == 69, args

@@ -317,6 +317,7 @@ def test_every_operation_of_the_document_is_fuzzed() -> None:
         ("POST", "/ops/dead-letters/retry"),
         ("DELETE", "/ops/dead-letters/{message_id}"),
         ("GET", "/ops/queues"),
+        ("GET", "/ops/receivers"),
         ("GET", "/ops"),
         ("POST", "/endpoints"),
         ("GET", "/endpoints/{endpoint_id}/attempts"),
@@ -343,7 +344,7 @@ NOT_RATE_LIMITED = {
     ("GET", "/metrics"),
     ("GET", "/favicon.ico"),
 }
-OPERATOR_JSON = ("/ops/dead-letters", "/ops/queues")
+OPERATOR_JSON = ("/ops/dead-letters", "/ops/queues", "/ops/receivers")
 OVER_64_KIB = b'{"title": "' + b"t" * 70_000 + b'"}'
 # A provoked 503 is the answer asked for: every check but "no 5xx".
 HOOK_CHECKS = [check for check in CHECKS if check is not not_a_server_error]

@@ -213,3 +213,41 @@ def test_a_reservation_kept_late_does_not_let_the_next_one_crowd_its_window(
     clock.now = start + 2000  # the third on time: a second has not passed since the last
     crowded = gate.admit("endpoint:a", once, reminder({RESERVED_SLOT: third.until_ms}))
     assert (crowded.verdict, crowded.until_ms - start) == (Verdict.RATE, 2500)
+
+
+def test_operators_see_in_flight_parked_back_off_and_a_request_slow_before_it_ends(
+    gate: Gate, clock: Clock
+) -> None:
+    held, waiting, throttled = reminder(), reminder(), reminder()
+    assert gate.admit("endpoint:a", TWO, held).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, throttled).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, reminder()).verdict is Verdict.PARKED
+    gate.release(
+        "endpoint:a",
+        throttled.message_id,
+        duration_ms=40,
+        retry_after_until_ms=clock.now + 30_000,
+        throttled=True,
+    )
+    assert gate.admit("endpoint:b", TWO, waiting).verdict is Verdict.ADMITTED
+    clock.now += SLOW_MS  # the held request has been going a second: slow before it answers
+
+    states = {state.receiver: state for state in gate.receivers()}
+
+    a = states["endpoint:a"]
+    assert (a.in_flight, a.parked, a.throttled, a.deferred) == (1, 0, 1, 1)
+    assert a.backing_off_until_ms == clock.now - SLOW_MS + 30_000
+    assert (a.average_ms, a.longest_in_flight_ms, a.slow) == (40, SLOW_MS, True)
+    assert states["endpoint:b"].in_flight == 1
+
+
+def test_a_request_whose_worker_died_stops_counting_in_flight_when_its_lease_lapses(
+    gate: Gate, clock: Clock
+) -> None:
+    gate.admit("endpoint:a", TWO, reminder())  # its worker is SIGKILLed: never released
+    clock.now += LEASE_MS - 1
+    [state] = gate.receivers()
+    assert state.in_flight == 1
+    clock.now += 1
+    [state] = gate.receivers()
+    assert (state.in_flight, state.longest_in_flight_ms) == (0, 0)

@@ -250,6 +250,7 @@ OPS_ROUTES = [
     ("post", "/ops/dead-letters/retry", {"dry_run": True}),
     ("delete", "/ops/dead-letters/{id}", None),
     ("get", "/ops/queues", None),
+    ("get", "/ops/receivers", None),
     ("get", "/ops", None),
     ("post", "/ops/page/dead-letters/{id}/retry", None),
     ("post", "/ops/page/dead-letters/{id}/discard", None),
