@@ -70,6 +70,9 @@ local parked, state = base .. ':parked', base .. ':state'
 local parked_msgs = ns .. ':gate:parked.msgs'
 local slow_list = ns .. ':gate:slow'
 local receivers = ns .. ':gate:receivers'
+-- A receiver's state (limits seen, back-off, rate schedule, average, counts) is forgotten a
+-- day after its last request: deleted and idle endpoints do not stay in Redis for good.
+local STATE_TTL_MS = 86400000
 
 local function push(queue, value)
   local bid = string.sub(value, 1, 32)
@@ -115,6 +118,7 @@ local window = interval * per_window
 local sent = base .. ':sent'
 
 redis.call('HSET', state, 'max', max)
+redis.call('PEXPIRE', state, STATE_TTL_MS)
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', started, '-inf', now - lease)
 local mine = redis.call('ZSCORE', leases, token)
@@ -207,6 +211,7 @@ if duration >= 0 then
   local ewma = tonumber(redis.call('HGET', state, 'ewma') or duration)
   redis.call('HSET', state, 'ewma', math.floor((ewma + duration) / 2))
 end
+if redis.call('EXISTS', state) == 1 then redis.call('PEXPIRE', state, STATE_TTL_MS) end
 if slow_lane == '1' then
   local waiting = redis.call('LPOP', slow_list)
   if waiting then
@@ -237,6 +242,7 @@ redis.call('ZREM', started, token)
 redis.call('RPUSH', slow_list, token)
 redis.call('HSET', parked_msgs, token, value)
 redis.call('HINCRBY', state, 'deferred', 1)
+redis.call('PEXPIRE', state, STATE_TTL_MS)
 return 0
 """
 )
@@ -253,7 +259,9 @@ for _, e in ipairs(redis.call('SMEMBERS', receivers)) do
   local base = ns .. ':gate:' .. e
   local leases, parked, state = base .. ':leases', base .. ':parked', base .. ':state'
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  local max = tonumber(redis.call('HGET', state, 'max') or 0)
+  -- A receiver whose state lapsed with reminders still parked (no request for a day): wake
+  -- one; its admission records the limit again and its release wakes the next.
+  local max = math.max(tonumber(redis.call('HGET', state, 'max') or 0), 1)
   local free = max - redis.call('ZCARD', leases)
   while free > 0 do
     local token = redis.call('LPOP', parked)

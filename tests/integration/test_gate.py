@@ -251,3 +251,23 @@ def test_a_request_whose_worker_died_stops_counting_in_flight_when_its_lease_lap
     clock.now += 1
     [state] = gate.receivers()
     assert (state.in_flight, state.longest_in_flight_ms) == (0, 0)
+
+
+def test_a_receivers_state_is_forgotten_a_day_after_its_last_request_and_its_parked_still_wake(
+    gate: Gate, client: Any, redis_namespace: str
+) -> None:
+    """Deleted and idle endpoints do not stay in Redis; should the state lapse with
+    reminders still parked (nothing released them for a day), the sweep wakes them."""
+    one = Limits(max_concurrency=1, max_per_second=None)
+    held, waiting = reminder(), reminder()
+    gate.admit("endpoint:a", one, held)
+    assert gate.admit("endpoint:a", one, waiting).verdict is Verdict.PARKED
+    state = f"{redis_namespace}:gate:endpoint:a:state"
+    assert 0 < client.pttl(state) <= 86_400_000
+
+    client.delete(state, f"{redis_namespace}:gate:endpoint:a:leases")  # a day later
+
+    assert gate.sweep(slow_wake=0) == 1
+    assert [message.message_id for message in queued(client, redis_namespace)] == [
+        waiting.message_id
+    ]
