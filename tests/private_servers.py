@@ -93,19 +93,45 @@ class PrivatePostgres:
 class PrivateRedis:
     """A ``redis-server`` of its own on a free port, nothing kept on disk unless asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str, password: str = "", sentinel: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="reminders-redis-"))
         self.port = free_port()
+        self.options = options  # more redis-server options, e.g. ("--replicaof", host, port)
+        self.password = password
+        self.sentinel = sentinel
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _auth_options(self) -> list[str]:
+        if not self.password:
+            return []
+        if self.sentinel:
+            return ["--requirepass", self.password]
+        # A replica authenticates to its primary with the same password (and the other way
+        # round after a failover).
+        return ["--requirepass", self.password, "--masterauth", self.password]
+
+    def cli(self, *command: str) -> str:
+        """One ``redis-cli`` command against this server; its output (errors included)."""
+        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
+        answer = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *auth, *command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return (answer.stdout + answer.stderr).strip()
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
                 shutil.which("redis-server") or "redis-server",
+                # A Sentinel keeps its state in a configuration file of its own, named first.
+                *([str(self.root / "sentinel.conf"), "--sentinel"] if self.sentinel else []),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -116,15 +142,14 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 str(self.root),
+                *self._auth_options(),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            ping = subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
-            )
-            if ping.stdout.strip() == "PONG":
+            if self.cli("ping") == "PONG":
                 return
             time.sleep(0.1)
         raise RuntimeError("the private redis-server did not start")
@@ -157,3 +182,145 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
+
+
+SENTINEL_SERVICE = "reminders-primary"
+
+
+class PrivateSentinelSet:
+    """A Redis primary, its replica and three Sentinels watching them (quorum 2), each a
+    ``redis-server`` of its own on a free loopback port.
+
+    Failover is kept fast: a primary silent for `down_after_ms` is down, and a failover
+    that stalls is tried again after twice `failover_timeout_ms`. ``url`` is the
+    ``redis+sentinel://`` URL of the set; ``password`` (if any) is every server's and every
+    Sentinel's.
+    """
+
+    def __init__(
+        self, password: str = "", down_after_ms: int = 1000, failover_timeout_ms: int = 2000
+    ) -> None:
+        self.password = password
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.servers = [PrivateRedis(password=password)]
+        replica_of = ("--replicaof", "127.0.0.1", str(self.servers[0].port))
+        self.servers.append(PrivateRedis(*replica_of, password=password))
+        self.sentinels = [PrivateRedis(password=password, sentinel=True) for _ in range(3)]
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{auth}{hosts}/{SENTINEL_SERVICE}/0"
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        for sentinel in self.sentinels:
+            self._configure(sentinel)
+            sentinel.start()
+        self.wait_until_watched()
+
+    def _configure(self, sentinel: PrivateRedis) -> None:
+        # A Sentinel rewrites its configuration file: it must be one of its own.
+        config = sentinel.root / "sentinel.conf"
+        lines = [
+            f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.servers[0].port} 2",
+            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {self.down_after_ms}",
+            f"sentinel failover-timeout {SENTINEL_SERVICE} {self.failover_timeout_ms}",
+        ]
+        if self.password:
+            lines.append(f"sentinel auth-pass {SENTINEL_SERVICE} {self.password}")
+        config.write_text("\n".join(lines) + "\n")
+
+    def _master_state(self, sentinel: PrivateRedis) -> dict[str, str]:
+        fields = sentinel.cli("sentinel", "master", SENTINEL_SERVICE).splitlines()
+        return dict(zip(fields[::2], fields[1::2], strict=False))
+
+    def wait_until_watched(self, timeout: float = 30) -> None:
+        """Until every Sentinel knows the primary, its replica and the two other Sentinels
+        (before that, a failover could not reach its quorum)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [self._master_state(sentinel) for sentinel in self.sentinels]
+            if all(
+                state.get("num-other-sentinels") == "2"
+                and state.get("num-slaves") == "1"
+                and state.get("flags") == "master"
+                for state in states
+            ):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the Sentinels did not see the whole set: {states}")
+
+    def primary(self) -> PrivateRedis:
+        """The server the Sentinels (the first that answers) name as the primary now."""
+        for sentinel in self.sentinels:
+            answer = sentinel.cli("sentinel", "get-master-addr-by-name", SENTINEL_SERVICE)
+            lines = answer.splitlines()
+            if len(lines) == 2:
+                [server] = [s for s in self.servers if str(s.port) == lines[1]]
+                return server
+        raise RuntimeError("no Sentinel answered")
+
+    def wait_for_new_primary(self, old: PrivateRedis, timeout: float = 30) -> PrivateRedis:
+        """Until every Sentinel names another server than ``old`` and it serves as primary."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            named = {
+                sentinel.cli("sentinel", "get-master-addr-by-name", SENTINEL_SERVICE)
+                for sentinel in self.sentinels
+            }
+            if len(named) == 1:
+                port = named.pop().splitlines()[-1]
+                [server] = [s for s in self.servers if str(s.port) == port]
+                if server is not old and "role:master" in server.cli("info", "replication"):
+                    return server
+            time.sleep(0.1)
+        raise RuntimeError("no failover within the time allowed")
+
+    def force_failover(self, timeout: float = 30) -> PrivateRedis:
+        """A failover that leaves the primary running (``SENTINEL FAILOVER``); the new one.
+
+        The old primary keeps serving as a primary until the Sentinels turn it into a
+        replica, some seconds later.
+        """
+        old = self.primary()
+        answer = self.sentinels[0].cli("sentinel", "failover", SENTINEL_SERVICE)
+        if answer != "OK":
+            raise RuntimeError(f"SENTINEL FAILOVER answered {answer}")
+        return self.wait_for_new_primary(old, timeout)
+
+    def wait_replicated(self, timeout: float = 10) -> None:
+        """Until every replica has what the primary had written when this was called."""
+        primary = self.primary()
+        written = _info_number(primary, "master_repl_offset")
+        deadline = time.monotonic() + timeout
+        replicas = [server for server in self.servers if server is not primary]
+        while time.monotonic() < deadline:
+            if all(_info_number(replica, "slave_repl_offset") >= written for replica in replicas):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the replica did not catch up")
+
+    def close(self) -> None:
+        for server in [*self.sentinels, *self.servers]:
+            server.close()
+
+
+def _info_number(server: PrivateRedis, name: str) -> int:
+    for line in server.cli("info", "replication").splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.partition(":")[2])
+    return -1
+
+
+@contextmanager
+def private_sentinel_set(password: str = "") -> Iterator[PrivateSentinelSet]:
+    servers = PrivateSentinelSet(password)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.close()
