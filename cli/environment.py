@@ -17,14 +17,13 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.engine import make_url
 
 from cli.instance import InstanceStarting, running
-from shared.config import Settings, settings_or_exit
+from shared.config import Settings, redact_url, settings_or_exit
 from shared.exit_status import ExitStatus
 from shared.logs import configure_logging
 
@@ -182,16 +181,6 @@ def prepare_database_directory(settings: Settings) -> None:
         raise unusable_data_dir(settings, exc) from None
 
 
-def redact(url: str) -> str:
-    """A URL without its password."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -226,7 +215,7 @@ def database_error(error: sqlalchemy_errors.DBAPIError) -> CommandError | None:
 
 def broker_error(error: Exception) -> CommandError:
     settings = _settings()
-    where = redact(settings.redis_url) if settings else "REDIS_URL"
+    where = redact_url(settings.redis_url) if settings else "REDIS_URL"
     return CommandError(
         ExitStatus.UNAVAILABLE, f"cannot reach Redis at {where}: {_first_line(error)}"
     )

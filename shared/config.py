@@ -9,10 +9,13 @@ the code reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -28,6 +31,88 @@ CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
 class ConfigError(Exception):
     """The environment holds a bad or missing value; the message names each variable."""
+
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+SENTINEL_URL_FORM = "redis+sentinel://[user:password@]host:port[,host:port…]/<service name>[/<db>]"
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelSet:
+    """A Redis Sentinel set, as ``REDIS_URL`` names it: whom to ask which server is the
+    primary of ``service``, and how to talk to them and to it.
+
+    The user and password authenticate to the Sentinels and to the Redis servers alike;
+    ``tls`` (``rediss+sentinel://``) is TLS to both.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+
+def parse_sentinel_url(url: str) -> SentinelSet:
+    """The Sentinel set a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names.
+
+    Raises:
+        ValueError: the URL is not of the form `SENTINEL_URL_FORM`; the message says why.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # e.g. an unclosed "[" of an IPv6 address
+        raise ValueError(f"{error}: {SENTINEL_URL_FORM}") from None
+    if f"{parts.scheme}://" not in SENTINEL_SCHEMES:
+        raise ValueError(f"a Sentinel URL starts with {' or '.join(SENTINEL_SCHEMES)}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"a Sentinel URL takes no query or fragment: {SENTINEL_URL_FORM}")
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = tuple(_sentinel_address(host) for host in hosts.split(","))
+    names = parts.path.strip("/").split("/") if parts.path.strip("/") else []
+    if not names or not names[0]:
+        raise ValueError(f"a Sentinel URL names the service after the hosts: {SENTINEL_URL_FORM}")
+    if len(names) > 2 or (len(names) == 2 and not names[1].isdigit()):
+        raise ValueError(
+            f"after the service name comes at most a database number: {SENTINEL_URL_FORM}"
+        )
+    return SentinelSet(
+        sentinels=sentinels,
+        service=unquote(names[0]),
+        db=int(names[1]) if len(names) == 2 else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=parts.scheme == "rediss+sentinel",
+    )
+
+
+def _sentinel_address(text: str) -> tuple[str, int]:
+    host, port = text, str(DEFAULT_SENTINEL_PORT)
+    if text.startswith("["):  # an IPv6 address: [::1]:26379
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r} is not a Sentinel's host:port")
+            port = rest[1:]
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not a Sentinel's host:port: {SENTINEL_URL_FORM}")
+    return host, int(port)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, to be shown or logged (even a URL too broken to parse)."""
+    url = re.sub(r"(?<=[?&]password=)[^&#]+", "***", url)  # unix://...?password=...
+    scheme, separator, rest = url.partition("://")
+    end = min((rest.find(mark) for mark in "/?#" if mark in rest), default=len(rest))
+    credentials, at, hosts = rest[:end].rpartition("@")
+    if not separator or not at or ":" not in credentials:
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{hosts}{rest[end:]}"
 
 
 class Settings(BaseModel):
@@ -51,7 +136,9 @@ class Settings(BaseModel):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias="REDIS_URL",
-        description="The Redis (or Valkey) server that carries the queue.",
+        description="The Redis (or Valkey) server that carries the queue: redis://, rediss:// "
+        f"or unix://, or the primary of a Sentinel set: {SENTINEL_URL_FORM} (rediss+sentinel:// "
+        "for TLS).",
     )
     redis_namespace: str = Field(
         default="reminders",
@@ -247,8 +334,13 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _known_redis(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if value.startswith(SENTINEL_SCHEMES):
+            parse_sentinel_url(value)
+        elif not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or "
+                "rediss+sentinel://"
+            )
         return value
 
     @field_validator("rate_limit", "auth_failure_limit")
@@ -318,6 +410,13 @@ class Settings(BaseModel):
         return self
 
     @property
+    def redis_sentinel(self) -> SentinelSet | None:
+        """The Sentinel set ``REDIS_URL`` names, or None when it names one server."""
+        if self.redis_url.startswith(SENTINEL_SCHEMES):
+            return parse_sentinel_url(self.redis_url)
+        return None
+
+    @property
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL: PostgreSQL always through psycopg 3; SQLite by default."""
         url = self.database_url
@@ -380,7 +479,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             if not error["loc"]:
                 continue  # a cross-field rule: reported below, from the raw values
             name = str(error["loc"][0])
-            shown = f"={values[name]!r}" if name in values and "SECRET" not in name else ""
+            shown = ""
+            if name in values and "SECRET" not in name:
+                value = redact_url(values[name]) if name.endswith("_URL") else values[name]
+                shown = f"={value!r}"
             lines.append(f"configuration error: {name}{shown}: {error['msg']}")
         # pydantic skips the model-level rules once a field fails; check them anyway.
         defaults = Settings.model_fields
