@@ -12,7 +12,8 @@ Two limits, each shared by every route (an application limit, not one count per 
 
 Past a limit the answer is a 429 problem document with ``Retry-After``. If Redis cannot be
 reached the limiter lets requests through: the limit protects the service, it must not
-take it down.
+take it down. The counters live where ``REDIS_URL`` says, on the primary of a Sentinel set
+(`shared.broker.connection`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flask_limiter import ApplicationLimit, HeaderNames, Limiter, RateLimitExcee
 from api.auth import bearer_token
 from api.ops_sessions import COOKIE as OPS_COOKIE
 from api.problems import problem
+from shared.broker.connection import redis_client
 from shared.config import Settings
 from shared.planning.keys import hash_token
 
@@ -78,11 +80,17 @@ def install_rate_limit(app: Flask, settings: Settings, exempt: Iterable[str]) ->
                 deduct_when=lambda response: bool(g.get("authentication_failed")),
             )
         )
+    # The counters' client is built as the broker's (`redis_client`), so with a Sentinel set
+    # they follow its primary too. (limits' own redis+sentinel:// storage would take the
+    # path "/<service>/<db>" for one service name, and read counters from a replica.)
+    counters = redis_client(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
     limiter = Limiter(
         key_func=caller_key,
         app=app,
-        storage_uri=settings.redis_url,
-        storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+        storage_uri="redis://",  # the kind of storage; the pool below says where it is
+        # Passed on to limits' RedisStorage, which takes a pool (Flask-Limiter types these
+        # options as strings and numbers only).
+        storage_options={"connection_pool": counters.connection_pool},  # type: ignore[dict-item]
         key_prefix=f"{settings.redis_namespace}:ratelimit",
         application_limits=limits,
         headers_enabled=True,

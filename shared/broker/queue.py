@@ -23,6 +23,7 @@ from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
+from shared.broker.connection import redis_client
 from shared.broker.redis_broker import (
     OWNER,
     BatchedDelayHandOver,
@@ -77,10 +78,10 @@ def make_broker(
     Callbacks and Pipelines act only on options no actor or message here sets (``max_age``,
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
     hooks on every message. `BatchedDelayHandOver` moves due delayed messages to their
-    queue in batches (Dramatiq's worker does it one round trip at a time). Passing
-    ``client`` (e.g. a fakeredis client) replaces the connection to ``REDIS_URL``;
-    ``ack_linger_seconds`` lets acknowledgements gather before they are sent
-    (`GroupAckRedisBroker`).
+    queue in batches (Dramatiq's worker does it one round trip at a time). The broker's
+    client is `redis_client`'s for ``REDIS_URL`` (a Sentinel set's follows its primary);
+    passing ``client`` (e.g. a fakeredis client) replaces it; ``ack_linger_seconds`` lets
+    acknowledgements gather before they are sent (`GroupAckRedisBroker`).
     """
     retries = OutageAwareRetries(
         max_retries=settings.max_retries,
@@ -88,8 +89,7 @@ def make_broker(
         max_backoff=settings.max_backoff_ms,
     )
     broker = GroupAckRedisBroker(
-        url=None if client else settings.redis_url,
-        client=client,
+        client=client or redis_client(settings.redis_url),
         namespace=settings.redis_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         dead_message_ttl=settings.dead_letter_ttl_seconds * 1000,
