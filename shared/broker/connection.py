@@ -20,7 +20,8 @@ the same way:
   a Sentinel set's connections; `ReadOnlyIsLost` does it for a single server's.
 
 Commands are not retried by redis-py itself (as with Dramatiq's own ``url=``): each caller
-decides what a lost connection means for its operation.
+decides what a lost connection means for its operation. Nor is a question to a Sentinel:
+the next Sentinel is asked instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ReadOnlyError
+from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from shared.config import SentinelSet, parse_sentinel_url
@@ -134,6 +137,9 @@ def sentinel_primary(sentinel_set: SentinelSet, **options: Any) -> redis.Redis:
         **{name: value for name, value in options.items() if name.startswith("socket_")},
         **auth,
         "ssl": sentinel_set.tls,
+        # One try each: the next Sentinel is the retry (redis-py would try each one 4 times,
+        # backing off up to 7 s, before asking the next).
+        "retry": Retry(NoBackoff(), 0),
     }
     sentinels = Sentinels(list(sentinel_set.sentinels), sentinel_kwargs=sentinel_options)
     return sentinels.master_for(

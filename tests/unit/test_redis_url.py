@@ -141,3 +141,5 @@ def test_a_sentinel_urls_client_asks_its_sentinels_for_the_services_primary() ->
     # The credentials and TLS go to the Sentinels too; so does the caller's socket timeout.
     assert all(a["password"] == PASSWORD and a["socket_timeout"] == 3 for a in addresses)
     assert all("SSL" in s.connection_pool.connection_class.__name__ for s in sentinels)
+    # A Sentinel that does not answer is asked once: the next one is asked at once.
+    assert all(s.get_retry().get_retries() == 0 for s in sentinels)
