@@ -229,6 +229,16 @@ class PrivateSentinelSet:
             f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.servers[0].port} 2",
             f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {self.down_after_ms}",
             f"sentinel failover-timeout {SENTINEL_SERVICE} {self.failover_timeout_ms}",
+            # Each knows its peers and the replica from the start, as after a first run,
+            # instead of finding them out over a few seconds of hello messages.
+            f"sentinel myid {_sentinel_id(sentinel)}",
+            f"sentinel known-replica {SENTINEL_SERVICE} 127.0.0.1 {self.servers[1].port}",
+            *(
+                f"sentinel known-sentinel {SENTINEL_SERVICE} 127.0.0.1 {peer.port} "
+                f"{_sentinel_id(peer)}"
+                for peer in self.sentinels
+                if peer is not sentinel
+            ),
         ]
         if self.password:
             lines.append(f"sentinel auth-pass {SENTINEL_SERVICE} {self.password}")
@@ -307,6 +317,10 @@ class PrivateSentinelSet:
     def close(self) -> None:
         for server in [*self.sentinels, *self.servers]:
             server.close()
+
+
+def _sentinel_id(sentinel: PrivateRedis) -> str:
+    return f"{sentinel.port:040x}"  # 40 hex digits, unique among the set
 
 
 def _info_number(server: PrivateRedis, name: str) -> int:
