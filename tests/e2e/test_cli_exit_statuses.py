@@ -88,3 +88,23 @@ def test_an_unreachable_redis_exits_69(tmp_path: Path) -> None:
         done = run_cli(env, tmp_path, *args)
         assert f"cannot reach Redis at redis://127.0.0.1:{closed}/0" in one_line_error(done)
         assert done.returncode == ExitStatus.UNAVAILABLE == 69, args
+
+
+def test_an_unreachable_sentinel_set_exits_69_naming_it_without_its_password(
+    tmp_path: Path,
+) -> None:
+    hosts = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    url = f"redis+sentinel://app:do-not-print@{hosts}/reminders/0"
+    env = service_env(tmp_path / "data", REDIS_URL=url)
+    assert run_cli(env, tmp_path, "db", "upgrade").returncode == 0
+
+    done = run_cli(env, tmp_path, "dlq", "queues")
+
+    line = one_line_error(done)
+    assert line.startswith(
+        f"Error: cannot reach Redis at redis+sentinel://app:***@{hosts}/reminders/0: "
+        "no Sentinel names a primary of 'reminders' that is up ("
+    ), line
+    assert "Connection refused" in line
+    assert "do-not-print" not in done.stdout + done.stderr
+    assert done.returncode == ExitStatus.UNAVAILABLE
