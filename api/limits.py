@@ -27,7 +27,7 @@ from flask_limiter import ApplicationLimit, HeaderNames, Limiter, RateLimitExcee
 from api.auth import bearer_token
 from api.ops_sessions import COOKIE as OPS_COOKIE
 from api.problems import problem
-from shared.broker.connection import redis_client
+from shared.broker.connection import redis_pool
 from shared.config import Settings
 from shared.planning.keys import hash_token
 
@@ -80,17 +80,17 @@ def install_rate_limit(app: Flask, settings: Settings, exempt: Iterable[str]) ->
                 deduct_when=lambda response: bool(g.get("authentication_failed")),
             )
         )
-    # The counters' client is built as the broker's (`redis_client`), so with a Sentinel set
+    # The counters' pool is built as the broker's (`redis_pool`), so with a Sentinel set
     # they follow its primary too. (limits' own redis+sentinel:// storage would take the
     # path "/<service>/<db>" for one service name, and read counters from a replica.)
-    counters = redis_client(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    counters = redis_pool(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
     limiter = Limiter(
         key_func=caller_key,
         app=app,
         storage_uri="redis://",  # the kind of storage; the pool below says where it is
         # Passed on to limits' RedisStorage, which takes a pool (Flask-Limiter types these
         # options as strings and numbers only).
-        storage_options={"connection_pool": counters.connection_pool},  # type: ignore[dict-item]
+        storage_options={"connection_pool": counters},  # type: ignore[dict-item]
         key_prefix=f"{settings.redis_namespace}:ratelimit",
         application_limits=limits,
         headers_enabled=True,

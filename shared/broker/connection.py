@@ -95,6 +95,14 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     return redis.Redis.from_pool(pool)
 
 
+def redis_pool(url: str, **options: Any) -> redis.ConnectionPool:
+    """The connection pool of `redis_client`'s client, for a library that builds its own
+    client on a pool (the rate limiter's storage)."""
+    client = redis_client(url, **options)
+    client.auto_close_connection_pool = False  # the pool outlives this client
+    return client.connection_pool
+
+
 class Sentinels(Sentinel):
     """redis-py's Sentinel client, whose "no primary" error says in a few words what each
     Sentinel answered (redis-py's holds each Sentinel client's representation instead)."""
