@@ -18,6 +18,7 @@ from workers.actors import Pipeline, declare_actors
 from workers.admission import make_admissions
 from workers.channels import make_channel
 from workers.endpoint_channel import make_endpoint_channel
+from workers.stop_signals import OneStopPerSender
 
 settings = settings_or_exit()
 
@@ -29,6 +30,8 @@ if settings.metrics_port:
     from dramatiq.middleware.prometheus import Prometheus
 
     broker.add_middleware(Prometheus())
+# SIGTERM to the whole process group stops the group gracefully, as one to its main process.
+broker.add_middleware(OneStopPerSender())
 dramatiq.set_broker(broker)
 
 # Every receiver's limits, kept in the broker's Redis (SPEC §4.9).
