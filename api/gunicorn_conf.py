@@ -39,7 +39,9 @@ def on_starting(server: Any) -> None:
     from shared.store.db import make_engine
 
     configure_logging(_settings.log_level, _settings.log_format)
-    engine = make_engine(_settings.resolved_database_url)
+    engine = make_engine(
+        _settings.resolved_database_url, peer_timeout=_settings.peer_timeout_seconds
+    )
     try:
         require_one_secret_key(_settings, engine)
     finally:

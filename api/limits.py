@@ -26,6 +26,7 @@ from flask_limiter import ApplicationLimit, HeaderNames, Limiter, RateLimitExcee
 from api.auth import bearer_token
 from api.ops_sessions import COOKIE as OPS_COOKIE
 from api.problems import problem
+from shared.broker.connection_options import redis_options
 from shared.config import Settings
 from shared.planning.keys import hash_token
 
@@ -82,7 +83,12 @@ def install_rate_limit(app: Flask, settings: Settings, exempt: Iterable[str]) ->
         key_func=caller_key,
         app=app,
         storage_uri=settings.redis_url,
-        storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
+        # A request waits at most a second for its count (swallow_errors: then it passes).
+        storage_options={
+            **redis_options(settings.redis_url, settings.peer_timeout_seconds),
+            "socket_connect_timeout": 1,
+            "socket_timeout": 1,
+        },
         key_prefix=f"{settings.redis_namespace}:ratelimit",
         application_limits=limits,
         headers_enabled=True,

@@ -98,6 +98,7 @@ def scheduler_argv() -> list[str]:
 # messages, which caps throughput well below what the threads can do.
 PREFETCH_PER_THREAD = 16
 IDLE_POLL_MS = 200
+CONSUMER_RESTART_MS = 1000
 
 
 def worker_env(settings: Settings, base: dict[str, str], threads: int) -> dict[str, str]:
@@ -108,6 +109,9 @@ def worker_env(settings: Settings, base: dict[str, str], threads: int) -> dict[s
     # A delayed reminder waits for one poll of the delay queue's consumer, then one of the
     # queue's: a shorter cap keeps it within a fraction of a second of its remind time.
     env.setdefault("dramatiq_worker_timeout", str(IDLE_POLL_MS))
+    # How long a consumer that lost Redis waits before it connects again (Dramatiq's default:
+    # 3 s): delivery resumes within about this long of Redis answering again.
+    env.setdefault("dramatiq_restart_delay", str(CONSUMER_RESTART_MS))
     if settings.metrics_port:
         metrics_dir = claim_metrics_dir(settings.metrics_port)
         env.update(

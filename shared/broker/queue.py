@@ -23,6 +23,7 @@ from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
+from shared.broker.connection_options import redis_client
 from shared.broker.redis_broker import (
     OWNER,
     BatchedDelayHandOver,
@@ -77,8 +78,10 @@ def make_broker(
     Callbacks and Pipelines act only on options no actor or message here sets (``max_age``,
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
     hooks on every message. `BatchedDelayHandOver` moves due delayed messages to their
-    queue in batches (Dramatiq's worker does it one round trip at a time). Passing
-    ``client`` (e.g. a fakeredis client) replaces the connection to ``REDIS_URL``;
+    queue in batches (Dramatiq's worker does it one round trip at a time). The connection
+    to ``REDIS_URL`` gives up a silent server after ``REMINDERS_PEER_TIMEOUT``
+    (`shared.broker.connection_options`); passing ``client`` (e.g. a fakeredis client)
+    replaces it;
     ``ack_linger_seconds`` lets acknowledgements gather before they are sent
     (`GroupAckRedisBroker`).
     """
@@ -88,8 +91,7 @@ def make_broker(
         max_backoff=settings.max_backoff_ms,
     )
     broker = GroupAckRedisBroker(
-        url=None if client else settings.redis_url,
-        client=client,
+        client=client or redis_client(settings.redis_url, settings.peer_timeout_seconds),
         namespace=settings.redis_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         dead_message_ttl=settings.dead_letter_ttl_seconds * 1000,
