@@ -99,5 +99,7 @@ def require_one_secret_key(settings: Settings, engine: Engine) -> None:
     except SQLAlchemyError as exc:
         log.warning("secret_key.unchecked", error_type=type(exc).__name__)
         return
-    if outcome != "matched":
-        log.info(f"secret_key.canary_{outcome}")
+    if outcome == "rotated":
+        log.info("secret_key.canary_rotated")
+    elif outcome == "created":  # bookkeeping of the first start, nothing to act on
+        log.debug("secret_key.canary_created")
