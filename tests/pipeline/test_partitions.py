@@ -25,6 +25,8 @@ from cli.processes import CONSUMER_RESTART_MS
 from shared.broker.queue import QUEUE_NAME
 from shared.broker.redis_broker import dead_letters
 from shared.config import DEFAULT_PEER_TIMEOUT_SECONDS
+from shared.store.db import make_engine
+from shared.store.schema import upgrade
 from tests.partition import Partition, partition
 from tests.pipeline.conftest import BIN, Receiver, Stack
 from tests.processes import json_lines, tail
@@ -168,3 +170,40 @@ def test_a_worker_cut_off_from_redis_notices_in_seconds_and_resumes(
     messages = [str(line.get("message", "")) for line in lines]
     assert not [m for m in messages if m.startswith("Consumer encountered")], messages
     assert not [m for m in messages if "unexpected" in m], messages
+
+
+@pytest.mark.slow
+def test_a_delivery_holding_its_transaction_longer_than_the_peer_timeout_is_not_cut(
+    pg_url: str, redis_namespace: str, receiver: Receiver
+) -> None:
+    """The timeouts give up a silent server, not a slow answer: a delivery holds its row lock
+    while the receiver takes three times REMINDERS_PEER_TIMEOUT to answer, the server answering
+    every keepalive meanwhile, and commits once.
+
+    Real time: a receiver that really takes that long."""
+    peer_timeout = 2  # the lowest allowed
+    engine = make_engine(pg_url, peer_timeout=peer_timeout)
+    upgrade(engine)
+    stack = Stack(
+        engine=engine,
+        database_url=pg_url,
+        namespace=redis_namespace,
+        overrides={"peer_timeout_seconds": peer_timeout, "max_retries": 0},
+    )
+    try:
+        receiver.delay_seconds = 3 * peer_timeout
+        settings = {
+            "webhook_url": receiver.url,
+            "webhook_secret": "s",
+            "webhook_timeout_seconds": 20,
+        }
+        enqueue_due(stack, settings, 1)
+        broker, _ = stack.broker(**settings)
+        with stack.run_workers(broker, threads=1):
+            assert stack.wait_for(lambda: stack.states() == {"sent": 1}, 30), stack.states()
+        [row] = stack.reminders()
+        assert (row.attempts, row.last_error) == (1, None)
+        assert len(receiver.keys()) == 1
+    finally:
+        stack.close()
+        engine.dispose()
