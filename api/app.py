@@ -139,7 +139,9 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     receivers' view (requests in flight for how long, back-offs still to end) see it."""
     # No pre-ping: authentication is every request's first query and retries a dead connection.
     engine = runtime.get("engine") or make_engine(
-        settings.resolved_database_url, pool_pre_ping=False
+        settings.resolved_database_url,
+        peer_timeout=settings.peer_timeout_seconds,
+        pool_pre_ping=False,
     )
     broker = runtime.get("broker") or make_broker(settings)
     sessions = make_session_factory(engine)

@@ -21,18 +21,31 @@ import gc
 from typing import Any
 
 from shared.config import settings_or_exit
-from shared.logs import gunicorn_log_config
+from shared.logs import configure_logging, gunicorn_log_config
 
 _settings = settings_or_exit()
 logconfig_dict = gunicorn_log_config(_settings.log_level, _settings.log_format)
 
 
 def on_starting(server: Any) -> None:
-    """Turn the control socket off where it would be the per-user default (see above)."""
+    """Turn the control socket off where it would be the per-user default (see above), and
+    stop at once, before any worker boots, if this server's REMINDERS_SECRET_KEY differs
+    from the other processes' (`shared.delivery.key_canary`)."""
     settings = server.cfg.settings
     socket = settings.get("control_socket")  # absent before gunicorn 25.1
     if socket is not None and socket.value == socket.default:
         server.cfg.set("control_socket_disable", True)
+    from shared.delivery.key_canary import require_one_secret_key
+    from shared.store.db import make_engine
+
+    configure_logging(_settings.log_level, _settings.log_format)
+    engine = make_engine(
+        _settings.resolved_database_url, peer_timeout=_settings.peer_timeout_seconds
+    )
+    try:
+        require_one_secret_key(_settings, engine)
+    finally:
+        engine.dispose()
 
 
 def post_worker_init(worker: Any) -> None:

@@ -27,7 +27,7 @@ from flask_limiter import ApplicationLimit, HeaderNames, Limiter, RateLimitExcee
 from api.auth import bearer_token
 from api.ops_sessions import COOKIE as OPS_COOKIE
 from api.problems import problem
-from shared.broker.connection import redis_pool
+from shared.broker.connection import redis_options, redis_pool
 from shared.config import Settings
 from shared.planning.keys import hash_token
 
@@ -83,7 +83,15 @@ def install_rate_limit(app: Flask, settings: Settings, exempt: Iterable[str]) ->
     # The counters' pool is built as the broker's (`redis_pool`), so with a Sentinel set
     # they follow its primary too. (limits' own redis+sentinel:// storage would take the
     # path "/<service>/<db>" for one service name, and read counters from a replica.)
-    counters = redis_pool(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    # A request waits at most a second for its count (swallow_errors: then it passes).
+    counters = redis_pool(
+        settings.redis_url,
+        **{
+            **redis_options(settings.redis_url, settings.peer_timeout_seconds),
+            "socket_connect_timeout": 1,
+            "socket_timeout": 1,
+        },
+    )
     limiter = Limiter(
         key_func=caller_key,
         app=app,

@@ -40,7 +40,10 @@ HEX_PREFIX = re.compile(r"[0-9a-fA-F][0-9a-fA-F-]*")
 def _desk() -> DeadLetterDesk:
     settings = command_settings(redis=True)
     return DeadLetterDesk(
-        make_session_factory(make_engine(settings.resolved_database_url)), make_broker(settings)
+        make_session_factory(
+            make_engine(settings.resolved_database_url, peer_timeout=settings.peer_timeout_seconds)
+        ),
+        make_broker(settings),
     )
 
 

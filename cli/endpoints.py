@@ -30,7 +30,9 @@ def endpoints_group() -> None:
 def endpoints_list(user: str | None, failing: bool, as_json: bool) -> None:
     """List the endpoints of USER (default: every user), disabled and failing first."""
     settings = command_settings()
-    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    sessions = make_session_factory(
+        make_engine(settings.resolved_database_url, peer_timeout=settings.peer_timeout_seconds)
+    )
     with sessions() as session:
         if user is not None and not endpoints.user_exists(session, user):
             raise CommandError(ExitStatus.NOT_FOUND, f"no user named {user!r}")

@@ -56,7 +56,7 @@ def db_upgrade() -> None:
     """Apply every pending migration (Alembic) to DATABASE_URL."""
     settings = command_settings(create_database=True)
     prepare_database_directory(settings)
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, peer_timeout=settings.peer_timeout_seconds)
     upgrade(engine)
     click.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
 
@@ -87,7 +87,9 @@ def users_create(name: str, operator: bool, as_json: bool) -> None:
     from shared.store.accounts import DuplicateUser, create_user
 
     settings = command_settings()
-    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    sessions = make_session_factory(
+        make_engine(settings.resolved_database_url, peer_timeout=settings.peer_timeout_seconds)
+    )
     try:
         token = create_user(sessions, name, operator=operator)
     except DuplicateUser as exc:
@@ -112,7 +114,9 @@ def users_token(name: str, as_json: bool) -> None:
     from shared.store.models import User
 
     settings = command_settings()
-    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    sessions = make_session_factory(
+        make_engine(settings.resolved_database_url, peer_timeout=settings.peer_timeout_seconds)
+    )
     with unit_of_work(sessions) as session:
         user = session.execute(select(User.id, User.is_operator).where(User.name == name)).first()
         if user is None:
@@ -128,7 +132,9 @@ def users_revoke(name: str) -> None:
     from shared.store.accounts import revoke_tokens
 
     settings = command_settings()
-    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    sessions = make_session_factory(
+        make_engine(settings.resolved_database_url, peer_timeout=settings.peer_timeout_seconds)
+    )
     count = revoke_tokens(sessions, name)
     if count is None:
         raise CommandError(ExitStatus.NOT_FOUND, f"no user named {name!r}")
@@ -156,7 +162,9 @@ def scan(as_json: bool) -> None:
 
     settings = command_settings(redis=True)
     configure_logging("WARNING", settings.log_format)
-    sessions = make_session_factory(make_engine(settings.resolved_database_url))
+    sessions = make_session_factory(
+        make_engine(settings.resolved_database_url, peer_timeout=settings.peer_timeout_seconds)
+    )
     result = scan_due_tasks(sessions, make_broker(settings), settings)
     summary = {
         "enqueued": result.enqueued,

@@ -7,6 +7,7 @@ children. One definition serves both, so the embedded default runs what producti
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import shutil
 import signal
@@ -97,6 +98,7 @@ def scheduler_argv() -> list[str]:
 # messages, which caps throughput well below what the threads can do.
 PREFETCH_PER_THREAD = 16
 IDLE_POLL_MS = 200
+CONSUMER_RESTART_MS = 1000
 
 
 def worker_env(settings: Settings, base: dict[str, str], threads: int) -> dict[str, str]:
@@ -107,10 +109,11 @@ def worker_env(settings: Settings, base: dict[str, str], threads: int) -> dict[s
     # A delayed reminder waits for one poll of the delay queue's consumer, then one of the
     # queue's: a shorter cap keeps it within a fraction of a second of its remind time.
     env.setdefault("dramatiq_worker_timeout", str(IDLE_POLL_MS))
+    # How long a consumer that lost Redis waits before it connects again (Dramatiq's default:
+    # 3 s): delivery resumes within about this long of Redis answering again.
+    env.setdefault("dramatiq_restart_delay", str(CONSUMER_RESTART_MS))
     if settings.metrics_port:
-        metrics_dir = Path(tempfile.gettempdir()) / f"reminders-metrics-{settings.metrics_port}"
-        shutil.rmtree(metrics_dir, ignore_errors=True)  # stale files would add old counts
-        metrics_dir.mkdir(parents=True)
+        metrics_dir = claim_metrics_dir(settings.metrics_port)
         env.update(
             PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
             dramatiq_prom_db=str(metrics_dir),
@@ -118,6 +121,50 @@ def worker_env(settings: Settings, base: dict[str, str], threads: int) -> dict[s
             dramatiq_prom_host=env.get("REMINDERS_METRICS_HOST", "0.0.0.0"),
         )
     return env
+
+
+METRICS_DIR_PREFIX = "reminders-metrics-"
+GROUP_LOCK = "group.lock"
+
+
+def claim_metrics_dir(port: int, root: Path | None = None) -> Path:
+    """A new Prometheus multiprocess directory for the worker group this process starts.
+
+    Each group writes its own (``reminders-metrics-<port>-<random>`` in the temporary
+    directory), so two groups on one host never add up or delete each other's files. The
+    group's main process holds a lock on ``group.lock`` inside it for as long as it lives:
+    the lock's descriptor is kept through ``exec``, and ``reminders dev`` holds it itself.
+    Directories left by groups that have ended (their lock free) are removed here; a live
+    group's never are.
+    """
+    root = Path(tempfile.gettempdir()) if root is None else root
+    remove_ended_metrics_dirs(root)
+    directory = Path(tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{port}-", dir=root))
+    # Locked under another name, then renamed: another start never sees the lock unheld.
+    draft = directory / f".{GROUP_LOCK}"
+    descriptor = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    draft.rename(directory / GROUP_LOCK)
+    os.set_inheritable(descriptor, True)
+    return directory
+
+
+def remove_ended_metrics_dirs(root: Path) -> None:
+    """Remove the metrics directories under ``root`` whose group has ended."""
+    for directory in root.glob(f"{METRICS_DIR_PREFIX}*"):
+        try:
+            descriptor = os.open(directory / GROUP_LOCK, os.O_RDWR)
+        except OSError:
+            continue  # not a group's (or one still being made)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            continue  # its group is running
+        try:
+            shutil.rmtree(directory, ignore_errors=True)
+        finally:
+            os.close(descriptor)
 
 
 def scheduler_env(base: dict[str, str]) -> dict[str, str]:

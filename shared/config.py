@@ -25,6 +25,10 @@ DEFAULT_DATA_DIR = ".reminders"
 THIRTY_DAYS = 30 * 24 * 3600
 
 
+# REMINDERS_PEER_TIMEOUT's default: a few seconds, well above a healthy server's slowest
+# answer here, well below TCP's own minutes.
+DEFAULT_PEER_TIMEOUT_SECONDS = 5
+
 # minute, hour, day of month, month, day of week (0 and 7 are Sunday)
 CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
@@ -231,6 +235,15 @@ class Settings(BaseModel):
         description="A worker silent this long is presumed dead and its unacked "
         "messages are given back by the broker.",
     )
+    peer_timeout_seconds: int = Field(
+        default=DEFAULT_PEER_TIMEOUT_SECONDS,
+        ge=2,
+        le=300,
+        validation_alias="REMINDERS_PEER_TIMEOUT",
+        description="Seconds a PostgreSQL or Redis server may leave a connection unanswered "
+        "(no reply, no acknowledgement, no keepalive) before it counts as lost: a network "
+        "partition is noticed within about this long, not left to TCP's minutes.",
+    )
     webhook_url: str = Field(default="", validation_alias="REMINDERS_WEBHOOK_URL")
     webhook_secret: str = Field(default="", repr=False, validation_alias="REMINDERS_WEBHOOK_SECRET")
     webhook_timeout_seconds: float = Field(
@@ -426,6 +439,30 @@ class Settings(BaseModel):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """TCP keepalive and user timeout for a peer that may go silent (REMINDERS_PEER_TIMEOUT).
+
+    An idle connection is probed after ``idle`` seconds, then every ``interval``; data sent
+    and not acknowledged within ``user_timeout_ms`` (Linux's ``TCP_USER_TIMEOUT``, which
+    also ends the probing then) fails the connection. Either way a peer that stops
+    answering is given up about ``peer_timeout`` seconds after it last answered.
+    """
+
+    idle: int
+    interval: int
+    count: int
+    user_timeout_ms: int
+
+
+def keepalive_for(peer_timeout: int) -> Keepalive:
+    """The keepalive that gives up a silent peer after about ``peer_timeout`` seconds."""
+    idle = max(1, peer_timeout // 2)
+    interval = max(1, peer_timeout // 10)
+    count = max(1, -(-(peer_timeout - idle) // interval))  # ceil: probes up to the timeout
+    return Keepalive(idle, interval, count, peer_timeout * 1000)
 
 
 def cross_field_problems(

@@ -1,10 +1,17 @@
-"""A TCP forwarder on 127.0.0.1 that a test can cut, to lose a server for real."""
+"""A TCP forwarder that a test can cut, to lose a server for real."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
+
+from shared.config import keepalive_for
+
+
+def on_loopback(port: int) -> socket.socket:
+    return socket.create_server(("127.0.0.1", port))
 
 
 class TcpProxy:
@@ -12,19 +19,46 @@ class TcpProxy:
 
     While cut, the port refuses connections, as a server that went away does;
     `restore` listens on the same port again.
+
+    ``listen`` makes the listening socket for a port (0: any), elsewhere than on loopback
+    (`tests.partition.Partition.listen`: on a link the test can pull). ``peer_timeout``
+    gives the client side of each connection the keepalive and user timeout a server of
+    this service gets (`shared.store.db`): a client that goes silent is given up, and its
+    upstream connection closed, as the server itself would.
     """
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        listen: Callable[[int], socket.socket] = on_loopback,
+        peer_timeout: int | None = None,
+    ) -> None:
         self.upstream = upstream
+        self._make_listener = listen
+        self._peer_timeout = peer_timeout
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener = self._listen(0)
+        self.host: str = self._listener.getsockname()[0]
         self.port: int = self._listener.getsockname()[1]
 
     def _listen(self, port: int) -> socket.socket:
-        listener = socket.create_server(("127.0.0.1", port))
+        listener = self._make_listener(port)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return listener
+
+    def _keep_alive(self, client: socket.socket) -> None:
+        if self._peer_timeout is None:
+            return
+        keepalive = keepalive_for(self._peer_timeout)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (
+            (socket.TCP_KEEPIDLE, keepalive.idle),
+            (socket.TCP_KEEPINTVL, keepalive.interval),
+            (socket.TCP_KEEPCNT, keepalive.count),
+            (socket.TCP_USER_TIMEOUT, keepalive.user_timeout_ms),
+        ):
+            client.setsockopt(socket.IPPROTO_TCP, option, value)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -32,6 +66,7 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # the listener was closed by cut()
+            self._keep_alive(client)
             server = socket.create_connection(self.upstream)
             with self._lock:
                 self._sockets += [client, server]

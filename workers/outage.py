@@ -21,12 +21,14 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.logs import get_logger
-from shared.store.db import database_unreachable
+from shared.store.db import database_unreachable, once_more_if_connection_lost
 
 log = get_logger("worker")
 
 FIRST_PROBE_SECONDS = 0.5
-MAX_PROBE_SECONDS = 15.0
+# The longest wait between probes, so delivery resumes within this long of the database
+# answering again; a probe costs one connection attempt, bounded by REMINDERS_PEER_TIMEOUT.
+MAX_PROBE_SECONDS = 5.0
 
 
 class DatabaseGate(Middleware):
@@ -101,11 +103,16 @@ class DatabaseGate(Middleware):
             if self._stopping:
                 return
             try:
-                with self.engine.connect() as connection:
-                    connection.execute(text("SELECT 1"))
+                # A pooled connection that died in the outage fails once and takes the
+                # pool's other old ones with it; the second try opens a fresh one.
+                once_more_if_connection_lost(self._select_one)
             except SQLAlchemyError:
                 delay = min(delay * 2, MAX_PROBE_SECONDS)
                 continue
             outage = time.monotonic() - self._closed_at
             log.info("database.available", outage_ms=round(outage * 1000))
             self._open.set()
+
+    def _select_one(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))

@@ -19,6 +19,12 @@ the same way:
   the enqueue) instead of failing as a Redis error nobody retries. redis-py does this for
   a Sentinel set's connections; `ReadOnlyIsLost` does it for a single server's.
 
+A silent server (a cut link, a dropped route) is noticed within ``REMINDERS_PEER_TIMEOUT``
+(`redis_options`, which every process passes): redis-py alone waits forever by default, a
+connection blocking its thread until TCP gives up, minutes later. No command the service
+sends blocks on the server's side (no ``BLPOP``, no ``WAIT``, no pub/sub), so the socket
+timeout only ever fires on a command that is not answered at all.
+
 Commands are not retried by redis-py itself (as with Dramatiq's own ``url=``): each caller
 decides what a lost connection means for its operation. Nor is a question to a Sentinel:
 the next Sentinel is asked instead.
@@ -26,6 +32,7 @@ the next Sentinel is asked instead.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import redis
@@ -34,11 +41,40 @@ from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from shared.config import SentinelSet, parse_sentinel_url
+from shared.config import SentinelSet, keepalive_for, parse_sentinel_url
 
 # How long a question to a Sentinel may take (connecting, then answering) before the next
 # Sentinel is asked: a Sentinel host that is down must not hold up finding the primary.
 SENTINEL_TIMEOUT_SECONDS = 1.0
+
+
+def redis_options(url: str, peer_timeout: int) -> dict[str, Any]:
+    """Connection options for ``redis.ConnectionPool.from_url(url, **options)``.
+
+    A ``unix://`` URL gets only the timeouts (a local socket has no TCP to keep alive).
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": peer_timeout,
+        "health_check_interval": peer_timeout,
+    }
+    if url.startswith("unix://"):
+        return options
+    keepalive = keepalive_for(peer_timeout)
+    tcp = {
+        "TCP_KEEPIDLE": keepalive.idle,
+        "TCP_KEEPINTVL": keepalive.interval,
+        "TCP_KEEPCNT": keepalive.count,
+        "TCP_USER_TIMEOUT": keepalive.user_timeout_ms,  # Linux
+    }
+    options.update(
+        socket_connect_timeout=peer_timeout,
+        socket_keepalive=True,
+        # Only the options this platform has (macOS lacks TCP_USER_TIMEOUT, for one).
+        socket_keepalive_options={
+            getattr(socket, name): value for name, value in tcp.items() if hasattr(socket, name)
+        },
+    )
+    return options
 
 
 class ReadOnlyIsLost:

@@ -23,7 +23,7 @@ from dramatiq.common import dq_name
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
-from shared.broker.connection import redis_client
+from shared.broker.connection import redis_client, redis_options
 from shared.broker.redis_broker import (
     OWNER,
     BatchedDelayHandOver,
@@ -79,7 +79,8 @@ def make_broker(
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
     hooks on every message. `BatchedDelayHandOver` moves due delayed messages to their
     queue in batches (Dramatiq's worker does it one round trip at a time). The broker's
-    client is `redis_client`'s for ``REDIS_URL`` (a Sentinel set's follows its primary);
+    client is `redis_client`'s for ``REDIS_URL`` (a Sentinel set's follows its primary; a
+    silent server is given up after ``REMINDERS_PEER_TIMEOUT``);
     passing ``client`` (e.g. a fakeredis client) replaces it; ``ack_linger_seconds`` lets
     acknowledgements gather before they are sent (`GroupAckRedisBroker`).
     """
@@ -89,7 +90,10 @@ def make_broker(
         max_backoff=settings.max_backoff_ms,
     )
     broker = GroupAckRedisBroker(
-        client=client or redis_client(settings.redis_url),
+        client=client
+        or redis_client(
+            settings.redis_url, **redis_options(settings.redis_url, settings.peer_timeout_seconds)
+        ),
         namespace=settings.redis_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         dead_message_ttl=settings.dead_letter_ttl_seconds * 1000,

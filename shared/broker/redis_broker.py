@@ -39,6 +39,7 @@ from dramatiq.common import compute_backoff, current_millis, dq_name, q_name, xq
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed, DecodeError
 from dramatiq.middleware import MiddlewareError
 
+from shared.broker.reachability import LOST_CONNECTION, BrokerReachability
 from shared.logs import get_logger
 
 SCAN_COUNT = 1000
@@ -199,6 +200,7 @@ class GroupAckRedisBroker(RedisBroker):
     def __init__(self, *, ack_linger_seconds: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ack_linger_seconds = ack_linger_seconds
+        self.reachability = BrokerReachability()
         self._ack_script = _client(self).register_script(_ACK_GROUP)
         self._ack_groups: dict[str, AckGroup] = {}
         self._ack_groups_lock = threading.Lock()
@@ -364,12 +366,14 @@ class AckGroup:
             raise
 
     def _send(self, broker_ids: list[str]) -> None:
+        sent_at = time.monotonic()
         try:
             # A Script call loads the script again if Redis lost it (restarted).
             self._broker._ack_script(
                 keys=self._keys, args=[current_millis(), self._broker.broker_id, *broker_ids]
             )
-        except redis.ConnectionError as error:
+        except LOST_CONNECTION as error:
+            self._broker.reachability.lost(error, sent_at)
             raise ConnectionClosed(error) from None
 
 
@@ -453,11 +457,13 @@ def _hand_over_due(broker: GroupAckRedisBroker, thread: Any) -> None:
                 copy = message.copy(queue_name=q_name(message.queue_name))
                 del copy.options["eta"]
                 ready.append(copy)
+            sent_at = time.monotonic()
             try:
                 enqueue_batch(broker, ready)
-            except redis.ConnectionError as error:
+            except LOST_CONNECTION as error:
                 # As Dramatiq: the consumer thread drops what it holds and reconnects; the
                 # unacknowledged delayed messages come back from Redis.
+                broker.reachability.lost(error, sent_at)
                 raise ConnectionClosed(error) from None
             _acknowledge(broker, thread, batch)
     finally:
@@ -506,6 +512,7 @@ class _GroupAckConsumer(_RedisConsumer):
     def __next__(self) -> MessageProxy | None:
         """The next message, or None after an idle wait; as Dramatiq's, except for bodies
         that do not decode: each is moved to the dead-letter set and the batch goes on."""
+        sent_at = time.monotonic()
         try:
             while True:
                 if self.message_cache:
@@ -522,14 +529,28 @@ class _GroupAckConsumer(_RedisConsumer):
                     return MessageProxy(message)
                 fetched: list[bytes | None] = []
                 if self.outstanding_message_count < self.prefetch:
+                    sent_at = time.monotonic()
                     self.message_cache = fetched = self.broker.do_fetch(
                         self.queue_name, self.prefetch - self.outstanding_message_count
                     )
+                    self.broker.reachability.answered()
                 if not fetched:
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
                     time.sleep(backoff_ms / 1000)
                     return None
-        except redis.ConnectionError as error:
+        except LOST_CONNECTION as error:
+            self.broker.reachability.lost(error, sent_at)
+            raise ConnectionClosed(error) from None
+
+    def requeue(self, messages: Any) -> None:
+        """As Dramatiq's, raising a lost connection as ``ConnectionClosed``: Dramatiq's consumer
+        thread expects that from a requeue while it closes after a lost connection, and any
+        other error would end the thread, leaving the process without a consumer."""
+        sent_at = time.monotonic()
+        try:
+            super().requeue(messages)
+        except LOST_CONNECTION as error:
+            self.broker.reachability.lost(error, sent_at)
             raise ConnectionClosed(error) from None
 
     def _set_aside(self, data: bytes, error: DecodeError) -> None:

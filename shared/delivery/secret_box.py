@@ -43,7 +43,9 @@ class SecretBox:
         """
         if not keys:
             raise ValueError("a secret box needs at least one Fernet key")
-        self._fernet = MultiFernet([Fernet(key) for key in keys])
+        fernets = [Fernet(key) for key in keys]
+        self._fernet = MultiFernet(fernets)
+        self._first = fernets[0]
         self._key_source = key_source
 
     @classmethod
@@ -78,6 +80,22 @@ class SecretBox:
                 f"the secret cannot be decrypted with {self._key_source} — the key differs "
                 "from the one that encrypted it"
             ) from None
+
+    def encrypted_with_first_key(self, token: str) -> bool:
+        """Whether ``token`` was made with the first key (the one `encrypt` uses now)."""
+        try:
+            self._first.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
+
+    def reencrypt(self, token: str) -> str:
+        """``token``'s plaintext encrypted again with the first key.
+
+        Raises:
+            SecretKeyMismatch: as `decrypt`.
+        """
+        return self.encrypt(self.decrypt(token))
 
 
 def _key_in_file(path: Path) -> str:

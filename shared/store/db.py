@@ -25,14 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.types import TypeDecorator
 
+from shared.config import DEFAULT_PEER_TIMEOUT_SECONDS, Keepalive, keepalive_for
+
 if TYPE_CHECKING:
     from shared.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Opening a PostgreSQL connection gives up after this long (libpq's ``connect_timeout``)
-# unless the URL says otherwise: a server that is down refuses at once, but one behind a
-# dropped route would hold a request for minutes instead of letting it fail as unreachable.
-CONNECT_TIMEOUT_SECONDS = 5
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -59,11 +57,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_engine(url: str, **options: Any) -> Engine:
+def make_engine(
+    url: str, *, peer_timeout: int = DEFAULT_PEER_TIMEOUT_SECONDS, **options: Any
+) -> Engine:
     """Create the engine for ``url`` (already resolved, see `Settings.resolved_database_url`).
 
     Statement parameters are kept out of error messages: they can hold task titles and notes,
     and error messages reach logs and reminder rows.
+
+    PostgreSQL connections give up a server that stops answering after about
+    ``peer_timeout`` seconds (``REMINDERS_PEER_TIMEOUT``), on both ends (`_peer_timeouts`),
+    instead of TCP's minutes. A server that is down refuses at once; one behind a dropped
+    route or a cut link would otherwise hold a worker or a request for minutes, and a
+    dead worker's open transaction would hold its row locks on the server as long.
     """
     options.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
@@ -72,15 +78,61 @@ def make_engine(url: str, **options: Any) -> Engine:
         )
         _serialize_sqlite_writers(engine)
         return engine
-    if "connect_timeout" not in make_url(url).query:
-        options["connect_args"] = {
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            **options.get("connect_args", {}),
-        }
+    in_url = make_url(url).query
+    libpq = {k: v for k, v in libpq_timeouts(peer_timeout).items() if k not in in_url}
+    options["connect_args"] = {**libpq, **options.get("connect_args", {})}
     options.setdefault("pool_pre_ping", True)
     options.setdefault("pool_size", 5)
     options.setdefault("max_overflow", 10)
-    return create_engine(url, **options)
+    engine = create_engine(url, **options)
+    _peer_timeouts_on_the_server(engine, keepalive_for(peer_timeout))
+    return engine
+
+
+def libpq_timeouts(peer_timeout: int) -> dict[str, int]:
+    """libpq's connection parameters that give up a silent server after ``peer_timeout`` s.
+
+    ``connect_timeout`` bounds opening a connection; ``tcp_user_timeout`` fails one whose
+    sent data the server does not acknowledge in time; keepalives probe one that waits (for
+    an answer, or idle in the pool). None of them cuts a slow statement or a long
+    transaction short while the server answers: its kernel acknowledges and answers probes.
+    """
+    keepalive = keepalive_for(peer_timeout)
+    return {
+        "connect_timeout": peer_timeout,
+        "keepalives": 1,
+        "keepalives_idle": keepalive.idle,
+        "keepalives_interval": keepalive.interval,
+        "keepalives_count": keepalive.count,
+        "tcp_user_timeout": keepalive.user_timeout_ms,
+    }
+
+
+# The server's side of a connection: the same bounds, so a backend whose client went silent
+# (a worker host cut off mid-transaction) ends, and its row locks go, within about as long.
+_SERVER_KEEPALIVE = (
+    "SELECT set_config('tcp_keepalives_idle', %(idle)s, false),"
+    " set_config('tcp_keepalives_interval', %(interval)s, false),"
+    " set_config('tcp_keepalives_count', %(count)s, false)"
+)
+_SERVER_USER_TIMEOUT = ", set_config('tcp_user_timeout', %(user_timeout)s, false)"  # 12+
+
+
+def _peer_timeouts_on_the_server(engine: Engine, keepalive: Keepalive) -> None:
+    values = {
+        "idle": str(keepalive.idle),
+        "interval": str(keepalive.interval),
+        "count": str(keepalive.count),
+        "user_timeout": str(keepalive.user_timeout_ms),
+    }
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        statement = _SERVER_KEEPALIVE
+        if dbapi_connection.info.server_version >= 120000:
+            statement += _SERVER_USER_TIMEOUT
+        dbapi_connection.execute(statement, values)
+        dbapi_connection.commit()
 
 
 def _serialize_sqlite_writers(engine: Engine) -> None:

@@ -330,3 +330,16 @@ class IdempotencyKey(Base):
     location: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class SecretKeyCanary(Base):
+    """A known value encrypted with the deployment's ``REMINDERS_SECRET_KEY`` by the first
+    process that started: every process decrypts it at start, so one whose key differs
+    stops there (`shared.delivery.key_canary`). One row."""
+
+    __tablename__ = "secret_key_canary"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    token: Mapped[str] = mapped_column(Text)  # encrypted
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -27,10 +28,12 @@ import pytest
 import yaml
 
 from tests.pipeline import conftest as pipeline_harness
-from tests.pipeline.conftest import BIN, Stack
+from tests.pipeline.conftest import BIN, Receiver, Stack
 from tests.processes import REPO, free_port, json_lines, procfile, tail
+from workers.producer import scan_due_tasks
 
 stack = pipeline_harness.stack  # the pipeline tests' fixture: own schema, namespace, processes
+receiver = pipeline_harness.receiver
 APP_SERVICES = ("web", "scheduler", "worker")
 
 
@@ -133,6 +136,49 @@ def test_procfile_processes_deliver_a_task_created_over_http(stack: Stack, tmp_p
     assert "renew passport" not in (tmp_path / "worker.log").read_text(errors="replace")
     scans = [e for e in json_lines(tmp_path / "worker.log") if e.get("event") == "scan.finished"]
     assert sum(e["enqueued"] for e in scans) == 0
+
+
+def log_messages(path: Path) -> list[str]:
+    return [str(line.get("message") or line.get("event")) for line in json_lines(path)]
+
+
+@pytest.mark.slow
+def test_procfile_worker_stops_gracefully_when_its_whole_process_group_gets_sigterm(
+    stack: Stack, receiver: Receiver, tmp_path: Path
+) -> None:
+    """systemd's ``KillMode=control-group`` (and ``kill -TERM -<pgid>``): every process of
+    the group gets SIGTERM, the worker processes twice (their main process forwards its own).
+    Each still stops as after one: what is in flight is delivered, what was fetched ahead
+    goes back to the queue, and nothing is sent twice.
+
+    Real time: real processes and signals, a receiver that takes 3 s to answer."""
+    receiver.delay_seconds = 3.0
+    settings = {"webhook_url": receiver.url, "webhook_secret": "s"}
+    env = stack.env(**settings)
+    # Two processes of one thread, each fetching two messages: one in flight, one ahead.
+    env.update(WORKER_PROCESSES="2", WORKER_THREADS="1", dramatiq_queue_prefetch="2")
+    tasks = stack.add_due_tasks(stack.account(), 6)
+    broker, _ = stack.broker(**settings)
+    assert scan_due_tasks(stack.sessions, broker, stack.settings(**settings)).enqueued == 6
+    line = procfile()["worker"]
+
+    worker = run_line(stack, "worker", line, env, tmp_path)
+    assert stack.wait_for(lambda: len(receiver.keys()) == 2, 60), tail(tmp_path / "worker.log")
+    os.killpg(worker.pid, signal.SIGTERM)  # the group: bash exec'd the worker, its leader
+
+    assert worker.wait(timeout=30) == 0, tail(tmp_path / "worker.log")
+    messages = log_messages(tmp_path / "worker.log")
+    assert messages.count("Stopping worker process...") == 2, messages
+    assert "worker.stop_signal_repeated" in messages
+    assert "Killing worker process..." not in messages
+    assert stack.states() == {"sent": 2, "queued": 4}  # the two in flight finished
+
+    run_line(stack, "worker-again", line, env, tmp_path)  # the rest go out after a restart
+    assert stack.wait_for(lambda: stack.states() == {"sent": 6}, 60), stack.states()
+    keys = receiver.keys()
+    assert sorted(keys) == sorted({str(row.message_id) for row in stack.reminders()})
+    assert len(keys) == len(tasks)  # each once
+    assert {row.attempts for row in stack.reminders()} == {1}
 
 
 def test_release_runs_where_the_working_directory_is_not_writable(

@@ -1,0 +1,209 @@
+"""A worker host cut off by the network: noticed in seconds, resumed at once, nothing lost.
+
+SPEC §8, §4.10. A worker group whose link to PostgreSQL or to Redis is pulled — packets
+dropped, no connection told anything (`tests.partition`) — logs ``database.unavailable``
+or ``broker.unavailable`` within about ``REMINDERS_PEER_TIMEOUT`` of the cut (TCP alone
+would take minutes), and delivers again within one probe interval of the link coming
+back; every reminder is delivered, and only those in flight at the cut may come twice.
+
+Real time: real processes behind a real link, and the timeouts under test are seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from cli.processes import CONSUMER_RESTART_MS
+from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import dead_letters
+from shared.config import DEFAULT_PEER_TIMEOUT_SECONDS
+from shared.store.db import make_engine
+from shared.store.schema import upgrade
+from tests.partition import Partition, partition
+from tests.pipeline.conftest import BIN, Receiver, Stack
+from tests.processes import json_lines, tail
+from tests.tcp_proxy import TcpProxy
+from workers.outage import MAX_PROBE_SECONDS
+from workers.producer import scan_due_tasks
+
+PEER_TIMEOUT = DEFAULT_PEER_TIMEOUT_SECONDS  # the default is what is measured
+THREADS = 4
+# A worker group's consumer that lost Redis connects again after this long.
+CONSUMER_RESTART_SECONDS = CONSUMER_RESTART_MS / 1000
+
+
+@pytest.fixture
+def link() -> Iterator[Partition]:
+    with partition() as made:
+        yield made
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=f"{user}{proxy.host}:{proxy.port}").geturl()
+
+
+def first_event(log: Path, name: str, after: datetime) -> datetime | None:
+    """When ``name`` was first logged after ``after`` (the line's own time stamp)."""
+    for line in json_lines(log):
+        if line.get("event") == name:
+            at = datetime.fromisoformat(str(line["ts"]).replace("Z", "+00:00"))
+            if at >= after:
+                return at
+    return None
+
+
+def wait_for_event(stack: Stack, log: Path, name: str, after: datetime, within: float) -> float:
+    """Seconds from ``after`` to ``name`` in ``log``, once it is there (at most ``within``)."""
+    found = stack.wait_for(lambda: first_event(log, name, after) is not None, within, 0.2)
+    at = first_event(log, name, after)
+    assert found and at is not None, f"no {name} within {within} s:\n{tail(log)}"
+    return (at - after).total_seconds()
+
+
+def start_worker(stack: Stack, env: dict[str, str], log: Path) -> None:
+    argv = [str(BIN / "reminders"), "worker", "--processes", "1", "--threads", str(THREADS)]
+    stack.spawn_logged(argv, env, log)
+
+
+def enqueue_due(stack: Stack, settings: dict[str, Any], count: int) -> None:
+    stack.add_due_tasks(stack.account(f"owner-{time.monotonic_ns()}"), count)
+    broker, _ = stack.broker(**settings)
+    assert scan_due_tasks(stack.sessions, broker, stack.settings(**settings)).enqueued == count
+
+
+@pytest.mark.slow
+def test_a_worker_cut_off_from_the_database_notices_in_seconds_and_resumes(
+    stack: Stack, receiver: Receiver, link: Partition, tmp_path: Path
+) -> None:
+    server = urlsplit(stack.database_url)
+    proxy = TcpProxy(
+        (server.hostname or "127.0.0.1", server.port or 5432),
+        listen=link.listen,
+        peer_timeout=PEER_TIMEOUT,  # PostgreSQL's side of each connection, as configured
+    )
+    receiver.delay_seconds = 0.3  # deliveries hold their transaction across the cut
+    settings = {"webhook_url": receiver.url, "webhook_secret": "s"}
+    env = stack.env(**settings)
+    env["DATABASE_URL"] = through(stack.database_url, proxy)
+    log = tmp_path / "worker.log"
+    count = 60
+    enqueue_due(stack, settings, count)
+    start_worker(stack, env, log)
+    assert stack.wait_for(lambda: stack.states().get("sent", 0) >= 10, 60), tail(log)
+
+    cut_at = datetime.now(UTC)
+    link.cut()
+    noticed = wait_for_event(stack, log, "database.unavailable", cut_at, PEER_TIMEOUT + 10)
+    time.sleep(max(0.0, 2 * PEER_TIMEOUT - noticed))  # the outage goes on a while
+    healed_at = datetime.now(UTC)
+    link.heal()
+    resumed = wait_for_event(
+        stack, log, "database.available", healed_at, MAX_PROBE_SECONDS + PEER_TIMEOUT + 10
+    )
+
+    assert stack.wait_for(lambda: stack.states() == {"sent": count}, 60, 0.5), stack.states()
+    print(f"database cut: noticed after {noticed:.1f} s, resumed {resumed:.1f} s after the heal")
+    assert noticed <= PEER_TIMEOUT + 2, noticed
+    # One probe interval, plus the probe's connection attempt that met the cut's end.
+    assert resumed <= MAX_PROBE_SECONDS + PEER_TIMEOUT, resumed
+    receipts = Counter(receiver.keys())
+    rows = stack.reminders()
+    assert set(receipts) == {str(row.message_id) for row in rows}
+    # Only deliveries in flight at the cut (at most one per thread) were accepted and not
+    # recorded: they alone come again, with the same key, and their rows count both.
+    assert sum(receipts.values()) - count <= THREADS, receipts.most_common(THREADS + 1)
+    assert {str(row.message_id): row.attempts for row in rows} == dict(receipts)
+    broker, _ = stack.broker()
+    assert dead_letters(broker, QUEUE_NAME) == []
+    names = [line.get("event") for line in json_lines(log)]
+    assert names.count("database.unavailable") == 1 and "reminder.dead_lettered" not in names
+
+
+@pytest.mark.slow
+def test_a_worker_cut_off_from_redis_notices_in_seconds_and_resumes(
+    stack: Stack, receiver: Receiver, link: Partition, tmp_path: Path
+) -> None:
+    server = urlsplit(stack.settings().redis_url)
+    proxy = TcpProxy((server.hostname or "127.0.0.1", server.port or 6379), listen=link.listen)
+    receiver.delay_seconds = 0.1
+    settings = {"webhook_url": receiver.url, "webhook_secret": "s"}
+    env = stack.env(**settings)
+    env["REDIS_URL"] = through(stack.settings().redis_url, proxy)
+    log = tmp_path / "worker.log"
+    enqueue_due(stack, settings, 30)
+    start_worker(stack, env, log)
+    assert stack.wait_for(lambda: stack.states().get("sent", 0) >= 5, 60), tail(log)
+
+    cut_at = datetime.now(UTC)
+    link.cut()
+    noticed = wait_for_event(stack, log, "broker.unavailable", cut_at, PEER_TIMEOUT + 10)
+    enqueue_due(stack, settings, 30)  # due during the outage: they wait in Redis
+    time.sleep(max(0.0, 2 * PEER_TIMEOUT - noticed))
+    healed_at = datetime.now(UTC)
+    link.heal()
+    resumed = wait_for_event(
+        stack, log, "broker.available", healed_at, CONSUMER_RESTART_SECONDS + PEER_TIMEOUT + 10
+    )
+
+    assert stack.wait_for(lambda: stack.states() == {"sent": 60}, 60, 0.5), stack.states()
+    print(f"redis cut: noticed after {noticed:.1f} s, resumed {resumed:.1f} s after the heal")
+    assert noticed <= PEER_TIMEOUT + 2, noticed
+    # One restart of the consumers, plus a connection attempt that met the cut's end.
+    assert resumed <= CONSUMER_RESTART_SECONDS + PEER_TIMEOUT, resumed
+    # Acknowledgements that could not reach Redis went once it was back: nothing came twice.
+    receipts = Counter(receiver.keys())
+    assert len(receipts) == 60 and set(receipts.values()) == {1}, receipts.most_common(3)
+    lines = json_lines(log)
+    names = [line.get("event") for line in lines]
+    assert names.count("broker.unavailable") == 1 and names.count("broker.available") == 1
+    messages = [str(line.get("message", "")) for line in lines]
+    assert not [m for m in messages if m.startswith("Consumer encountered")], messages
+    assert not [m for m in messages if "unexpected" in m], messages
+
+
+@pytest.mark.slow
+def test_a_delivery_holding_its_transaction_longer_than_the_peer_timeout_is_not_cut(
+    pg_url: str, redis_namespace: str, receiver: Receiver
+) -> None:
+    """The timeouts give up a silent server, not a slow answer: a delivery holds its row lock
+    while the receiver takes three times REMINDERS_PEER_TIMEOUT to answer, the server answering
+    every keepalive meanwhile, and commits once.
+
+    Real time: a receiver that really takes that long."""
+    peer_timeout = 2  # the lowest allowed
+    engine = make_engine(pg_url, peer_timeout=peer_timeout)
+    upgrade(engine)
+    stack = Stack(
+        engine=engine,
+        database_url=pg_url,
+        namespace=redis_namespace,
+        overrides={"peer_timeout_seconds": peer_timeout, "max_retries": 0},
+    )
+    try:
+        receiver.delay_seconds = 3 * peer_timeout
+        settings = {
+            "webhook_url": receiver.url,
+            "webhook_secret": "s",
+            "webhook_timeout_seconds": 20,
+        }
+        enqueue_due(stack, settings, 1)
+        broker, _ = stack.broker(**settings)
+        with stack.run_workers(broker, threads=1):
+            assert stack.wait_for(lambda: stack.states() == {"sent": 1}, 30), stack.states()
+        [row] = stack.reminders()
+        assert (row.attempts, row.last_error) == (1, None)
+        assert len(receiver.keys()) == 1
+    finally:
+        stack.close()
+        engine.dispose()
