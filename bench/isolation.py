@@ -23,6 +23,7 @@ database, per group of owners.
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -151,7 +152,8 @@ def bench_isolation(
     # What the slow lane lets through: P x S requests of SLOW_HOLD_SECONDS at a time.
     lane = processes * env.settings.slow_lane_threads
     drain_bound = slow_users * slow_reminders * SLOW_HOLD_SECONDS / lane
-    timeout = lead + window + 2 * interval + 1.5 * drain_bound + 60
+    # Three times the bound: a slow lane running below it is a finding, not a timeout.
+    timeout = lead + window + 2 * interval + 3 * drain_bound + 60
     with receiver_process(env) as slow_rx, receiver_process(env) as fast_rx:
         fast, _ = make_user(env, "fast")
         fast_endpoint = add_endpoint(env, fast, fast_rx.url("fast"), key)
@@ -175,11 +177,17 @@ def bench_isolation(
             slow_owners = [owner for owner, _ in slow]
             with ScanLoop(env, interval) as loop:
                 deadline = time.monotonic() + (flood_at - loaded).total_seconds() + timeout
+                # Requests in flight at the slow receivers, every few seconds of the drain.
+                lane_use: list[tuple[float, int]] = []
                 while time.monotonic() < deadline and (fast_done is None or slow_done is None):
                     if fast_done is None and _unsent_of(env, [fast]) == 0:
                         fast_done = datetime.now(UTC)
                     if slow_done is None and (not slow or _unsent_of(env, slow_owners) == 0):
                         slow_done = datetime.now(UTC)
+                    since = time.time() - flood_at.timestamp()
+                    if slow and since > 0 and (not lane_use or since - lane_use[-1][0] >= 5):
+                        in_flight = sum(s["in_flight"] for s in slow_rx.stats().values())
+                        lane_use.append((round(since, 1), in_flight))
                     time.sleep(0.5)
         slow_stats = slow_rx.stats()
         fast_stats = fast_rx.stats()
@@ -214,6 +222,12 @@ def bench_isolation(
                 (slow_done - flood_at).total_seconds() if slow_done else None
             ),
             slow_most_in_flight=max(s["most_in_flight"] for s in slow_stats.values()),
+            # After the first few seconds, when every slow receiver is known to be slow.
+            slow_lane_threads_total=lane,
+            slow_in_flight_mean=(
+                statistics.mean(n for at, n in lane_use if at >= 10) if len(lane_use) > 2 else None
+            ),
+            slow_in_flight_samples=lane_use,
             slow_max_concurrency=DEFAULT_MAX_CONCURRENCY,
             slow_requests=sum(s["requests"] for s in slow_stats.values()),
             slow_receivers=slow_stats,

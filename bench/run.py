@@ -409,6 +409,10 @@ def _lateness(group: dict[str, Any]) -> str:
     )
 
 
+def _mean(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def _met(value: float | None, bound: float) -> str:
     return "n/a" if value is None else ("met" if value <= bound else "MISSED")
 
@@ -434,8 +438,10 @@ def isolation_rows(report: dict[str, Any], seed: float | None) -> list[tuple[str
                     f"isolation, {n} slow user(s): slow users",
                     f"{slow['sent']}/{slow['reminders']} sent, drain "
                     f"{_s(run['slow_drain_s'])} (slow lane's bound {run['slow_drain_bound_s']:.0f}"
-                    f" s), most in flight at a receiver {run['slow_most_in_flight']} "
-                    f"(<= {run['slow_max_concurrency']}), requests {run['slow_requests']}",
+                    f" s; in flight {_mean(run.get('slow_in_flight_mean'))} on average of its "
+                    f"{run.get('slow_lane_threads_total', '?')}), most in flight at a receiver "
+                    f"{run['slow_most_in_flight']} (<= {run['slow_max_concurrency']}), "
+                    f"requests {run['slow_requests']}",
                 )
             )
     for run in report.get("burst_fair", []):
