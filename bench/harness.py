@@ -35,6 +35,9 @@ if str(ROOT) not in sys.path:
 
 from cli.processes import scheduler_env, worker_argv, worker_env  # noqa: E402
 from shared.config import Settings  # noqa: E402
+from shared.delivery.endpoints import DEFAULT_MAX_CONCURRENCY  # noqa: E402
+from shared.delivery.secret_box import SecretBox  # noqa: E402
+from shared.delivery.signing import new_endpoint_secret  # noqa: E402
 from shared.planning.keys import hash_token, message_id, new_token  # noqa: E402
 from shared.store.db import make_engine, make_session_factory  # noqa: E402
 from shared.store.schema import upgrade  # noqa: E402
@@ -168,19 +171,27 @@ def make_user(env: Env, name: str = "bench") -> tuple[uuid.UUID, str]:
 LEAD = timedelta(hours=1)  # every loaded task is reminded an hour before it is due
 
 
-def load_reminders(env: Env, owner: uuid.UUID, remind_ats: Sequence[datetime]) -> datetime:
-    """COPY one open task per remind time, with its waiting reminder row, as the API makes them.
+def load_reminders(
+    env: Env,
+    owner: uuid.UUID,
+    remind_ats: Sequence[datetime],
+    endpoint_id: uuid.UUID | None = None,
+) -> datetime:
+    """COPY one open task per remind time, with its waiting reminder row, as the API makes them;
+    the tasks name ``endpoint_id`` (one of ``owner``'s endpoints) or the deployment's channel.
 
     Returns the creation time written on the rows (``created_at``/``planned_at``).
     """
     now = datetime.now(UTC)
     created = now.isoformat()
     tasks, reminders = io.StringIO(), io.StringIO()
+    endpoint = "\\N" if endpoint_id is None else str(endpoint_id)  # COPY's NULL
     for remind_at in remind_ats:
         task_id, due_at = uuid.uuid4(), remind_at + LEAD
         due, remind = due_at.isoformat(), remind_at.isoformat()
         tasks.write(
-            f"{task_id}\t{owner}\tbench task\t{due}\tUTC\t[3600]\topen\t{created}\t{created}\n"
+            f"{task_id}\t{owner}\tbench task\t{due}\tUTC\t[3600]\topen\t{created}\t{created}\t"
+            f"{endpoint}\n"
         )
         key = message_id(task_id, due_at, 3600)
         reminders.write(
@@ -190,7 +201,7 @@ def load_reminders(env: Env, owner: uuid.UUID, remind_ats: Sequence[datetime]) -
     with env.connect() as conn, conn.cursor() as cur:
         with cur.copy(
             "COPY tasks (id, owner_id, title, due_at, time_zone, reminder_offsets, status, "
-            "created_at, updated_at) FROM STDIN"
+            "created_at, updated_at, endpoint_id) FROM STDIN"
         ) as copy:
             copy.write(tasks.getvalue())
         with cur.copy(
@@ -203,6 +214,27 @@ def load_reminders(env: Env, owner: uuid.UUID, remind_ats: Sequence[datetime]) -
         cur.execute("ANALYZE reminders")
         conn.commit()
     return now
+
+
+def add_endpoint(
+    env: Env,
+    owner: uuid.UUID,
+    url: str,
+    secret_key: str,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_per_second: float | None = None,
+) -> uuid.UUID:
+    """One of ``owner``'s endpoints, as the API makes it: a fresh signing secret encrypted
+    with ``secret_key`` (the workers' ``REMINDERS_SECRET_KEY``) and its limits."""
+    endpoint_id, now = uuid.uuid4(), datetime.now(UTC)
+    secret = SecretBox([secret_key]).encrypt(new_endpoint_secret())
+    with env.connect() as conn:
+        conn.execute(
+            "INSERT INTO endpoints (id, owner_id, url, enabled, secret, max_concurrency, "
+            "max_per_second, created_at, updated_at) VALUES (%s, %s, %s, true, %s, %s, %s, %s, %s)",
+            (endpoint_id, owner, url, secret, max_concurrency, max_per_second, now, now),
+        )
+    return endpoint_id
 
 
 def load_tasks(env: Env, owner: uuid.UUID, total: int, due: int) -> None:
@@ -240,12 +272,16 @@ def service(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[b
 
 
 @contextmanager
-def worker_group(env: Env, module: str, processes: int, threads: int) -> Iterator[psutil.Process]:
-    """A worker group as ``reminders worker`` runs it (command, prefetch), loading ``module``."""
+def worker_group(
+    env: Env, module: str, processes: int, threads: int, **more_env: str
+) -> Iterator[psutil.Process]:
+    """A worker group as ``reminders worker`` runs it (command, prefetch), loading ``module``;
+    ``more_env``: settings of the deployment under test (``REMINDERS_WEBHOOK_URL``, …)."""
     argv = worker_argv(processes, threads)
     argv[0], argv[argv.index("workers.app")] = sys.executable, module
     # INFO, as in production: the log channel's delivery *is* its ``reminder.sent`` line.
-    group_env = worker_env(env.settings, env.process_env(REMINDERS_LOG_LEVEL="INFO"), threads)
+    base = env.process_env(REMINDERS_LOG_LEVEL="INFO", **more_env)
+    group_env = worker_env(env.settings, base, threads)
     with service(argv, group_env) as proc:
         group = psutil.Process(proc.pid)
         # Every worker process's broker adds its heartbeat at its first fetch from Redis: the

@@ -8,7 +8,11 @@ Parts (``--only``, comma-separated): ``anchors`` (the single loop, the no-op cei
 and with the real worker's middleware, pgbench's one-insert rate with 1 and 8 clients),
 ``steady`` and ``burst`` (lateness, ``bench.lateness``), ``e2e`` (pipeline with 1 and 2
 worker processes, worker memory), ``producer``, ``recurring`` (100,000 series: the first
-fill of their horizon, a steady scan, end to end; ``bench.recurring``), ``api``. The
+fill of their horizon, a steady scan, end to end; ``bench.recurring``), ``api``, and
+isolation between users (``bench.isolation``): ``isolation`` (a fast user against 0, 1 and
+10 slow users' floods), ``burst-fair`` (one owner's 10,000 reminders and ten others' due at
+the same second), ``endpoint-throughput`` (one endpoint at the default limit against the
+deployment's webhook). The
 anchors are measured in every run that measures anything else too (``--no-anchors`` to
 skip), so each figure comes with the machine it came from and yardsticks from the same run.
 
@@ -50,6 +54,11 @@ from bench.harness import (  # noqa: E402
     wait_until,
     worker_group,
 )
+from bench.isolation import (  # noqa: E402
+    bench_burst_fair,
+    bench_endpoint_throughput,
+    bench_isolation,
+)
 from bench.lateness import bench_burst, bench_steady  # noqa: E402
 from bench.recurring import bench_recurring  # noqa: E402
 from cli.processes import web_argv  # noqa: E402
@@ -57,7 +66,18 @@ from shared.broker.queue import QUEUE_NAME, make_broker  # noqa: E402
 from shared.broker.redis_broker import queue_depth  # noqa: E402
 from workers.producer import scan_due_tasks  # noqa: E402
 
-PARTS = ("anchors", "steady", "burst", "e2e", "producer", "recurring", "api")
+PARTS = (
+    "anchors",
+    "steady",
+    "burst",
+    "e2e",
+    "producer",
+    "recurring",
+    "api",
+    "isolation",
+    "burst-fair",
+    "endpoint-throughput",
+)
 
 
 # -- 1. end to end -------------------------------------------------------------------------
@@ -246,12 +266,45 @@ def main() -> None:
     )
     parser.add_argument("--burst-count", type=int, default=20_000)
     parser.add_argument("--burst-lead", type=int, default=15, help="seconds from creation")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of steady and of burst")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of steady, burst, isolation, burst-fair and endpoint-throughput",
+    )
     parser.add_argument("--producer-total", type=int, default=1_000_000)
     parser.add_argument("--recurring-tasks", type=int, default=100_000)
     parser.add_argument("--recurring-e2e", type=int, default=20_000)
     parser.add_argument("--producer-due", type=int, default=100_000)
     parser.add_argument("--api-seconds", type=int, default=10)
+    parser.add_argument(
+        "--isolation-slow-users",
+        default="0,1,10",
+        help="isolation: slow users flooding, one scenario each (0: the fast user alone)",
+    )
+    parser.add_argument("--isolation-slow-reminders", type=int, default=200, help="per slow user")
+    parser.add_argument("--isolation-fast-reminders", type=int, default=20)
+    parser.add_argument(
+        "--isolation-window",
+        type=int,
+        default=60,
+        help="seconds over which the fast user's reminders fall, from the flood's on",
+    )
+    parser.add_argument(
+        "--isolation-lead", type=int, default=10, help="seconds from creation to the flood"
+    )
+    parser.add_argument("--fair-big", type=int, default=10_000, help="the big owner's reminders")
+    parser.add_argument("--fair-others", type=int, default=10, help="other owners")
+    parser.add_argument("--fair-each", type=int, default=10, help="reminders per other owner")
+    parser.add_argument("--fair-lead", type=int, default=15, help="seconds from creation")
+    parser.add_argument(
+        "--fair-channels",
+        default="endpoint,deployment",
+        help="burst-fair: the owners' endpoints (default limits) and/or the deployment webhook",
+    )
+    parser.add_argument(
+        "--throughput-reminders", type=int, default=5_000, help="endpoint-throughput, each way"
+    )
     parser.add_argument("--web-workers", type=int, default=2)
     args = parser.parse_args()
     parts = {part.strip() for part in args.only.split(",") if part.strip()}
@@ -286,6 +339,38 @@ def main() -> None:
                 report.setdefault("burst", []).append(
                     bench_burst(env, args.burst_count, args.burst_lead, **lateness)
                 )
+        isolation = {"processes": args.processes, "threads": args.threads}
+        for _ in range(args.repeat):
+            if "isolation" in parts:
+                for slow_users in (int(n) for n in args.isolation_slow_users.split(",")):
+                    report.setdefault("isolation", []).append(
+                        bench_isolation(
+                            env,
+                            slow_users,
+                            args.isolation_slow_reminders,
+                            args.isolation_fast_reminders,
+                            args.isolation_window,
+                            args.isolation_lead,
+                            **isolation,
+                        )
+                    )
+            if "burst-fair" in parts:
+                for channel in (c.strip() for c in args.fair_channels.split(",")):
+                    report.setdefault("burst_fair", []).append(
+                        bench_burst_fair(
+                            env,
+                            args.fair_big,
+                            args.fair_others,
+                            args.fair_each,
+                            args.fair_lead,
+                            channel,
+                            **isolation,
+                        )
+                    )
+            if "endpoint-throughput" in parts:
+                report.setdefault("endpoint_throughput", []).append(
+                    bench_endpoint_throughput(env, args.throughput_reminders, **isolation)
+                )
         if "producer" in parts:
             report["producer"] = bench_producer(env, args.producer_total, args.producer_due)
         if "recurring" in parts:
@@ -315,6 +400,89 @@ def _spread(values: list[float], unit: str = " s", digits: int = 2) -> str:
         return f"{values[0]:.{digits}f}{unit}"
     low, mid, high = min(values), statistics.median(values), max(values)
     return f"{mid:.{digits}f}{unit} (min {low:.{digits}f}, max {high:.{digits}f})"
+
+
+def _lateness(group: dict[str, Any]) -> str:
+    return (
+        f"p50 {_s(group['lateness_p50_s'])}, p99 {_s(group['lateness_p99_s'])}, "
+        f"max {_s(group['lateness_max_s'])}"
+    )
+
+
+def _mean(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _met(value: float | None, bound: float) -> str:
+    return "n/a" if value is None else ("met" if value <= bound else "MISSED")
+
+
+def isolation_rows(report: dict[str, Any], seed: float | None) -> list[tuple[str, str]]:
+    """The isolation scenarios' lines of the table."""
+    rows: list[tuple[str, str]] = []
+    for run in report.get("isolation", []):
+        fast, n = run["fast"], run["slow_users"]
+        late = sum(1 for _, lateness in run["fast_each"] if lateness > 1.0)
+        rows.append(
+            (
+                f"isolation, {n} slow user(s): fast user",
+                f"{fast['sent']}/{fast['reminders']} sent, lateness {_lateness(fast)} "
+                f"(p99 <= 1 s: {_met(fast['lateness_p99_s'], 1.0)}), over 1 s: {late}, "
+                f"early {fast['early']}",
+            )
+        )
+        if n:
+            slow = run["slow"]
+            rows.append(
+                (
+                    f"isolation, {n} slow user(s): slow users",
+                    f"{slow['sent']}/{slow['reminders']} sent, drain "
+                    f"{_s(run['slow_drain_s'])} (slow lane's bound {run['slow_drain_bound_s']:.0f}"
+                    f" s; in flight {_mean(run.get('slow_in_flight_mean'))} on average of its "
+                    f"{run.get('slow_lane_threads_total', '?')}), most in flight at a receiver "
+                    f"{run['slow_most_in_flight']} (<= {run['slow_max_concurrency']}), "
+                    f"requests {run['slow_requests']}",
+                )
+            )
+    for run in report.get("burst_fair", []):
+        others, big = run["others_lateness"], run["big_lateness"]
+        label = f"burst-fair ({run['channel']}): "
+        rows.append(
+            (
+                label + f"{run['others']}x{run['each']} others",
+                f"{others['sent']}/{others['reminders']} sent, lateness {_lateness(others)} "
+                f"(p99 <= 1 s: {_met(others['lateness_p99_s'], 1.0)})",
+            )
+        )
+        last = big["last_sent_after_s"]
+        rate = f" ({big['sent'] / last:,.0f}/s)" if last else ""
+        rows.append(
+            (
+                label + f"big owner's {run['big']:,}",
+                f"{big['sent']}/{big['reminders']} sent, first {_s(big['first_sent_after_s'])}, "
+                f"last {_s(last)} after the remind time{rate}; held back by the gate "
+                f"{run['gate_deferred']:,} times",
+            )
+        )
+    for run in report.get("endpoint_throughput", []):
+        for way in ("endpoint", "endpoint-64", "deployment"):
+            rate, limit = run[way]["per_second"], run[way]["max_concurrency"]
+            ratio = f"; {rate / seed:.2f}x single loop" if seed else ""
+            name = "deployment webhook" if limit is None else f"endpoint, max_concurrency {limit}"
+            rows.append(
+                (
+                    f"throughput {run['reminders']:,}: {name}",
+                    f"{rate:,.0f} reminders/s{ratio}; held back by the gate "
+                    f"{run[way]['gate_deferred']:,} times",
+                )
+            )
+        rows.append(
+            (
+                "throughput: endpoint / webhook",
+                f"{run['ratio']:.0%} (>= 90%: {'met' if run['ratio'] >= 0.9 else 'MISSED'})",
+            )
+        )
+    return rows
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -395,6 +563,7 @@ def print_report(report: dict[str, Any]) -> None:
             values = [r[key] for r in runs if key in r]
             if values:
                 rows.append((f"burst {key.split('_')[0]} over runs", _spread(values)))
+    rows.extend(isolation_rows(report, seed))
     if "producer" in report:
         prod = report["producer"]
         rows.append(
