@@ -208,6 +208,10 @@ class Health:
     reason: str | None = None
 
 
+# ``last_success_at`` is moved on at most once a second while an endpoint keeps succeeding.
+SUCCESS_RESOLUTION = timedelta(seconds=1)
+
+
 def record_attempt(
     engine: Engine,
     endpoint_id: uuid.UUID,
@@ -223,12 +227,24 @@ def record_attempt(
     error = None if attempt.error is None else attempt.error[:MAX_ERROR_CHARS]
     with engine.begin() as db:
         if attempt.ok:
-            found = db.execute(
-                update(Endpoint)
-                .where(Endpoint.id == endpoint_id)
-                .values(failing_since=None, last_success_at=attempt.at)
-                .returning(Endpoint.id)
-            ).first()
+            # Only when it says something new: every thread delivering to one endpoint would
+            # otherwise update its row and wait for the others' commits in turn.
+            found = (
+                db.execute(
+                    update(Endpoint)
+                    .where(
+                        Endpoint.id == endpoint_id,
+                        or_(
+                            Endpoint.failing_since.is_not(None),
+                            Endpoint.last_success_at.is_(None),
+                            Endpoint.last_success_at < attempt.at - SUCCESS_RESOLUTION,
+                        ),
+                    )
+                    .values(failing_since=None, last_success_at=attempt.at)
+                    .returning(Endpoint.id)
+                ).first()
+                or db.execute(select(Endpoint.id).where(Endpoint.id == endpoint_id)).first()
+            )
         else:
             found = db.execute(
                 update(Endpoint)

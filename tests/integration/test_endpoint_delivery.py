@@ -21,7 +21,7 @@ from shared.delivery.endpoints import Attempt
 from shared.delivery.secret_box import SecretBox, generate_key
 from shared.delivery.webhooks import WebhookSender
 from shared.store.db import make_session_factory, unit_of_work
-from shared.store.models import EndpointAttempt, Task
+from shared.store.models import Endpoint, EndpointAttempt, Task
 from tests.integration.test_delivery_transaction import NOW, Recorder, add_task, named, state
 from tests.pipeline.conftest import Receiver
 from workers.delivery import Outcome, deliver_occurrence
@@ -154,3 +154,36 @@ def test_attempts_older_than_the_setting_are_purged(migrated: Engine) -> None:
     with unit_of_work(make_session_factory(migrated)) as session:
         left = session.scalar(select(func.count()).select_from(EndpointAttempt))
         assert left == 2
+
+
+def test_successes_move_last_success_at_once_a_second_and_a_failure_is_cleared_at_once(
+    migrated: Engine,
+) -> None:
+    """Threads delivering to one endpoint do not each update its row: while it keeps
+    succeeding, ``last_success_at`` moves on at most once a second; the first success after
+    a failure clears ``failing_since`` whenever it comes. Every attempt is logged."""
+    box = SecretBox([generate_key()])
+    owner = add_task(migrated).owner_id
+    endpoint_id, _ = new_endpoint(migrated, box, owner, "https://hooks.example/x")
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def record(after_ms: int, ok: bool = True) -> tuple[datetime | None, datetime | None]:
+        endpoints.record_attempt(
+            migrated, endpoint_id, attempt(start + timedelta(milliseconds=after_ms), ok), DAY
+        )
+        with unit_of_work(make_session_factory(migrated)) as session:
+            row = session.get(Endpoint, endpoint_id)
+            assert row is not None
+            return row.last_success_at, row.failing_since
+
+    at = lambda ms: start + timedelta(milliseconds=ms)  # noqa: E731
+    assert record(0) == (at(0), None)
+    assert record(400) == (at(0), None)  # within the second: the row is left alone
+    assert record(1001) == (at(1001), None)
+    assert record(1200, ok=False) == (at(1001), at(1200))
+    assert record(1300) == (at(1300), None)  # clears the failure at once
+    with unit_of_work(make_session_factory(migrated)) as session:
+        logged = session.scalar(
+            select(func.count()).where(EndpointAttempt.endpoint_id == endpoint_id)
+        )
+    assert logged == 5
