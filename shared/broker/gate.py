@@ -80,21 +80,27 @@ local function push(queue, value)
   redis.call('RPUSH', queue, bid)
 end
 
--- Wake up to n parked messages of this receiver, each with a slot reserved for it.
-local function wake(n, queue, wake_lease)
+-- Wake up to n messages parked on the list parked_key, each with a slot reserved for it
+-- in leases_key.
+local function wake_from(parked_key, leases_key, n, queue, wake_lease)
   local woken = 0
   while woken < n do
-    local token = redis.call('LPOP', parked)
+    local token = redis.call('LPOP', parked_key)
     if not token then break end
     local value = redis.call('HGET', parked_msgs, token)
     if value then
       redis.call('HDEL', parked_msgs, token)
       push(queue, value)
-      redis.call('ZADD', leases, now + wake_lease, token)
+      redis.call('ZADD', leases_key, now + wake_lease, token)
       woken = woken + 1
     end
   end
   return woken
+end
+
+-- Wake up to n parked messages of this receiver.
+local function wake(n, queue, wake_lease)
+  return wake_from(parked, leases, n, queue, wake_lease)
 end
 
 local function room()
@@ -263,18 +269,7 @@ for _, e in ipairs(redis.call('SMEMBERS', receivers)) do
   -- one; its admission records the limit again and its release wakes the next.
   local max = math.max(tonumber(redis.call('HGET', state, 'max') or 0), 1)
   local free = max - redis.call('ZCARD', leases)
-  while free > 0 do
-    local token = redis.call('LPOP', parked)
-    if not token then break end
-    local value = redis.call('HGET', parked_msgs, token)
-    if value then
-      redis.call('HDEL', parked_msgs, token)
-      push(queue, value)
-      redis.call('ZADD', leases, now + wake_lease, token)
-      free = free - 1
-      woken = woken + 1
-    end
-  end
+  if free > 0 then woken = woken + wake_from(parked, leases, free, queue, wake_lease) end
   if redis.call('ZCARD', leases) == 0 and redis.call('LLEN', parked) == 0 then
     redis.call('SREM', receivers, e)
   end
