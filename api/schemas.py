@@ -782,7 +782,10 @@ class ReceiverOut(ResponseModel):
         description="Its requests take a second or more (their running average, or one still "
         "in flight): they go through the workers' slow lane."
     )
-    average_ms: int = Field(description="The running average of its requests' time.")
+    average_ms: int | None = Field(
+        description="The running average of its requests' time; null while none has ended "
+        "(a new receiver gets one request at a time until its first answers)."
+    )
     deferred: int = Field(
         description="Reminders its limits held back (parked or delayed, no attempt counted), "
         "since the gate first kept state for it."

@@ -311,7 +311,7 @@ def receivers(as_json: bool) -> None:
                     r.parked,
                     r.backing_off_until or "-",
                     "yes" if r.slow else "no",
-                    r.average_ms,
+                    "-" if r.average_ms is None else r.average_ms,
                     r.deferred,
                     r.throttled,
                 ]

@@ -103,9 +103,17 @@ local function wake(n, queue, wake_lease)
   return wake_from(parked, leases, n, queue, wake_lease)
 end
 
+-- A receiver none of whose requests has ended yet (new, or idle for a day) is unproven: one
+-- request at a time until the first answers. A slow receiver met for the first time then
+-- holds one ordinary thread, not max of them, before it is known to be slow.
+local function cap(max)
+  if max > 1 and redis.call('HEXISTS', state, 'ewma') == 0 then return 1 end
+  return max
+end
+
 local function room()
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  local max = tonumber(redis.call('HGET', state, 'max') or 0)
+  local max = cap(tonumber(redis.call('HGET', state, 'max') or 0))
   if max <= 0 then return 0 end
   return max - redis.call('ZCARD', leases)
 end
@@ -171,8 +179,9 @@ end
 if max > 0 and not mine then
   local busy = redis.call('ZCARD', leases)
   local waiting = redis.call('LLEN', parked)
-  if busy >= max or waiting > 0 then
-    if waiting > 0 and busy < max then wake(max - busy, queue, wake_lease) end
+  local limit = cap(max)
+  if busy >= limit or waiting > 0 then
+    if waiting > 0 and busy < limit then wake(limit - busy, queue, wake_lease) end
     redis.call('RPUSH', parked, token)
     redis.call('HSET', parked_msgs, token, value)
     redis.call('SADD', receivers, e)
@@ -237,16 +246,23 @@ return 0
 """
 )
 
-# ARGV: ns, receiver, now, token, parked value: the receiver is slow and this process's slow
-# lane is full: give the slot back and wait for a thread of the slow lane.
+# ARGV: ns, receiver, now, token, parked value, how (back, front or queue), queue key: the
+# receiver is slow and this process's slow lane is full: give the slot back and wait for a
+# thread of the slow lane, at the back of the slow list (a newcomer), at its front (woken
+# for a thread another process freed), or go straight back onto the queue for another
+# process to take (woken, a few times at most).
 _PARK_SLOW = (
     _LUA_COMMON
     + """
-local token, value = ARGV[4], ARGV[5]
+local token, value, how, queue = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 redis.call('ZREM', leases, token)
 redis.call('ZREM', started, token)
-redis.call('RPUSH', slow_list, token)
-redis.call('HSET', parked_msgs, token, value)
+if how == 'queue' then
+  push(queue, value)
+else
+  redis.call(how == 'front' and 'LPUSH' or 'RPUSH', slow_list, token)
+  redis.call('HSET', parked_msgs, token, value)
+end
 redis.call('HINCRBY', state, 'deferred', 1)
 redis.call('PEXPIRE', state, STATE_TTL_MS)
 return 0
@@ -312,6 +328,10 @@ RESERVED_SLOT = "gate_slot"
 # In a parked message's options: the receiver it waits for. Woken, it holds a reserved slot
 # there; a message that then makes no request (its task changed meanwhile) gives it back.
 WOKEN_FOR = "gate_receiver"
+# In a message that waited for the slow lane: how many times in a row, woken, it found the
+# fetching process's lane full and went straight back onto the queue (`Gate.park_slow`).
+SLOW_LANE_HOPS_OPTION = "gate_slow_hops"
+SLOW_LANE_HOPS = 3
 
 
 @dataclass(frozen=True)
@@ -334,7 +354,7 @@ class ReceiverState:
     in_flight: int
     parked: int
     backing_off_until_ms: int
-    average_ms: int
+    average_ms: int | None  # None: no request has ended yet (unproven, one at a time)
     deferred: int
     throttled: int
     # How long the oldest request still in flight has been going (ms; 0: none in flight).
@@ -344,7 +364,8 @@ class ReceiverState:
     def slow(self) -> bool:
         """Slow as admission judges it: its requests' running average, or one still in
         flight, has reached `SLOW_MS`."""
-        return self.average_ms >= SLOW_MS or self.longest_in_flight_ms >= SLOW_MS
+        average = self.average_ms or 0
+        return average >= SLOW_MS or self.longest_in_flight_ms >= SLOW_MS
 
 
 class Gate:
@@ -428,14 +449,29 @@ class Gate:
         )
 
     def park_slow(self, receiver: str, message: Message[Any]) -> None:
-        """Give back the slot ``message`` was admitted to and wait for a slow-lane thread."""
+        """Give back the slot ``message`` was admitted to and wait for a slow-lane thread.
+
+        A slow-lane request that ends wakes the oldest message waiting, for the thread it
+        freed in its own process; another process, whose lane is full, may fetch it. That
+        process does not make it wait again at once, or the freed thread would go unused
+        and the lane run below its width: it puts the message back onto the queue, up to
+        `SLOW_LANE_HOPS` times, then at the front of the slow list."""
+        hops = message.options.get(SLOW_LANE_HOPS_OPTION)
+        if hops is None:
+            how, hops = "back", 0
+        elif hops < SLOW_LANE_HOPS:
+            how, hops = "queue", hops + 1
+        else:
+            how, hops = "front", 0
         self._park_slow(
             args=[
                 self.namespace,
                 receiver,
                 self.clock_ms(),
                 message.message_id,
-                parked_value(message, receiver),
+                parked_value(message, receiver, {SLOW_LANE_HOPS_OPTION: hops}),
+                how,
+                self.queue_key,
             ]
         )
 
@@ -477,7 +513,7 @@ class Gate:
                     in_flight=int(started),
                     parked=int(parked),
                     backing_off_until_ms=until if until > now else 0,
-                    average_ms=int(state.get(b"ewma", 0)),
+                    average_ms=int(state[b"ewma"]) if b"ewma" in state else None,
                     deferred=int(state.get(b"deferred", 0)),
                     throttled=int(state.get(b"throttled", 0)),
                     longest_in_flight_ms=max(0, now - int(oldest[0][1])) if oldest else 0,
@@ -515,14 +551,15 @@ def parked_message_ids(client: Any, namespace: str) -> set[str]:
     return {token.decode() for token in client.hkeys(f"{namespace}:gate:parked.msgs")}
 
 
-def parked_value(message: Message[Any], receiver: str) -> str:
+def parked_value(message: Message[Any], receiver: str, more: dict[str, Any] | None = None) -> str:
     """What a parked message is stored as: a fresh broker id, then the message encoded as it
-    goes back onto its queue under that id (its retry count and reservation kept, and the
-    receiver it waited for)."""
+    goes back onto its queue under that id (its retry count and reservation kept, the
+    receiver it waited for, and ``more`` options)."""
     broker_id = os.urandom(16).hex()
     options = {key: value for key, value in message.options.items() if key != "eta"}
     options["redis_message_id"] = broker_id
     options[WOKEN_FOR] = receiver
+    options.update(more or {})
     encoded = get_encoder().encode(
         {
             "queue_name": message.queue_name.removesuffix(".DQ"),

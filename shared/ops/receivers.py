@@ -45,7 +45,7 @@ class ReceiverView:
     parked: int
     backing_off_until: datetime | None  # the end of the Retry-After it asked for, if to come
     slow: bool  # its requests go through the slow lane
-    average_ms: int  # running average of its requests' time
+    average_ms: int | None  # running average of its requests' time; None: none ended yet
     deferred: int  # reminders held back by its limits, since the gate first saw it
     throttled: int  # its 429 and 503 answers, since the gate first saw it
 

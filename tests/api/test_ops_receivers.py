@@ -130,6 +130,9 @@ def set_the_scene(deployment: Deployment) -> Scene:
     bob = create_account(deployment.engine, "bob")
     two = Limits(max_concurrency=2, max_per_second=None)
     full = deployment.endpoint(ada, two)
+    probe = reminder()  # its first request answered: proven, both slots open to it
+    assert gate.admit(f"endpoint:{full}", two, probe).verdict is Verdict.ADMITTED
+    gate.release(f"endpoint:{full}", probe.message_id, duration_ms=30)
     verdicts = [gate.admit(f"endpoint:{full}", two, reminder()).verdict for _ in range(4)]
     assert verdicts == [Verdict.ADMITTED] * 2 + [Verdict.PARKED] * 2
 
@@ -204,7 +207,7 @@ def test_operators_see_each_receiver_s_limits_state_troubled_first(
         "parked": 2,
         "backing_off_until": None,
         "slow": False,
-        "average_ms": 0,
+        "average_ms": 30,
         "deferred": 2,
         "throttled": 0,
     }
@@ -218,7 +221,7 @@ def test_operators_see_each_receiver_s_limits_state_troubled_first(
         "parked": 0,
         "backing_off_until": None,
         "slow": True,
-        "average_ms": 0,
+        "average_ms": None,  # its one request has not ended
         "deferred": 0,
         "throttled": 0,
     }

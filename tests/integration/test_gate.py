@@ -15,7 +15,15 @@ import pytest
 import redis
 from dramatiq import Message
 
-from shared.broker.gate import RESERVED_SLOT, SLOW_MS, WAKE_LEASE_MS, Gate, Limits, Verdict
+from shared.broker.gate import (
+    RESERVED_SLOT,
+    SLOW_LANE_HOPS,
+    SLOW_MS,
+    WAKE_LEASE_MS,
+    Gate,
+    Limits,
+    Verdict,
+)
 from shared.broker.redis_broker import decode_message
 from tests.conftest import REDIS_URL
 
@@ -72,9 +80,38 @@ def queued(client: Any, namespace: str) -> list[Message[Any]]:
 TWO = Limits(max_concurrency=2, max_per_second=None)
 
 
+def prove(gate: Gate, receiver: str, limits: Limits, duration_ms: int = 10) -> None:
+    """One request to ``receiver`` that answered: it is no longer unproven (one at a time)."""
+    probe = reminder()
+    assert gate.admit(receiver, limits, probe).verdict is Verdict.ADMITTED
+    gate.release(receiver, probe.message_id, duration_ms=duration_ms)
+
+
+def test_an_unproven_receiver_gets_one_request_at_a_time_until_its_first_answers(
+    gate: Gate, client: Any, redis_namespace: str
+) -> None:
+    """A receiver never answered yet might be slow: a flood to it holds one thread, not
+    max_concurrency of them, until its first request tells how fast it is."""
+    first, second, third = (reminder() for _ in range(3))
+    assert gate.admit("endpoint:a", TWO, first).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, second).verdict is Verdict.PARKED
+    assert gate.admit("endpoint:a", TWO, third).verdict is Verdict.PARKED
+    assert queued(client, redis_namespace) == []
+
+    gate.release("endpoint:a", first.message_id, duration_ms=20)
+
+    # Proven: both slots of its limit, each reserved for a woken reminder.
+    woken = queued(client, redis_namespace)
+    assert [message.message_id for message in woken] == [second.message_id, third.message_id]
+    assert [gate.admit("endpoint:a", TWO, message).verdict for message in woken] == [
+        Verdict.ADMITTED
+    ] * 2
+
+
 def test_a_full_receiver_parks_and_its_next_free_slot_wakes_the_oldest(
     gate: Gate, client: Any, redis_namespace: str
 ) -> None:
+    prove(gate, "endpoint:a", TWO)
     first, second, third, fourth = (reminder() for _ in range(4))
     assert gate.admit("endpoint:a", TWO, first).verdict is Verdict.ADMITTED
     assert gate.admit("endpoint:a", TWO, second).verdict is Verdict.ADMITTED
@@ -118,6 +155,7 @@ def test_a_rate_gives_each_reminder_its_own_slot_and_honours_the_reservation(
     gate: Gate, clock: Clock
 ) -> None:
     twice = Limits(max_concurrency=8, max_per_second=2)
+    prove(gate, "endpoint:a", Limits(max_concurrency=8, max_per_second=None))
     start = clock.now
     assert gate.admit("endpoint:a", twice, reminder()).verdict is Verdict.ADMITTED
     later = [gate.admit("endpoint:a", twice, reminder()) for _ in range(3)]
@@ -152,13 +190,14 @@ def test_retry_after_holds_every_reminder_of_that_receiver_until_it_ends(
 
 
 def test_a_receiver_is_slow_while_its_requests_take_a_second(gate: Gate, clock: Clock) -> None:
+    prove(gate, "endpoint:a", TWO, duration_ms=10)
     first = reminder()
     assert not gate.admit("endpoint:a", TWO, first).slow
     # One request still in flight after a second marks it slow, before any answer.
     clock.now += SLOW_MS
     second = reminder()
     assert gate.admit("endpoint:a", TWO, second).slow
-    gate.release("endpoint:a", first.message_id, duration_ms=SLOW_MS)
+    gate.release("endpoint:a", first.message_id, duration_ms=3 * SLOW_MS)
     gate.release("endpoint:a", second.message_id, duration_ms=SLOW_MS)
     third = reminder()
     assert gate.admit("endpoint:a", TWO, third).slow  # the average of its requests
@@ -170,6 +209,7 @@ def test_a_receiver_is_slow_while_its_requests_take_a_second(gate: Gate, clock: 
 def test_the_slow_lane_wakes_one_waiting_reminder_per_request_that_ends(
     gate: Gate, client: Any, redis_namespace: str
 ) -> None:
+    prove(gate, "endpoint:a", TWO)
     running, waiting = reminder(), reminder()
     assert gate.admit("endpoint:a", TWO, running).verdict is Verdict.ADMITTED
     assert gate.admit("endpoint:a", TWO, waiting).verdict is Verdict.ADMITTED
@@ -181,6 +221,39 @@ def test_the_slow_lane_wakes_one_waiting_reminder_per_request_that_ends(
         waiting.message_id
     ]
     assert gate.slow_lane_waiting() == 0
+
+
+def test_a_woken_slow_reminder_that_meets_a_full_lane_goes_back_to_the_queue_not_the_list(
+    gate: Gate, client: Any, redis_namespace: str
+) -> None:
+    """The thread a slow-lane request freed is in its own process; a process whose lane is
+    full that fetches the woken reminder hands it on through the queue (a few times), so the
+    freed thread is not left unused while the reminder waits at the back of the list."""
+    prove(gate, "endpoint:a", TWO)
+    running, waiting, newcomer = reminder(), reminder(), reminder()
+    assert gate.admit("endpoint:a", TWO, running).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, waiting).verdict is Verdict.ADMITTED
+    gate.park_slow("endpoint:a", waiting)  # a newcomer: the back of the list
+    gate.release("endpoint:a", running.message_id, duration_ms=2_000, slow_lane=True)
+    [woken] = queued(client, redis_namespace)
+    client.delete(f"{redis_namespace}:{QUEUE}")
+    assert gate.admit("endpoint:a", TWO, newcomer).verdict is Verdict.ADMITTED
+    gate.park_slow("endpoint:a", newcomer)  # waits behind the woken one
+    for _ in range(SLOW_LANE_HOPS):  # fetched by processes whose lanes are full
+        assert gate.admit("endpoint:a", TWO, woken).verdict is Verdict.ADMITTED
+        gate.park_slow("endpoint:a", woken)
+        [woken] = queued(client, redis_namespace)
+        client.delete(f"{redis_namespace}:{QUEUE}")
+        assert woken.message_id == waiting.message_id
+        assert gate.slow_lane_waiting() == 1  # only the newcomer is on the list
+    # Out of hops: it waits again, first in line, ahead of the newcomer.
+    assert gate.admit("endpoint:a", TWO, woken).verdict is Verdict.ADMITTED
+    gate.park_slow("endpoint:a", woken)
+    assert gate.slow_lane_waiting() == 2
+    gate.release("endpoint:a", newcomer.message_id, duration_ms=2_000, slow_lane=True)
+    assert [message.message_id for message in queued(client, redis_namespace)] == [
+        waiting.message_id
+    ]
 
 
 def test_a_woken_reminder_whose_reservation_lapsed_competes_again(
@@ -203,6 +276,7 @@ def test_a_reservation_kept_late_does_not_let_the_next_one_crowd_its_window(
     gate: Gate, clock: Clock
 ) -> None:
     once = Limits(max_concurrency=8, max_per_second=1)
+    prove(gate, "endpoint:a", Limits(max_concurrency=8, max_per_second=None))
     start = clock.now
     assert gate.admit("endpoint:a", once, reminder()).verdict is Verdict.ADMITTED
     second, third = (gate.admit("endpoint:a", once, reminder()) for _ in range(2))
@@ -218,6 +292,7 @@ def test_a_reservation_kept_late_does_not_let_the_next_one_crowd_its_window(
 def test_operators_see_in_flight_parked_back_off_and_a_request_slow_before_it_ends(
     gate: Gate, clock: Clock
 ) -> None:
+    prove(gate, "endpoint:a", TWO, duration_ms=40)
     held, waiting, throttled = reminder(), reminder(), reminder()
     assert gate.admit("endpoint:a", TWO, held).verdict is Verdict.ADMITTED
     assert gate.admit("endpoint:a", TWO, throttled).verdict is Verdict.ADMITTED

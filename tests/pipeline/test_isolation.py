@@ -274,9 +274,12 @@ def test_a_sigkilled_worker_holding_slots_and_parked_reminders_loses_none(
     env = stack.env(**settings)
     argv = [str(BIN / "dramatiq"), "workers.app", "--processes", "1", "--threads", "4"]
     first = stack.spawn_logged(argv, env, tmp_path / "first.log")
-    assert stack.wait_for(lambda: receiver.in_flight == 2, 30)
     gate = Gate(producer.client, producer.namespace, QUEUE_NAME, lease_ms=1)
-    assert stack.wait_for(lambda: len(gate.parked_message_ids()) == 8, 10)
+    # The first request proves the new endpoint (one at a time until it answers); then both
+    # slots are in flight and the other seven wait.
+    assert stack.wait_for(
+        lambda: receiver.in_flight == 2 and len(gate.parked_message_ids()) == 7, 30, 0.05
+    )
     os.killpg(first.pid, signal.SIGKILL)  # slots held, nothing given back
     first.wait(timeout=30)
     in_flight_at_kill = set(receiver.keys())
