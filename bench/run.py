@@ -293,6 +293,14 @@ def main() -> None:
     parser.add_argument(
         "--isolation-lead", type=int, default=10, help="seconds from creation to the flood"
     )
+    parser.add_argument(
+        "--isolation-lane-window",
+        type=int,
+        default=0,
+        help="isolation: stop this many seconds after the flood once the fast user is done, "
+        "instead of waiting for the slow users' whole drain (0: wait for it); the slow lane's "
+        "width and rate are then read over the window",
+    )
     parser.add_argument("--fair-big", type=int, default=10_000, help="the big owner's reminders")
     parser.add_argument("--fair-others", type=int, default=10, help="other owners")
     parser.add_argument("--fair-each", type=int, default=10, help="reminders per other owner")
@@ -351,6 +359,7 @@ def main() -> None:
                             args.isolation_fast_reminders,
                             args.isolation_window,
                             args.isolation_lead,
+                            lane_window=args.isolation_lane_window,
                             **isolation,
                         )
                     )

@@ -3,9 +3,10 @@
 The endpoint is read when the reminder is delivered, so a changed URL, a rotated secret or
 a disabled endpoint applies to the next attempt. A disabled endpoint fails the reminder at
 once with ``endpoint disabled`` (a dead letter an operator can retry once it is enabled
-again), never dropping it. Each request is an attempt in the endpoint's log; the attempt is
-recorded after the delivery's transaction ends (`deliver_occurrence` calls `settle`), since
-that transaction holds the task's lock — and on SQLite, the database's only write lock.
+again), never dropping it. Each request is an attempt in the endpoint's log. A successful
+one is recorded in the delivery's own transaction, with the reminder marked sent: one commit
+per reminder, as through the deployment's webhook. A failed one is recorded after that
+transaction has rolled back (`deliver_occurrence` calls `settle`), in one of its own.
 """
 
 from __future__ import annotations
@@ -125,9 +126,14 @@ class EndpointChannel:
             receiver = endpoint_receiver(endpoint_id)
             with self.admissions.request(receiver, limits, reminder.message) as request:
                 answer = request.answer = self.sender.post(endpoint.url, reminder.body, headers)
-        made.append(Made(endpoint_id, Attempt.of("reminder", reminder.message_id, answer, now)))
+        attempt = Attempt.of("reminder", reminder.message_id, answer, now)
         metrics.ENDPOINT_ATTEMPTS.labels(_outcome(answer)).inc()
-        raise_for_answer(answer, "endpoint")
+        if not answer.ok:
+            made.append(Made(endpoint_id, attempt))
+            raise_for_answer(answer, "endpoint")
+        params = endpoints.success_params(endpoint_id, attempt)
+        rows(endpoints.SUCCESS_HEALTH, params)
+        rows(endpoints.SUCCESS_LOGGED, params)
         return True
 
     def settle(self, made: list[Made]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.delivery.address_guard import Resolver, check_url, system_resolver
@@ -211,6 +211,53 @@ class Health:
 # ``last_success_at`` is moved on at most once a second while an endpoint keeps succeeding.
 SUCCESS_RESOLUTION = timedelta(seconds=1)
 
+# A successful attempt, recorded in the transaction that marks its reminder sent (no commit of
+# its own): the endpoint's row is touched only when it says something new — every thread
+# delivering to one endpoint would otherwise update its row and wait for the others'
+# commits in turn — and the attempt is logged. Both return a row (a driver cursor needs one).
+SUCCESS_HEALTH = (
+    update(Endpoint)
+    .where(
+        Endpoint.id == bindparam("b_endpoint"),
+        or_(
+            Endpoint.failing_since.is_not(None),
+            Endpoint.last_success_at.is_(None),
+            Endpoint.last_success_at < bindparam("b_stale"),
+        ),
+    )
+    .values(failing_since=None, last_success_at=bindparam("b_at"))
+    .returning(Endpoint.id)
+)
+SUCCESS_LOGGED = (
+    insert(EndpointAttempt)
+    .values(
+        id=bindparam("b_id"),
+        endpoint_id=bindparam("b_endpoint"),
+        at=bindparam("b_at"),
+        kind=bindparam("b_kind"),
+        message_id=bindparam("b_message"),
+        ok=True,
+        status_code=bindparam("b_status"),
+        duration_ms=bindparam("b_duration"),
+        error=None,
+    )
+    .returning(EndpointAttempt.id)
+)
+
+
+def success_params(endpoint_id: uuid.UUID, attempt: Attempt) -> dict[str, object]:
+    """The parameters of `SUCCESS_HEALTH` and `SUCCESS_LOGGED` for a successful attempt."""
+    return {
+        "b_endpoint": endpoint_id,
+        "b_stale": attempt.at - SUCCESS_RESOLUTION,
+        "b_at": attempt.at,
+        "b_id": uuid.uuid4(),
+        "b_kind": attempt.kind,
+        "b_message": attempt.message_id,
+        "b_status": attempt.status_code,
+        "b_duration": attempt.duration_ms,
+    }
+
 
 def record_attempt(
     engine: Engine,
@@ -227,35 +274,23 @@ def record_attempt(
     error = None if attempt.error is None else attempt.error[:MAX_ERROR_CHARS]
     with engine.begin() as db:
         if attempt.ok:
-            # Only when it says something new: every thread delivering to one endpoint would
-            # otherwise update its row and wait for the others' commits in turn.
-            found = (
-                db.execute(
-                    update(Endpoint)
-                    .where(
-                        Endpoint.id == endpoint_id,
-                        or_(
-                            Endpoint.failing_since.is_not(None),
-                            Endpoint.last_success_at.is_(None),
-                            Endpoint.last_success_at < attempt.at - SUCCESS_RESOLUTION,
-                        ),
-                    )
-                    .values(failing_since=None, last_success_at=attempt.at)
-                    .returning(Endpoint.id)
-                ).first()
+            params = success_params(endpoint_id, attempt)
+            if (
+                db.execute(SUCCESS_HEALTH, params).first()
                 or db.execute(select(Endpoint.id).where(Endpoint.id == endpoint_id)).first()
+            ):
+                db.execute(SUCCESS_LOGGED, params)
+            return Health(disabled_now=False)
+        found = db.execute(
+            update(Endpoint)
+            .where(Endpoint.id == endpoint_id)
+            .values(
+                failing_since=func.coalesce(Endpoint.failing_since, attempt.at),
+                last_failure_at=attempt.at,
+                last_error=error,
             )
-        else:
-            found = db.execute(
-                update(Endpoint)
-                .where(Endpoint.id == endpoint_id)
-                .values(
-                    failing_since=func.coalesce(Endpoint.failing_since, attempt.at),
-                    last_failure_at=attempt.at,
-                    last_error=error,
-                )
-                .returning(Endpoint.id)
-            ).first()
+            .returning(Endpoint.id)
+        ).first()
         if found is None:
             return Health(disabled_now=False)
         db.execute(
@@ -271,8 +306,6 @@ def record_attempt(
                 error=error,
             )
         )
-        if attempt.ok:
-            return Health(disabled_now=False)
         failing = db.execute(
             select(Endpoint.failing_since).where(Endpoint.id == endpoint_id)
         ).scalar_one()

@@ -2,8 +2,8 @@
 
 The pipeline tests prove routing through real workers on PostgreSQL; this proves the same
 transaction works on SQLite, which the embedded default runs, where the delivery's write
-transaction holds the database's only write lock while the endpoint is called: the attempt
-is recorded once it has ended.
+transaction holds the database's only write lock while the endpoint is called: a successful
+attempt is recorded in that transaction, a failed one once it has rolled back.
 """
 
 from __future__ import annotations
