@@ -94,6 +94,7 @@ class Env:
         with self.connect() as conn:
             conn.execute(
                 "TRUNCATE reminders, tasks, api_tokens, idempotency_keys, operator_actions, "
+                "secret_key_canary, "
                 "users CASCADE"
             )
         self.flush_redis()
