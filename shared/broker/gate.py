@@ -13,7 +13,7 @@ limits), and tells it when the request ended. Per receiver ``e`` (namespace ``ns
                           until (Retry-After back-off, ms), ewma (request time, ms),
                           deferred, throttled (counts for operators)
     ns:gate:parked.msgs   hash token -> broker id (32 hex) + the encoded message to wake
-    ns:gate:slow          list of tokens waiting for a thread of the slow lane
+    ns:gate:slow          list of <receiver>|<token> waiting for a thread of the slow lane
     ns:gate:receivers     set of receivers that have parked reminders or leases
 
 ``admit`` answers one of:
@@ -78,6 +78,28 @@ local function push(queue, value)
   local bid = string.sub(value, 1, 32)
   redis.call('HSET', queue .. '.msgs', bid, string.sub(value, 33))
   redis.call('RPUSH', queue, bid)
+end
+
+-- Wake the oldest message waiting for a thread of the slow lane, with a slot of its receiver
+-- reserved for it (or it would wait behind that receiver's parked ones, and the thread go
+-- unused). Returns 1 if one was woken.
+local function wake_slow(queue, wake_lease)
+  while true do
+    local entry = redis.call('LPOP', slow_list)
+    if not entry then return 0 end
+    local bar = string.find(entry, '|', 1, true)
+    local token = bar and string.sub(entry, bar + 1) or entry
+    local value = redis.call('HGET', parked_msgs, token)
+    if value then
+      redis.call('HDEL', parked_msgs, token)
+      push(queue, value)
+      if bar then
+        local owner_leases = ns .. ':gate:' .. string.sub(entry, 1, bar - 1) .. ':leases'
+        redis.call('ZADD', owner_leases, now + wake_lease, token)
+      end
+      return 1
+    end
+  end
 end
 
 -- Wake up to n messages parked on the list parked_key, each with a slot reserved for it
@@ -227,16 +249,7 @@ if duration >= 0 then
   redis.call('HSET', state, 'ewma', math.floor((ewma + duration) / 2))
 end
 if redis.call('EXISTS', state) == 1 then redis.call('PEXPIRE', state, STATE_TTL_MS) end
-if slow_lane == '1' then
-  local waiting = redis.call('LPOP', slow_list)
-  if waiting then
-    local value = redis.call('HGET', parked_msgs, waiting)
-    if value then
-      redis.call('HDEL', parked_msgs, waiting)
-      push(queue, value)
-    end
-  end
-end
+if slow_lane == '1' then wake_slow(queue, wake_lease) end
 local free = room()
 if free > 0 then wake(free, queue, wake_lease) end
 if redis.call('ZCARD', leases) == 0 and redis.call('LLEN', parked) == 0 then
@@ -246,7 +259,8 @@ return 0
 """
 )
 
-# ARGV: ns, receiver, now, token, parked value, how (back, front or queue), queue key: the
+# ARGV: ns, receiver, now, token, parked value, how (back, front or queue), queue key, wake
+# lease ms: the
 # receiver is slow and this process's slow lane is full: give the slot back and wait for a
 # thread of the slow lane, at the back of the slow list (a newcomer), at its front (woken
 # for a thread another process freed), or go straight back onto the queue for another
@@ -254,13 +268,14 @@ return 0
 _PARK_SLOW = (
     _LUA_COMMON
     + """
-local token, value, how, queue = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local token, value, how, queue, wake_lease = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 redis.call('ZREM', leases, token)
 redis.call('ZREM', started, token)
 if how == 'queue' then
   push(queue, value)
+  redis.call('ZADD', leases, now + tonumber(wake_lease), token)  -- its slot kept on the way
 else
-  redis.call(how == 'front' and 'LPUSH' or 'RPUSH', slow_list, token)
+  redis.call(how == 'front' and 'LPUSH' or 'RPUSH', slow_list, e .. '|' .. token)
   redis.call('HSET', parked_msgs, token, value)
 end
 redis.call('HINCRBY', state, 'deferred', 1)
@@ -291,14 +306,8 @@ for _, e in ipairs(redis.call('SMEMBERS', receivers)) do
   end
 end
 for _ = 1, slow_wake do
-  local token = redis.call('LPOP', ns .. ':gate:slow')
-  if not token then break end
-  local value = redis.call('HGET', parked_msgs, token)
-  if value then
-    redis.call('HDEL', parked_msgs, token)
-    push(queue, value)
-    woken = woken + 1
-  end
+  if wake_slow(queue, wake_lease) == 0 then break end
+  woken = woken + 1
 end
 return woken
 """
@@ -472,6 +481,7 @@ class Gate:
                 parked_value(message, receiver, {SLOW_LANE_HOPS_OPTION: hops}),
                 how,
                 self.queue_key,
+                WAKE_LEASE_MS,
             ]
         )
 

@@ -256,6 +256,26 @@ def test_a_woken_slow_reminder_that_meets_a_full_lane_goes_back_to_the_queue_not
     ]
 
 
+def test_a_reminder_woken_for_the_slow_lane_does_not_wait_behind_its_receivers_parked_ones(
+    gate: Gate, client: Any, redis_namespace: str
+) -> None:
+    """Woken for the thread a slow request freed, it holds a slot of its receiver: it takes
+    that thread now, rather than queueing behind reminders parked for the receiver (the
+    thread would go unused and the lane shrink)."""
+    prove(gate, "endpoint:a", TWO)
+    running, waiting, other, behind = (reminder() for _ in range(4))
+    assert gate.admit("endpoint:a", TWO, running).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, waiting).verdict is Verdict.ADMITTED
+    gate.park_slow("endpoint:a", waiting)  # this process's slow lane was full
+    assert gate.admit("endpoint:a", TWO, other).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, behind).verdict is Verdict.PARKED
+    gate.release("endpoint:a", running.message_id, duration_ms=2_000, slow_lane=True)
+    [woken] = queued(client, redis_namespace)
+    assert woken.message_id == waiting.message_id
+    assert gate.admit("endpoint:a", TWO, woken).verdict is Verdict.ADMITTED
+    assert gate.parked_message_ids() == {behind.message_id}
+
+
 def test_a_woken_reminder_whose_reservation_lapsed_competes_again(
     gate: Gate, client: Any, redis_namespace: str, clock: Clock
 ) -> None:
