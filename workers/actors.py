@@ -33,8 +33,9 @@ from periodiq import cron
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.broker.gate import RESERVED_SLOT, WOKEN_FOR, Gate, Verdict
+from shared.broker.gate import RESERVED_SLOT, WOKEN_FOR, Gate, Verdict, endpoint_receiver
 from shared.broker.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
+from shared.broker.redis_broker import ENDPOINT
 from shared.config import Settings
 from shared.delivery.endpoints import purge_attempts
 from shared.logs import get_logger
@@ -237,6 +238,27 @@ def put_back_deferred(broker: RedisBroker, message: Any, deferred: Deferred) -> 
     )
 
 
+def parked_at_once(gate: Gate, message: dramatiq.Message[Any]) -> bool:
+    """Park ``message`` without opening a transaction if the endpoint it was enqueued for is
+    full (`Gate.park_if_full`): a flood to one endpoint is then parked at the speed of Redis,
+    and another user's reminder queued behind it waits that much less. False: deliver as
+    usual (its endpoint unknown, with room, or Redis failing: the delivery decides)."""
+    endpoint = message.options.get(ENDPOINT)
+    if not endpoint:
+        return False
+    receiver = endpoint_receiver(endpoint)
+    try:
+        parked = gate.park_if_full(receiver, message)
+    except redis.RedisError:
+        return False
+    if parked:
+        metrics.DEFERRED.labels(Verdict.PARKED.value).inc()
+        log.debug(
+            "reminder.deferred", message_id=message.message_id, receiver=receiver, reason="parked"
+        )
+    return parked
+
+
 def forfeit(gate: Gate, receiver: str, token: str) -> None:
     """Give back a slot reserved for a woken message that will not use it; best effort (the
     reservation lapses on its own)."""
@@ -266,6 +288,8 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
         if message is None:
             raise PermanentDeliveryError("malformed message: no message ID")
         named = parse_occurrence(message.message_id, task_id, due_at)
+        if pipeline.gate is not None and parked_at_once(pipeline.gate, message):
+            return
         try:
             delivery = deliver_occurrence(
                 pipeline.engine,

@@ -100,6 +100,8 @@ _DUE = (
 # The task's owner, for `interleave_owners`: a subquery, as SQLite's RETURNING may not name
 # another table.
 _OWNER = select(Task.owner_id).where(Task.id == Reminder.task_id).scalar_subquery()
+# Its endpoint, if it names one: the message's `ENDPOINT` hint, the same way.
+_ENDPOINT = select(Task.endpoint_id).where(Task.id == Reminder.task_id).scalar_subquery()
 _CLAIM_DUE = (
     update(Reminder)
     .where(Reminder.message_id == _DUE.c.message_id)
@@ -124,6 +126,7 @@ _CLAIM_DUE = (
         Reminder.state,
         Reminder.remind_at,
         _OWNER,
+        _ENDPOINT,
     )
 )
 
@@ -148,10 +151,10 @@ def _claim_due(sessions: sessionmaker[Session], settings: Settings, now: datetim
     with hot_transaction(sessions.kw["bind"]) as rows:
         claimed_rows = rows(_CLAIM_DUE, params)
     batch = _Batch(queued=[], missed=[])
-    for task_id, due_at, message_id, state, remind_at, owner in claimed_rows:
+    for task_id, due_at, message_id, state, remind_at, owner, endpoint in claimed_rows:
         # astimezone: the driver's rows are in the session's zone; messages carry UTC.
         claimed = SoonDue(
-            task_id, due_at.astimezone(UTC), message_id, remind_at.astimezone(UTC), owner
+            task_id, due_at.astimezone(UTC), message_id, remind_at.astimezone(UTC), owner, endpoint
         )
         (batch.queued if state == "queued" else batch.missed).append(claimed)
     return batch

@@ -133,6 +133,22 @@ local function cap(max)
   return max
 end
 
+-- Park the message token (stored as value) behind the receiver's others if it has no room
+-- for it, or others already wait (first come, first served; a free slot wakes them first).
+-- Returns true if parked.
+local function park_if_full(token, value, max, queue, wake_lease)
+  local busy = redis.call('ZCARD', leases)
+  local waiting = redis.call('LLEN', parked)
+  local limit = cap(max)
+  if busy < limit and waiting == 0 then return false end
+  if waiting > 0 and busy < limit then wake(limit - busy, queue, wake_lease) end
+  redis.call('RPUSH', parked, token)
+  redis.call('HSET', parked_msgs, token, value)
+  redis.call('SADD', receivers, e)
+  redis.call('HINCRBY', state, 'deferred', 1)
+  return true
+end
+
 local function room()
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
   local max = cap(tonumber(redis.call('HGET', state, 'max') or 0))
@@ -198,18 +214,8 @@ if interval > 0 then
   end
 end
 
-if max > 0 and not mine then
-  local busy = redis.call('ZCARD', leases)
-  local waiting = redis.call('LLEN', parked)
-  local limit = cap(max)
-  if busy >= limit or waiting > 0 then
-    if waiting > 0 and busy < limit then wake(limit - busy, queue, wake_lease) end
-    redis.call('RPUSH', parked, token)
-    redis.call('HSET', parked_msgs, token, value)
-    redis.call('SADD', receivers, e)
-    redis.call('HINCRBY', state, 'deferred', 1)
-    return {1, 0}
-  end
+if max > 0 and not mine and park_if_full(token, value, max, queue, wake_lease) then
+  return {1, 0}
 end
 
 if next_tat then redis.call('HSET', state, 'tat', next_tat) end
@@ -255,6 +261,21 @@ if free > 0 then wake(free, queue, wake_lease) end
 if redis.call('ZCARD', leases) == 0 and redis.call('LLEN', parked) == 0 then
   redis.call('SREM', receivers, e)
 end
+return 0
+"""
+)
+
+# ARGV: ns, receiver, now, token, parked value, queue key, wake lease ms: park the message
+# now if the receiver is full as last seen (its limit as its last admission recorded it),
+# before the worker reads anything from the database. 1: parked; 0: go on to `_ADMIT`.
+_PARK_IF_FULL = (
+    _LUA_COMMON
+    + """
+local token, value, queue, wake_lease = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+if redis.call('ZSCORE', leases, token) then return 0 end
+local max = tonumber(redis.call('HGET', state, 'max') or 0)
+if max > 0 and park_if_full(token, value, max, queue, wake_lease) then return 1 end
 return 0
 """
 )
@@ -397,6 +418,7 @@ class Gate:
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
         self._park_slow = client.register_script(_PARK_SLOW)
+        self._park_if_full = client.register_script(_PARK_IF_FULL)
         self._sweep = client.register_script(_SWEEP)
 
     def admit(self, receiver: str, limits: Limits, message: Message[Any]) -> Admission:
@@ -455,6 +477,25 @@ class Gate:
                 "1" if slow_lane else "0",
                 "1" if throttled else "0",
             ]
+        )
+
+    def park_if_full(self, receiver: str, message: Message[Any]) -> bool:
+        """Park ``message`` if ``receiver`` is full, or others wait for it, as its last
+        admission left it; True if parked. A cheap first look, before the delivery's
+        transaction: parking a flood to a full receiver then costs one script call per
+        reminder and no database work. False: go on to `admit`, which decides."""
+        return bool(
+            self._park_if_full(
+                args=[
+                    self.namespace,
+                    receiver,
+                    self.clock_ms(),
+                    message.message_id,
+                    parked_value(message, receiver),
+                    self.queue_key,
+                    WAKE_LEASE_MS,
+                ]
+            )
         )
 
     def park_slow(self, receiver: str, message: Message[Any]) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, update
 
 from shared.broker.connection import redis_client, redis_options
 from shared.broker.redis_broker import (
+    ENDPOINT,
     OWNER,
     BatchedDelayHandOver,
     GroupAckRedisBroker,
@@ -111,15 +112,19 @@ def reminder_message(
     message_id: uuid.UUID,
     eta: datetime | None = None,
     owner: uuid.UUID | None = None,
+    endpoint: uuid.UUID | None = None,
 ) -> Message:
     """The message that asks a worker to deliver one occurrence.
 
     With ``eta`` it is a delayed message, as ``RedisBroker.enqueue`` with a delay makes one
     (on the delay queue, ``eta`` in epoch milliseconds): a worker holds it until then.
     ``owner`` (the task's owner) goes in the `OWNER` option: messages released together are
-    interleaved by it (`interleave_owners`).
+    interleaved by it (`interleave_owners`). ``endpoint`` (the task's, if it names one) goes
+    in the `ENDPOINT` option.
     """
     options: dict[str, Any] = {} if owner is None else {OWNER: str(owner)}
+    if endpoint is not None:
+        options[ENDPOINT] = str(endpoint)
     if eta is None:
         return Message(
             queue_name=QUEUE_NAME,
@@ -150,13 +155,19 @@ class SoonDue:
     message_id: uuid.UUID
     remind_at: datetime
     owner: uuid.UUID | None = None  # the task's owner, when known
+    endpoint: uuid.UUID | None = None  # the task's endpoint, when known and it names one
 
 
 def message_for(reminder: SoonDue, now: datetime) -> Message:
     """The message of a pending reminder: at once if it is due, else delayed to its time."""
     eta = reminder.remind_at if reminder.remind_at > now else None
     return reminder_message(
-        reminder.task_id, reminder.due_at, reminder.message_id, eta=eta, owner=reminder.owner
+        reminder.task_id,
+        reminder.due_at,
+        reminder.message_id,
+        eta=eta,
+        owner=reminder.owner,
+        endpoint=reminder.endpoint,
     )
 
 

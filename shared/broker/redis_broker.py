@@ -145,6 +145,10 @@ _MESSAGE_FIELDS = tuple(field.name for field in dataclasses.fields(Message))
 
 # The option naming a reminder's owner (the task's user), set by the producer.
 OWNER = "owner"
+# In a reminder message's options: the endpoint its task named when it was enqueued, so a
+# worker can park it while that endpoint is full before opening a transaction (a hint: the
+# delivery reads the task's endpoint again).
+ENDPOINT = "endpoint"
 
 _M = TypeVar("_M", Message[Any], MessageProxy)
 

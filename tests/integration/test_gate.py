@@ -276,6 +276,30 @@ def test_a_reminder_woken_for_the_slow_lane_does_not_wait_behind_its_receivers_p
     assert gate.parked_message_ids() == {behind.message_id}
 
 
+def test_a_full_receiver_parks_a_reminder_at_first_look_and_wakes_it_in_turn(
+    gate: Gate, client: Any, redis_namespace: str
+) -> None:
+    """The workers' first look, before any database work: a receiver never admitted to is
+    left to `admit`; a full one parks the reminder behind the others; one woken with its slot
+    reserved goes on."""
+    assert not gate.park_if_full("endpoint:new", reminder())
+    prove(gate, "endpoint:a", TWO)
+    first, second, third, fourth = (reminder() for _ in range(4))
+    assert not gate.park_if_full("endpoint:a", first)  # room: admit decides
+    assert gate.admit("endpoint:a", TWO, first).verdict is Verdict.ADMITTED
+    assert gate.admit("endpoint:a", TWO, second).verdict is Verdict.ADMITTED
+    assert gate.park_if_full("endpoint:a", third)
+    assert gate.admit("endpoint:a", TWO, fourth).verdict is Verdict.PARKED  # behind it
+    assert gate.parked_message_ids() == {third.message_id, fourth.message_id}
+
+    gate.release("endpoint:a", first.message_id, duration_ms=20)
+
+    [woken] = queued(client, redis_namespace)
+    assert woken.message_id == third.message_id
+    assert not gate.park_if_full("endpoint:a", woken)  # its slot is reserved
+    assert gate.admit("endpoint:a", TWO, woken).verdict is Verdict.ADMITTED
+
+
 def test_a_woken_reminder_whose_reservation_lapsed_competes_again(
     gate: Gate, client: Any, redis_namespace: str, clock: Clock
 ) -> None:

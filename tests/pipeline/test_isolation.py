@@ -24,6 +24,7 @@ from sqlalchemy import func, select, update
 
 from shared.broker.gate import Gate
 from shared.broker.queue import QUEUE_NAME
+from shared.broker.redis_broker import ENDPOINT, decode_message
 from shared.delivery.secret_box import SecretBox
 from shared.store.db import unit_of_work
 from shared.store.models import Endpoint, Reminder, Task
@@ -198,14 +199,15 @@ def test_an_endpoint_never_has_more_than_its_max_concurrency_in_flight(
 ) -> None:
     receiver = receivers(hold=0.2)
     alice = stack.account("alice")
-    flood = reminders_at(
-        stack,
-        alice,
-        endpoint_for(stack, alice, receiver.url, max_concurrency=3),
-        [whole_second_from_now(0)] * 30,
-    )
+    endpoint_id = endpoint_for(stack, alice, receiver.url, max_concurrency=3)
+    flood = reminders_at(stack, alice, endpoint_id, [whole_second_from_now(0)] * 30)
     broker, _ = stack.broker(allow_private_endpoints=True)
     scan_due_tasks(stack.sessions, broker, stack.settings())
+    # Each message names the endpoint: workers park it while the endpoint is full before
+    # opening a transaction (`Gate.park_if_full`).
+    ids = broker.client.lrange(f"{stack.namespace}:{QUEUE_NAME}", 0, -1)
+    stored = broker.client.hmget(f"{stack.namespace}:{QUEUE_NAME}.msgs", ids)
+    assert {decode_message(blob).options[ENDPOINT] for blob in stored} == {str(endpoint_id)}
     with stack.run_workers(broker, threads=8):
         assert stack.wait_for(lambda: sent(stack) == len(flood), 60)
     assert receiver.most_in_flight == 3
