@@ -27,7 +27,6 @@ import dramatiq
 import redis
 from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 from dramatiq.middleware import Retries, TimeLimit
 from periodiq import cron
 from sqlalchemy import Engine
@@ -229,7 +228,8 @@ def put_back_deferred(broker: RedisBroker, message: Any, deferred: Deferred) -> 
         copy.options.pop(RESERVED_SLOT, None)
         if admission.verdict is Verdict.RATE:
             copy.options[RESERVED_SLOT] = admission.until_ms
-        broker.enqueue(copy, delay=max(0, admission.until_ms - current_millis()))
+        # The delay as the gate measured it, on Redis' clock: this host's may differ.
+        broker.enqueue(copy, delay=admission.delay_ms)
     log.debug(
         "reminder.deferred",
         message_id=message.message_id,
