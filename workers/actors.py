@@ -20,14 +20,13 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 from dramatiq.middleware import Retries, TimeLimit
 from periodiq import cron
 from sqlalchemy import Engine
@@ -202,13 +201,15 @@ class DramatiqAttemptLines(logging.Filter):
 _ATTEMPT_LINES = DramatiqAttemptLines()
 
 
-def put_back_until(broker: RedisBroker, message: Any, remind_at: datetime) -> None:
-    """Enqueue ``message`` again, delayed until ``remind_at``: it arrived before its time.
+def put_back_for(broker: RedisBroker, message: Any, wait: timedelta) -> None:
+    """Enqueue ``message`` again, delayed by ``wait``: it arrived before its remind time.
 
-    The copy keeps the message's options (its retry count among them): arriving early is no
-    failure. The original is then acknowledged as usual.
+    ``wait`` is measured on the clock that found it early (the database server's), not this
+    host's: a host whose clock runs ahead would otherwise put it back too briefly, again and
+    again. The copy keeps the message's options (its retry count among them): arriving early
+    is no failure. The original is then acknowledged as usual.
     """
-    delay_ms = max(0, math.ceil((remind_at - utcnow()).total_seconds() * 1000))
+    delay_ms = max(0, math.ceil(wait.total_seconds() * 1000))
     broker.enqueue(message.copy(), delay=delay_ms)
     log.info(
         "reminder.early",
@@ -228,7 +229,8 @@ def put_back_deferred(broker: RedisBroker, message: Any, deferred: Deferred) -> 
         copy.options.pop(RESERVED_SLOT, None)
         if admission.verdict is Verdict.RATE:
             copy.options[RESERVED_SLOT] = admission.until_ms
-        broker.enqueue(copy, delay=max(0, admission.until_ms - current_millis()))
+        # The delay as the gate measured it, on Redis' clock: this host's may differ.
+        broker.enqueue(copy, delay=admission.delay_ms)
     log.debug(
         "reminder.deferred",
         message_id=message.message_id,
@@ -322,8 +324,8 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
             metrics.DUPLICATES.inc()
             log.info("reminder.duplicate_suppressed", **fields)
         elif delivery.outcome is Outcome.EARLY:
-            assert delivery.remind_at is not None
-            put_back_until(broker, message, delivery.remind_at)
+            assert delivery.wait is not None
+            put_back_for(broker, message, delivery.wait)
         else:
             metrics.STALE.inc()
             log.info("reminder.stale", state=delivery.state, **fields)
@@ -335,7 +337,7 @@ def declare_actors(broker: RedisBroker, pipeline: Pipeline) -> Actors:
 
     def scan() -> None:
         """The producer, as run by the scheduler (periodiq) on REMINDERS_SCAN_CRON."""
-        result = scan_due_tasks(pipeline.sessions, broker, settings, clock=utcnow)
+        result = scan_due_tasks(pipeline.sessions, broker, settings)
         metrics.SCAN_SECONDS.observe(result.seconds)
         metrics.ENQUEUED.labels("due").inc(result.enqueued)
         metrics.ENQUEUED.labels("requeued").inc(result.requeued)

@@ -90,9 +90,9 @@ class Admissions:
     ) -> None:
         answer = request.answer
         throttled = answer is not None and answer.status_code in (429, 503)
-        until_ms = 0
+        back_off_ms = 0
         if answer is not None and answer.retry_after_seconds:
-            until_ms = math.ceil((time.time() + answer.retry_after_seconds) * 1000)
+            back_off_ms = math.ceil(answer.retry_after_seconds * 1000)
         if throttled:
             metrics.THROTTLED.inc()
         try:
@@ -100,7 +100,7 @@ class Admissions:
                 receiver,
                 message.message_id,
                 duration_ms=round((time.monotonic() - started) * 1000),
-                retry_after_until_ms=until_ms,
+                back_off_ms=back_off_ms,
                 throttled=throttled,
                 slow_lane=slow,
             )

@@ -17,18 +17,25 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from dramatiq import Message
-from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from shared.logs import get_logger
 from shared.planning.rules import DELIVERABLE_STATES, describe_error
-from shared.store.db import database_unreachable, hot_transaction, unit_of_work, utcnow
+from shared.store.db import (
+    database_time,
+    database_unreachable,
+    hot_transaction,
+    unit_of_work,
+    utcnow,
+)
 from shared.store.models import Reminder, Task, User
 from workers.admission import Deferred
 from workers.channels import Channel, PermanentDeliveryError, ReminderPayload, reminder_body
@@ -53,6 +60,7 @@ class Delivery:
     attempts: int = 0
     late: bool = False
     channel: str | None = None  # the channel that accepted it: the deployment's or "endpoint"
+    wait: timedelta | None = None  # early: how long until its remind time
 
 
 @dataclass(frozen=True)
@@ -114,40 +122,57 @@ _OWNER = (
     .correlate(Reminder)
     .scalar_subquery()
 )
-_MARK_SENT = (
-    update(Reminder)
-    .where(
-        Reminder.task_id == _LOCKED_TASK.c.locked_task_id,
-        Reminder.message_id == bindparam("b_message"),
-        or_(*(Reminder.state == state for state in sorted(DELIVERABLE_STATES))),
-        Reminder.remind_at <= bindparam("b_now"),  # never before its remind time
-    )
-    .values(
-        state="sent",
-        sent_at=bindparam("b_now"),
-        # Late: sent after its due date although planned before it (README), judged now, at
-        # the send: a reminder claimed on time may still go out late (a backlog, retries).
-        late=or_(
+
+
+def _mark_sent(now: ColumnElement[datetime]) -> ReturningUpdate[Any]:
+    """Mark the reminder sent if it is deliverable and its remind time has come by ``now``."""
+    return (
+        update(Reminder)
+        .where(
+            Reminder.task_id == _LOCKED_TASK.c.locked_task_id,
+            Reminder.message_id == bindparam("b_message"),
+            or_(*(Reminder.state == state for state in sorted(DELIVERABLE_STATES))),
+            Reminder.remind_at <= now,  # never before its remind time
+        )
+        .values(
+            state="sent",
+            sent_at=now,
+            # Late: sent after its due date although planned before it (README), judged now,
+            # at the send: a reminder claimed on time may still go out late (a backlog,
+            # retries).
+            late=or_(
+                Reminder.late,
+                and_(Reminder.due_at < now, Reminder.planned_at < Reminder.due_at),
+            ),
+            attempts=Reminder.attempts + 1 + bindparam("b_unrecorded"),
+            updated_at=now,
+        )
+        # Scalar subqueries, not the CTE's columns: SQLite's RETURNING sees only the updated
+        # table.
+        .returning(
+            Reminder.due_at,
+            Reminder.remind_at,
             Reminder.late,
-            and_(Reminder.due_at < bindparam("b_now"), Reminder.planned_at < Reminder.due_at),
-        ),
-        attempts=Reminder.attempts + 1 + bindparam("b_unrecorded"),
-        updated_at=bindparam("b_now"),
+            Reminder.attempts,
+            Reminder.body,
+            Reminder.offset_seconds,
+            _TITLE.label("title"),
+            _OWNER.label("owner"),
+            _ZONE.label("time_zone"),
+            _ENDPOINT.label("endpoint_id"),
+            Reminder.sent_at,
+        )
     )
-    # Scalar subqueries, not the CTE's columns: SQLite's RETURNING sees only the updated table.
-    .returning(
-        Reminder.due_at,
-        Reminder.remind_at,
-        Reminder.late,
-        Reminder.attempts,
-        Reminder.body,
-        Reminder.offset_seconds,
-        _TITLE.label("title"),
-        _OWNER.label("owner"),
-        _ZONE.label("time_zone"),
-        _ENDPOINT.label("endpoint_id"),
-    )
-)
+
+
+# "Now" is the database server's: every worker host then judges a remind time by one clock,
+# however wrong its own is (one whose clock runs ahead releases delayed messages early; this
+# check puts them back). The statement's start, before any wait for the task's lock: the
+# send itself is later still.
+_MARK_SENT = _mark_sent(func.statement_timestamp())
+# "Now" given: a test's clock, or this host's on SQLite (the embedded default, whose processes
+# share one host and so one clock).
+_MARK_SENT_AT = _mark_sent(bindparam("b_now"))
 
 
 # In a message's options: attempts the receiver accepted but whose commit a database outage
@@ -159,7 +184,7 @@ def deliver_occurrence(
     engine: Engine,
     channel: Channel,
     named: Named,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] | None = None,
     carried: MutableMapping[str, Any] | None = None,
     endpoints: EndpointChannel | None = None,
     message: Message[Any] | None = None,
@@ -172,7 +197,9 @@ def deliver_occurrence(
     attempt is recorded once the transaction has ended. ``carried`` is the message's
     options: an attempt the channel accepted but the database outage kept from committing is
     counted there, so the row's ``attempts`` stays true. ``message`` is that message: a
-    receiver's limits park or delay it (`workers.admission`).
+    receiver's limits park or delay it (`workers.admission`). ``clock`` is the time the
+    remind time is judged by and ``sent_at`` recorded with; by default the database server's
+    (`database_time`), so a worker host's own clock, however wrong, never sends early.
 
     Raises:
         TransientDeliveryError, PermanentDeliveryError: from the channel; nothing is recorded
@@ -180,7 +207,9 @@ def deliver_occurrence(
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing was recorded.
         Deferred: the receiver's limits hold the reminder back; nothing was sent or recorded.
     """
-    now = clock()
+    statement, now = _MARK_SENT, None
+    if clock is not None or engine.dialect.name != "postgresql":
+        statement, now = _MARK_SENT_AT, (clock or utcnow)()
     carried = {} if carried is None else carried
     unrecorded = carried.get(UNRECORDED_ATTEMPTS, 0)
     body: bytes | None = None  # set once built afresh: kept on the row if the attempt fails
@@ -189,23 +218,21 @@ def deliver_occurrence(
     made: list[Made] = []
     try:
         with hot_transaction(engine) as rows:
-            marked_rows = rows(
-                _MARK_SENT,
-                {
-                    "b_task": named.task_id,
-                    "b_message": named.message_id,
-                    "b_now": now,
-                    "b_unrecorded": unrecorded,
-                },
-            )
+            params = {
+                "b_task": named.task_id,
+                "b_message": named.message_id,
+                "b_unrecorded": unrecorded,
+            }
+            marked_rows = rows(statement, params if now is None else {**params, "b_now": now})
             marked = marked_rows[0] if marked_rows else None
             if marked is not None:
                 (due_at, remind_at, late, attempts, kept_body, offset, title, owner, zone) = marked[
                     :9
                 ]
-                endpoint_id = marked[9]
+                endpoint_id, sent_at = marked[9:11]
                 # The driver's rows are in the session's zone.
                 due_at, remind_at = due_at.astimezone(UTC), remind_at.astimezone(UTC)
+                sent_at = sent_at.astimezone(UTC)
                 message_id, task_id = named.message_id, named.task_id
                 # A user's endpoint, or a channel that sends it, needs the body.
                 if kept_body is None and (endpoint_id is not None or channel.sends_body):
@@ -224,7 +251,7 @@ def deliver_occurrence(
                     task_id=str(task_id),
                     due_at=due_at,
                     remind_at=remind_at,
-                    sent_at=now,
+                    sent_at=sent_at,
                     body=body if body is not None else (kept_body or "").encode(),
                     message=message,
                 )
@@ -252,7 +279,7 @@ def deliver_occurrence(
     return Delivery(
         Outcome.SENT,
         state="sent",
-        sent_at=now,
+        sent_at=sent_at,
         remind_at=remind_at,
         attempts=attempts,
         late=late,
@@ -279,8 +306,11 @@ def _keep_body(engine: Engine, message_id: uuid.UUID, body: bytes) -> None:
         )
 
 
-def _not_deliverable(db: Connection, named: Named, now: datetime) -> Delivery:
-    """Why a reminder was not marked sent: already sent, not due yet, or stale."""
+def _not_deliverable(db: Connection, named: Named, now: datetime | None) -> Delivery:
+    """Why a reminder was not marked sent: already sent, not due yet, or stale. ``now``: the
+    time it was judged by (None: the database server's)."""
+    if now is None:
+        now = database_time(db)
     task = db.execute(
         select(Task.status, Task.deleted_at).where(Task.id == named.task_id).with_for_update()
     ).one_or_none()
@@ -295,8 +325,14 @@ def _not_deliverable(db: Connection, named: Named, now: datetime) -> Delivery:
         return Delivery(Outcome.DUPLICATE, state="sent", sent_at=reminder.sent_at)
     wanted = task.status == "open" and task.deleted_at is None
     if reminder.state in DELIVERABLE_STATES and wanted:
-        # Early: enqueued ahead and released early (clock skew, a redelivery), or sent by hand.
-        return Delivery(Outcome.EARLY, state=reminder.state, remind_at=reminder.remind_at)
+        # Early: enqueued ahead and released early (a worker's clock ahead, a redelivery), or
+        # sent by hand. How long to wait is told by the clock that judged it early.
+        return Delivery(
+            Outcome.EARLY,
+            state=reminder.state,
+            remind_at=reminder.remind_at,
+            wait=reminder.remind_at - now,
+        )
     if reminder.state in DELIVERABLE_STATES:
         # Pending, but the task was finished or deleted: the API cancels such rows as it
         # changes the task; this repairs any row left behind.

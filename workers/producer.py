@@ -10,7 +10,8 @@ of times, from any number of schedulers, in any time zone, with the same result:
    schedulers cannot open it twice. After downtime the rows of the occurrences that came
    due meanwhile are opened as planned at their remind times: step 1's catch-up rule then
    sends the recent ones (late) and records the older ones ``missed``.
-1. Claim ``waiting`` rows whose remind time is due or falls within the lookahead
+1. Claim ``waiting`` rows whose remind time is due (on the database server's clock, not this
+   host's) or falls within the lookahead
    (``REMINDERS_LOOKAHEAD``, a little more than one scan interval) in batches (``FOR UPDATE
    SKIP LOCKED``: two schedulers split the work instead of doubling it), mark each
    ``queued`` (or ``missed`` when its catch-up window, from its due date or from when it was
@@ -52,7 +53,7 @@ from shared.config import Settings
 from shared.logs import get_logger
 from shared.planning.recurrence import RecurrenceError
 from shared.planning.rules import missed_before
-from shared.store.db import hot_transaction, unit_of_work, utcnow
+from shared.store.db import database_clock, hot_transaction, unit_of_work
 from shared.store.models import Reminder, Task
 from shared.store.occurrences import plan_reminders
 
@@ -281,11 +282,16 @@ def scan_due_tasks(
     sessions: sessionmaker[Session],
     broker: RedisBroker,
     settings: Settings,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] | None = None,
 ) -> ScanResult:
-    """One producer run; safe to run concurrently and repeatedly (see the module docstring)."""
+    """One producer run; safe to run concurrently and repeatedly (see the module docstring).
+
+    ``clock``: what is due is judged by its time; by default the database server's
+    (`database_clock`), so the host it runs on, whatever its own clock says, enqueues at once
+    only what is due and delays the rest to its remind time.
+    """
     started = time.perf_counter()
-    now = clock()
+    now = (clock or database_clock(sessions.kw["bind"]))()
     result = ScanResult()
     _extend_series(sessions, settings, now, result)
     _enqueue_due(sessions, broker, settings, now, result)

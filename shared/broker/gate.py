@@ -47,7 +47,6 @@ from typing import Any
 
 from dramatiq import Message, get_encoder
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 
 from shared.broker.queue import QUEUE_NAME
 from shared.config import Settings
@@ -63,7 +62,12 @@ SLOW_MS = 1_000
 
 _LUA_COMMON = """
 local ns, e = ARGV[1], ARGV[2]
+-- The time given (a test's clock), or Redis' own: one clock for every worker host.
 local now = tonumber(ARGV[3])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local base = ns .. ':gate:' .. e
 local leases, started = base .. ':leases', base .. ':started'
 local parked, state = base .. ':parked', base .. ':state'
@@ -187,7 +191,7 @@ local until_ms = tonumber(redis.call('HGET', state, 'until') or 0)
 if until_ms > now then
   give_back()
   redis.call('HINCRBY', state, 'deferred', 1)
-  return {3, until_ms}
+  return {3, until_ms, now}
 end
 
 local next_tat = nil
@@ -199,7 +203,7 @@ if interval > 0 then
       redis.call('HSET', state, 'tat', tat + interval)
       give_back()
       redis.call('HINCRBY', state, 'deferred', 1)
-      return {2, tat}
+      return {2, tat, now}
     end
     next_tat = now + interval
   end
@@ -210,7 +214,7 @@ if interval > 0 then
     local oldest = redis.call('ZRANGE', sent, 0, 0, 'WITHSCORES')
     give_back()
     redis.call('HINCRBY', state, 'deferred', 1)
-    return {2, tonumber(oldest[2]) + window}
+    return {2, tonumber(oldest[2]) + window, now}
   end
 end
 
@@ -236,16 +240,17 @@ return {0, slow}
 """
 )
 
-# ARGV: ns, receiver, now, token, duration_ms, until_ms, queue key, wake lease ms, slow lane
-#       (1: the request held a thread of the slow lane), throttled (1: a 429/503)
+# ARGV: ns, receiver, now, token, duration_ms, back-off ms (Retry-After), queue key, wake lease
+#       ms, slow lane (1: the request held a thread of the slow lane), throttled (1: a 429/503)
 _RELEASE = (
     _LUA_COMMON
     + """
-local token, duration, until_ms = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local token, duration, back_off = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local queue, wake_lease, slow_lane, throttled = ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 redis.call('ZREM', leases, token)
 redis.call('ZREM', started, token)
-if until_ms > now then
+if back_off > 0 then
+  local until_ms = now + back_off
   local current = tonumber(redis.call('HGET', state, 'until') or 0)
   if until_ms > current then redis.call('HSET', state, 'until', until_ms) end
 end
@@ -346,7 +351,8 @@ class Verdict(StrEnum):
 class Admission:
     verdict: Verdict
     slow: bool = False  # admitted, to a receiver whose requests are slow
-    until_ms: int = 0  # delayed until then (milliseconds since the epoch)
+    until_ms: int = 0  # delayed until then (milliseconds since the epoch, on the gate's clock)
+    delay_ms: int = 0  # delayed: how long from now that is
 
 
 # The receivers' names: the deployment's webhook, and a user's endpoint by its ID.
@@ -399,7 +405,11 @@ class ReceiverState:
 
 
 class Gate:
-    """Admission to receivers, shared through Redis by every worker (see the module)."""
+    """Admission to receivers, shared through Redis by every worker (see the module).
+
+    Its times (leases, rate slots, back-offs) are Redis' clock, read inside each script, so
+    worker hosts whose clocks disagree share one schedule; ``clock_ms`` replaces it (tests).
+    """
 
     def __init__(
         self,
@@ -408,7 +418,7 @@ class Gate:
         queue_name: str,
         *,
         lease_ms: int,
-        clock_ms: Any = current_millis,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -421,6 +431,10 @@ class Gate:
         self._park_if_full = client.register_script(_PARK_IF_FULL)
         self._sweep = client.register_script(_SWEEP)
 
+    def _now_ms(self) -> int:
+        """The time the scripts are given: -1 for Redis' own."""
+        return -1 if self.clock_ms is None else self.clock_ms()
+
     def admit(self, receiver: str, limits: Limits, message: Message[Any]) -> Admission:
         """Admit ``message`` to ``receiver`` now, park it, or tell until when to delay it."""
         rate = limits.max_per_second
@@ -428,11 +442,11 @@ class Gate:
         # The window a receiver counts in: a second, or one request's interval below 1/s.
         per_window = 1 if rate is None else max(1, math.floor(rate))
         reserved = int(message.options.get(RESERVED_SLOT) or 0)
-        code, value = self._admit(
+        code, value, *now = self._admit(
             args=[
                 self.namespace,
                 receiver,
-                self.clock_ms(),
+                self._now_ms(),
                 message.message_id,
                 self.lease_ms,
                 limits.max_concurrency or 0,
@@ -450,7 +464,11 @@ class Gate:
             return Admission(Verdict.ADMITTED, slow=bool(value))
         if code == 1:
             return Admission(Verdict.PARKED)
-        return Admission(Verdict.RATE if code == 2 else Verdict.BACKING_OFF, until_ms=int(value))
+        return Admission(
+            Verdict.RATE if code == 2 else Verdict.BACKING_OFF,
+            until_ms=int(value),
+            delay_ms=max(0, int(value) - int(now[0])),
+        )
 
     def release(
         self,
@@ -458,20 +476,21 @@ class Gate:
         token: str,
         *,
         duration_ms: int,
-        retry_after_until_ms: int = 0,
+        back_off_ms: int = 0,
         throttled: bool = False,
         slow_lane: bool = False,
     ) -> None:
         """The request admitted for ``token`` ended: free its slot, wake who waits for it,
-        and note how long it took and any back-off the receiver asked for."""
+        and note how long it took and any back-off the receiver asked for (``back_off_ms``
+        from now: its ``Retry-After``)."""
         self._release(
             args=[
                 self.namespace,
                 receiver,
-                self.clock_ms(),
+                self._now_ms(),
                 token,
                 duration_ms,
-                retry_after_until_ms,
+                back_off_ms,
                 self.queue_key,
                 WAKE_LEASE_MS,
                 "1" if slow_lane else "0",
@@ -517,7 +536,7 @@ class Gate:
             args=[
                 self.namespace,
                 receiver,
-                self.clock_ms(),
+                self._now_ms(),
                 message.message_id,
                 parked_value(message, receiver, {SLOW_LANE_HOPS_OPTION: hops}),
                 how,
@@ -530,7 +549,7 @@ class Gate:
         """Wake what waits on slots freed by expired leases (a worker killed mid-request), and
         up to ``slow_wake`` messages of the slow lane; returns how many were woken."""
         woken: int = self._sweep(
-            args=[self.namespace, "", self.clock_ms(), self.queue_key, WAKE_LEASE_MS, slow_wake]
+            args=[self.namespace, "", self._now_ms(), self.queue_key, WAKE_LEASE_MS, slow_wake]
         )
         return woken
 
@@ -541,7 +560,11 @@ class Gate:
     def receivers(self) -> list[ReceiverState]:
         """Every receiver with requests in flight or reminders parked, and every one backing
         off or counted, as operators see them."""
-        now = self.clock_ms()
+        if self.clock_ms is None:
+            seconds, microseconds = self.client.time()
+            now = seconds * 1000 + microseconds // 1000
+        else:
+            now = self.clock_ms()
         names = {name.decode() for name in self.client.smembers(f"{self.namespace}:gate:receivers")}
         for key in self.client.scan_iter(match=f"{self.namespace}:gate:*:state", count=1000):
             names.add(key.decode()[len(self.namespace) + 6 : -len(":state")])
@@ -587,12 +610,13 @@ def endpoint_receiver(endpoint_id: object) -> str:
 
 
 def make_gate(
-    settings: Settings, broker: RedisBroker, clock_ms: Callable[[], int] = current_millis
+    settings: Settings, broker: RedisBroker, clock_ms: Callable[[], int] | None = None
 ) -> Gate:
     """The gate on the broker's Redis, under its namespace, for ``send_reminder``'s queue:
     built the same way by the workers (to admit) and by what shows operators the receivers
     (the API, the CLI). A lease outlives the longest request (the webhook timeout bounds the
-    whole call) by ten seconds. ``clock_ms``: the time, in milliseconds since the epoch."""
+    whole call) by ten seconds. ``clock_ms``: the time, in milliseconds since the epoch
+    (None: Redis' own)."""
     lease_ms = round((settings.webhook_timeout_seconds + 10) * 1000)
     return Gate(broker.client, broker.namespace, QUEUE_NAME, lease_ms=lease_ms, clock_ms=clock_ms)
 

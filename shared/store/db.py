@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.pq import ExecStatus
-from sqlalchemy import DateTime, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, func, make_url, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -315,3 +315,27 @@ def database_unreachable(exc: BaseException) -> bool:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def database_time(connection: Connection) -> datetime:
+    """The database server's time: one clock for every host, however wrong a host's own is.
+
+    On PostgreSQL the statement's start (``statement_timestamp()``); on SQLite, a file every
+    process of one host shares, that host's clock.
+    """
+    if connection.dialect.name != "postgresql":
+        return utcnow()
+    now: datetime = connection.execute(select(func.statement_timestamp())).scalar_one()
+    return now.astimezone(UTC)
+
+
+def database_clock(engine: Engine) -> Callable[[], datetime]:
+    """A clock that reads `database_time` (one round trip on PostgreSQL)."""
+
+    def now() -> datetime:
+        if engine.dialect.name != "postgresql":
+            return utcnow()
+        with engine.connect() as connection:
+            return database_time(connection)
+
+    return now

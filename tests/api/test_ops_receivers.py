@@ -144,7 +144,7 @@ def set_the_scene(deployment: Deployment) -> Scene:
         f"endpoint:{throttled}",
         asked.message_id,
         duration_ms=30,
-        retry_after_until_ms=start + BACK_OFF_MS,
+        back_off_ms=BACK_OFF_MS,
         throttled=True,
     )
     held = gate.admit(f"endpoint:{throttled}", rated, reminder())

@@ -67,7 +67,8 @@ def test_dlq_receivers_prints_each_receiver_s_state_troubled_first(stack: Stack)
     )
 
     settings = stack.settings(**WEBHOOK)
-    gate = make_gate(settings, make_broker(settings))
+    now = current_millis()
+    gate = make_gate(settings, make_broker(settings), clock_ms=lambda: now)
     ada = create_account(stack.engine, "ada")
     endpoint_id = uuid.uuid4()
     with unit_of_work(stack.sessions) as session:
@@ -84,9 +85,9 @@ def test_dlq_receivers_prints_each_receiver_s_state_troubled_first(stack: Stack)
     limits = webhook_limits(settings)
     asked = reminder()
     assert gate.admit("webhook", limits, asked).verdict is Verdict.ADMITTED
-    until = current_millis() + HOUR_MS
+    until = now + HOUR_MS
     gate.release(
-        "webhook", asked.message_id, duration_ms=1_400, retry_after_until_ms=until, throttled=True
+        "webhook", asked.message_id, duration_ms=1_400, back_off_ms=HOUR_MS, throttled=True
     )
     done = reminder()
     endpoint_limits = Limits(max_concurrency=8, max_per_second=None)

@@ -1,11 +1,14 @@
 """The gate's bookkeeping on a real Redis, at an injected clock: slots, parking and waking,
-leases that expire, rate slots, back-off and the slow mark (SPEC §4.9).
+leases that expire, rate slots, back-off and the slow mark (SPEC §4.9); and on Redis' own
+clock, for workers whose clocks disagree.
 
-Real time: none (the clock is injected); a few Redis round trips per test.
+Real time: none (the clock is injected, or this process's moved with time-machine); a few
+Redis round trips per test.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+import time_machine
 from dramatiq import Message
 
 from shared.broker.gate import (
@@ -177,7 +181,7 @@ def test_retry_after_holds_every_reminder_of_that_receiver_until_it_ends(
         "endpoint:a",
         first.message_id,
         duration_ms=5,
-        retry_after_until_ms=clock.now + 6_000,
+        back_off_ms=6_000,
         throttled=True,
     )
     held = gate.admit("endpoint:a", TWO, reminder())
@@ -345,7 +349,7 @@ def test_operators_see_in_flight_parked_back_off_and_a_request_slow_before_it_en
         "endpoint:a",
         throttled.message_id,
         duration_ms=40,
-        retry_after_until_ms=clock.now + 30_000,
+        back_off_ms=30_000,
         throttled=True,
     )
     assert gate.admit("endpoint:b", TWO, waiting).verdict is Verdict.ADMITTED
@@ -390,3 +394,37 @@ def test_a_receivers_state_is_forgotten_a_day_after_its_last_request_and_its_par
     assert [message.message_id for message in queued(client, redis_namespace)] == [
         waiting.message_id
     ]
+
+
+def ahead(seconds: float) -> Any:
+    """This process's wall clock ``seconds`` ahead, as on a worker host whose clock is wrong."""
+    return time_machine.travel(time.time() + seconds, tick=True)
+
+
+def test_a_worker_whose_clock_runs_ahead_keeps_to_the_rate_slots_a_worker_on_time_took(
+    client: Any, redis_namespace: str
+) -> None:
+    """Workers on two hosts, one 2 s ahead, share a receiver's rate of one a second: the gate
+    times them on Redis' clock, so the one ahead cannot take the slot the other just took,
+    and is told to wait for the next as long as Redis measures it."""
+    gate = Gate(client, redis_namespace, QUEUE, lease_ms=LEASE_MS)  # Redis' clock
+    once = Limits(max_concurrency=None, max_per_second=1.0)
+    assert gate.admit("endpoint:a", once, reminder()).verdict is Verdict.ADMITTED
+    with ahead(2):
+        held = gate.admit("endpoint:a", once, reminder())
+    assert held.verdict is Verdict.RATE
+    assert 0 < held.delay_ms <= 1000, held
+
+
+def test_a_worker_whose_clock_runs_ahead_keeps_to_a_back_off_a_worker_on_time_recorded(
+    client: Any, redis_namespace: str
+) -> None:
+    gate = Gate(client, redis_namespace, QUEUE, lease_ms=LEASE_MS)
+    limits = Limits(max_concurrency=4, max_per_second=None)
+    asked = reminder()
+    assert gate.admit("endpoint:a", limits, asked).verdict is Verdict.ADMITTED
+    gate.release("endpoint:a", asked.message_id, duration_ms=30, back_off_ms=5_000, throttled=True)
+    with ahead(6):  # past the back-off by its own clock
+        held = gate.admit("endpoint:a", limits, reminder())
+    assert held.verdict is Verdict.BACKING_OFF
+    assert 0 < held.delay_ms <= 5_000, held

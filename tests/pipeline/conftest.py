@@ -59,9 +59,10 @@ def reminder_id(task: Task) -> uuid.UUID:
 
 @dataclass
 class Receipt:
-    at: float
+    at: float  # time.monotonic() on arrival
     headers: dict[str, str]
     body: bytes
+    wall: float = field(default_factory=time.time)  # the receiver's clock on arrival
 
     @property
     def key(self) -> str:

@@ -1,10 +1,12 @@
-"""A worker host cut off by the network: noticed in seconds, resumed at once, nothing lost.
+"""A host cut off by the network: noticed in seconds, resumed at once, nothing lost.
 
 SPEC §8, §4.10. A worker group whose link to PostgreSQL or to Redis is pulled — packets
 dropped, no connection told anything (`tests.partition`) — logs ``database.unavailable``
 or ``broker.unavailable`` within about ``REMINDERS_PEER_TIMEOUT`` of the cut (TCP alone
 would take minutes), and delivers again within one probe interval of the link coming
 back; every reminder is delivered, and only those in flight at the cut may come twice.
+A scheduler cut off from Redis across its tick sends the tick once healed, and the tick
+runs however late it is: the reminders due meanwhile do not wait for the next one.
 
 Real time: real processes behind a real link, and the timeouts under test are seconds.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from cli.processes import CONSUMER_RESTART_MS
-from shared.broker.queue import QUEUE_NAME
+from shared.broker.queue import QUEUE_NAME, SCAN_DUE_TASKS
 from shared.broker.redis_broker import dead_letters
 from shared.config import DEFAULT_PEER_TIMEOUT_SECONDS
 from shared.store.db import make_engine
@@ -33,9 +35,12 @@ from tests.processes import json_lines, tail
 from tests.tcp_proxy import TcpProxy
 from workers.outage import MAX_PROBE_SECONDS
 from workers.producer import scan_due_tasks
+from workers.scheduler import MAX_RETRY_SECONDS
 
 PEER_TIMEOUT = DEFAULT_PEER_TIMEOUT_SECONDS  # the default is what is measured
 THREADS = 4
+# A scan of a few reminders and their deliveries, once the tick is in Redis.
+SCAN_AND_SEND_SECONDS = 5
 # A worker group's consumer that lost Redis connects again after this long.
 CONSUMER_RESTART_SECONDS = CONSUMER_RESTART_MS / 1000
 
@@ -207,3 +212,88 @@ def test_a_delivery_holding_its_transaction_longer_than_the_peer_timeout_is_not_
     finally:
         stack.close()
         engine.dispose()
+
+
+CUT_BEFORE_TICK = 3  # seconds: the cut is in place when the scheduler sends its tick
+HEAL_AFTER_TICK = 35  # seconds: past the 30 s after which periodiq would drop the tick
+
+
+def sleep_until(moment: datetime) -> None:
+    time.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
+
+
+@pytest.mark.slow
+def test_a_scheduler_cut_off_from_redis_across_its_tick_sends_it_once_healed_and_it_runs(
+    stack: Stack, receiver: Receiver, link: Partition, tmp_path: Path
+) -> None:
+    """The scheduler's link to Redis is down from before a tick until 35 s after it; the
+    reminders due meanwhile go out within a bound of the heal, each once.
+
+    The scan runs at one minute of the hour only, so nothing but that tick, sent late, can
+    send them: the next tick is an hour away. Real time: periodiq ticks on whole minutes, so
+    the test waits for the next one (50-110 s in all)."""
+    server = urlsplit(stack.settings().redis_url)
+    proxy = TcpProxy((server.hostname or "127.0.0.1", server.port or 6379), listen=link.listen)
+    # The next whole minute that leaves the scheduler time to start before it.
+    tick = (datetime.now(UTC) + timedelta(seconds=72)).replace(second=0, microsecond=0)
+    settings = {
+        "webhook_url": receiver.url,
+        "webhook_secret": "s",
+        "scan_cron": f"{tick.minute} * * * *",
+    }
+    worker_log, scheduler_log = tmp_path / "worker.log", tmp_path / "scheduler.log"
+    start_worker(stack, stack.env(**settings), worker_log)
+    env = stack.env(**settings)
+    env["REDIS_URL"] = through(stack.settings().redis_url, proxy)
+    stack.spawn_logged([str(BIN / "reminders"), "scheduler"], env, scheduler_log)
+    started = stack.wait_for(lambda: "Starting Periodiq" in scheduler_log.read_text(), 30, 0.2)
+    assert started, tail(scheduler_log)
+    # Due during the cut, and left to the scan (nothing enqueues them before).
+    owner = stack.account()
+    count = 20
+    for index in range(count):
+        remind_at = tick + timedelta(seconds=2 * (index % 16) - 2)
+        stack.add_task(owner, remind_at + timedelta(minutes=1), remind_before_seconds=60)
+    cut_at = tick - timedelta(seconds=CUT_BEFORE_TICK)
+    # Started in the minute before the tick's: periodiq started within a tick's minute sends
+    # that tick at once.
+    assert datetime.now(UTC) < cut_at, "the scheduler took too long to start"
+
+    sleep_until(cut_at)
+    link.cut()
+    sleep_until(tick + timedelta(seconds=HEAL_AFTER_TICK))
+    assert stack.states() == {"waiting": count}, stack.states()
+    healed_at = datetime.now(UTC)
+    link.heal()
+    resent = wait_for_event(
+        stack, scheduler_log, "scheduler.broker_available", healed_at, MAX_RETRY_SECONDS + 20
+    )
+    assert stack.wait_for(lambda: stack.states() == {"sent": count}, 30, 0.2), stack.states()
+    time.sleep(0.5)  # anything sent twice would have arrived by now
+
+    rows = stack.reminders()
+    sent = max((row.sent_at for row in rows if row.sent_at is not None), default=healed_at)
+    last_sent = (sent - healed_at).total_seconds()
+    late = [
+        line
+        for line in json_lines(worker_log)
+        if line.get("event") == "tick.late" and line.get("actor") == SCAN_DUE_TASKS
+    ]
+    noticed = first_event(scheduler_log, "scheduler.broker_unavailable", cut_at)
+    print(
+        f"scheduler cut across a tick: its send failed "
+        f"{(noticed - tick).total_seconds() if noticed else float('nan'):.1f} s after the tick, "
+        f"sent {resent:.1f} s after the heal, "
+        f"{late[0]['late_ms'] / 1000 if late else '?'} s late; "
+        f"every reminder sent {last_sent:.1f} s after the heal"
+    )
+    names = [line.get("event") for line in json_lines(scheduler_log)]
+    assert names.count("scheduler.broker_unavailable") == 1, tail(scheduler_log)
+    # Sent late, by more than periodiq's 30 s, and run all the same.
+    assert len(late) == 1 and late[0]["late_ms"] > HEAL_AFTER_TICK * 1000, tail(worker_log)
+    # A retry of the send that met the cut's end, then the scan and the deliveries.
+    assert resent <= MAX_RETRY_SECONDS + PEER_TIMEOUT, resent
+    assert last_sent <= MAX_RETRY_SECONDS + PEER_TIMEOUT + SCAN_AND_SEND_SECONDS, last_sent
+    receipts = Counter(receiver.keys())
+    assert set(receipts) == {str(row.message_id) for row in rows}
+    assert set(receipts.values()) == {1}, receipts.most_common(3)
