@@ -508,7 +508,7 @@ class Gate:
                 args=[
                     self.namespace,
                     receiver,
-                    self.clock_ms(),
+                    self._now_ms(),
                     message.message_id,
                     parked_value(message, receiver),
                     self.queue_key,
