@@ -47,6 +47,8 @@ class DatabaseGate(Middleware):
         self._lock = threading.Lock()
         self._prober: int | None = None  # the thread that probes while the gate is closed
         self._closed_at = 0.0
+        self._opened_at = 0.0  # when the gate last opened again after an outage
+        self._attempt_began = threading.local()  # when this thread's attempt passed the gate
         self._stopping = False
 
     @property
@@ -61,11 +63,19 @@ class DatabaseGate(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is not None and database_unreachable(exception):
-            self.close(exception)
+        if exception is None or not database_unreachable(exception):
+            return
+        # An attempt that passed the gate before it last opened met the outage the probe has
+        # already seen the end of (a delivery in flight at a failover, whose receiver answered
+        # after that, fails its commit on a connection to the old server): nothing new to hold
+        # the process for. Only an attempt begun since can tell of a new outage.
+        if getattr(self._attempt_began, "value", 0.0) < self._opened_at:
+            return
+        self.close(exception)
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         self.wait_until_open()
+        self._attempt_began.value = time.monotonic()
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         # Let waiting threads go: their attempts fail on the outage and are put back, so the
@@ -114,6 +124,7 @@ class DatabaseGate(Middleware):
             except SQLAlchemyError:
                 delay = min(delay * 2, MAX_PROBE_SECONDS)
                 continue
-            outage = time.monotonic() - self._closed_at
+            self._opened_at = time.monotonic()
+            outage = self._opened_at - self._closed_at
             log.info("database.available", outage_ms=round(outage * 1000))
             self._open.set()
