@@ -14,7 +14,6 @@ from typing import Any
 from flask import Response, g, request
 from flask_openapi3 import Info, OpenAPI
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -62,7 +61,13 @@ from shared.delivery.webhooks import WebhookSender
 from shared.ops import activity
 from shared.ops.dead_letters import DeadLetterDesk
 from shared.ops.receivers import ReceiverView, receivers
-from shared.store.db import make_engine, make_session_factory, once_more_if_connection_lost, utcnow
+from shared.store.db import (
+    check_takes_writes,
+    make_engine,
+    make_session_factory,
+    once_more_if_connection_lost,
+    utcnow,
+)
 
 MAX_BODY_BYTES = 64 * 1024
 BODY_TOO_LARGE = f"the body is over {MAX_BODY_BYTES // 1024} KiB"
@@ -268,7 +273,7 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
     def readyz() -> Response:
         checks = {"database": "ok", "broker": "ok"}
         try:
-            once_more_if_connection_lost(_select_one)
+            once_more_if_connection_lost(lambda: check_takes_writes(engine))
         except Exception as exc:  # any failure means "not ready", and says which
             checks["database"] = type(exc).__name__
         try:
@@ -278,10 +283,6 @@ def create_app(settings: Settings, **runtime: Any) -> OpenAPI:
         ready = all(value == "ok" for value in checks.values())
         body = Readiness(status="ready" if ready else "unavailable", checks=checks)
         return json_response(body, 200 if ready else 503)
-
-    def _select_one() -> None:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
 
     registry = metrics_registry(broker)
 

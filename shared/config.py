@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.database_url import MULTI_HOST_FORM, sqlalchemy_database_url
 from shared.exit_status import ExitStatus
 
 DEFAULT_DATA_DIR = ".reminders"
@@ -134,7 +135,8 @@ class Settings(BaseModel):
     database_url: str = Field(
         default="",
         validation_alias="DATABASE_URL",
-        description="postgresql://..., postgresql+psycopg://... or sqlite:///path. "
+        description="postgresql://..., postgresql+psycopg://... or sqlite:///path; several "
+        f"PostgreSQL hosts (a primary and its standbys) as {MULTI_HOST_FORM}. "
         "Empty: a SQLite file in REMINDERS_DATA_DIR.",
     )
     redis_url: str = Field(
@@ -342,6 +344,7 @@ class Settings(BaseModel):
     def _known_database(cls, value: str) -> str:
         if value and not value.startswith(("postgres://", "postgresql", "sqlite")):
             raise ValueError("must start with postgresql://, postgresql+psycopg:// or sqlite:///")
+        sqlalchemy_database_url(value)  # one host or several: the hosts and ports make sense
         return value
 
     @field_validator("redis_url")
@@ -431,14 +434,11 @@ class Settings(BaseModel):
 
     @property
     def resolved_database_url(self) -> str:
-        """The SQLAlchemy URL: PostgreSQL always through psycopg 3; SQLite by default."""
-        url = self.database_url
-        if not url:
+        """The SQLAlchemy URL: PostgreSQL always through psycopg 3, one host or several
+        (`shared.database_url`); SQLite by default."""
+        if not self.database_url:
             return f"sqlite:///{(self.data_dir / 'reminders.db').resolve()}"
-        for prefix in ("postgres://", "postgresql://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix) :]
-        return url
+        return sqlalchemy_database_url(self.database_url)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Such tests never touch the shared servers: each starts its own under a temporary
 directory on a free port and stops it at the end. PostgreSQL runs as the ``postgres``
-user (it refuses to run as root) from a fresh ``initdb`` cluster.
+user (it refuses to run as root) from a fresh ``initdb`` cluster, or as a streaming
+standby of one.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
 
 from tests.processes import free_port
+from tests.tcp_proxy import TcpProxy
 
 
 def _postgres_bin(name: str) -> str:
@@ -35,30 +42,31 @@ class PrivatePostgres:
     """A PostgreSQL cluster of its own: ``stop(mode)`` and ``start()`` as often as needed.
 
     Its directory is a fresh one under the system's temporary directory (not pytest's,
-    which the ``postgres`` user cannot enter).
+    which the ``postgres`` user cannot enter). ``settings`` are more server settings
+    (``name=value``). With ``standby_of`` (a port on 127.0.0.1: a running server's, or a
+    proxy's in front of it), the cluster is a streaming standby of that server: a copy of it
+    taken by ``pg_basebackup -R``, which starts replicating from there when started.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *settings: str, standby_of: int | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="reminders-pg-"))
         self.data = self.root / "pgdata"
         self.port = free_port()
+        self.settings = settings
+        self.killed = False
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
+        if standby_of is None:
+            make = ["initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"]
+        else:
+            source = ["-h", "127.0.0.1", "-p", str(standby_of), "-U", "postgres"]
+            make = ["pg_basebackup", "-D", str(self.data), *source, "-R", "-X", "stream"]
+            make += ["--checkpoint=fast", "--no-sync"]
         subprocess.run(
-            _as_postgres(
-                [
-                    _postgres_bin("initdb"),
-                    "-D",
-                    str(self.data),
-                    "-A",
-                    "trust",
-                    "-U",
-                    "postgres",
-                    "--no-sync",
-                ]
-            ),
+            _as_postgres([_postgres_bin(make[0]), *make[1:]]),
             check=True,
             capture_output=True,
+            timeout=120,
         )
 
     @property
@@ -78,15 +86,54 @@ class PrivatePostgres:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
             "-c fsync=off -c full_page_writes=off -c max_connections=60"
         )
+        options += "".join(f" -c {setting}" for setting in self.settings)
         self._ctl("start", "-w", "-t", "30", "-o", options, "-l", str(self.root / "log"))
 
     def stop(self, mode: str = "fast") -> None:
         """``fast`` (clean shutdown) or ``immediate`` (as a crash: recovery at next start)."""
         self._ctl("stop", "-w", "-t", "30", "-m", mode)
 
+    def kill(self) -> None:
+        """SIGKILL the server and every process of it, as when its host dies: no backend
+        finishes what it was doing, no WAL goes out after this.
+
+        Each of its processes is in a process group of its own (PostgreSQL's children call
+        ``setsid``), and one left running would finish its statement, or stream WAL, after
+        the postmaster died; so every one is stopped first (the postmaster first, so that it
+        starts no more), then all are killed.
+        """
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        postmaster.suspend()
+        processes = [postmaster, *postmaster.children(recursive=True)]
+        for process in processes[1:]:
+            with suppress(psutil.NoSuchProcess):
+                process.suspend()
+        for process in processes:
+            with suppress(psutil.NoSuchProcess):
+                process.kill()
+        self.killed = True
+        deadline = time.monotonic() + 10
+        while any(_running(process) for process in processes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the killed PostgreSQL server is still running")
+            time.sleep(0.01)
+
+    def promote(self) -> None:
+        """A standby becomes a primary (``pg_ctl promote``), taking writes when this returns."""
+        self._ctl("promote", "-w", "-t", "30")
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """The rows of one statement ([] if it returns none), on a connection of its own
+        (autocommit)."""
+        conninfo = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
+            cursor = connection.execute(sql)
+            return cursor.fetchall() if cursor.description is not None else []
+
     def close(self) -> None:
-        with suppress(subprocess.CalledProcessError):  # already stopped
-            self.stop("immediate")
+        if not self.killed:
+            with suppress(subprocess.CalledProcessError):  # already stopped
+                self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -164,6 +211,14 @@ class PrivateRedis:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _running(process: psutil.Process) -> bool:
+    try:
+        # A zombie is dead, only not reaped yet by whoever adopted it.
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @contextmanager
 def private_postgres() -> Iterator[PrivatePostgres]:
     server = PrivatePostgres()
@@ -172,6 +227,60 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.close()
+
+
+@dataclass
+class ReplicatedPostgres:
+    """A primary and its streaming standby; ``link``, if any, is the proxy the standby's
+    replication connection goes through, which a test may cut."""
+
+    primary: PrivatePostgres
+    standby: PrivatePostgres
+    link: TcpProxy | None
+
+
+@contextmanager
+def private_replicated_postgres(
+    synchronous: bool, through_link: bool = False
+) -> Iterator[ReplicatedPostgres]:
+    """A primary and its streaming standby (``pg_basebackup -R``), both running.
+
+    ``synchronous``: the primary's commits wait until the standby has flushed them
+    (``synchronous_standby_names``); else replication is asynchronous, PostgreSQL's default.
+    ``through_link``: the standby replicates through a `TcpProxy` (``link``), else straight
+    from the primary's port.
+    """
+    primary = PrivatePostgres(*(["synchronous_standby_names='*'"] if synchronous else []))
+    servers = [primary]
+    link: TcpProxy | None = None
+    try:
+        primary.start()
+        if through_link:
+            link = TcpProxy(("127.0.0.1", primary.port))
+        standby = PrivatePostgres(standby_of=link.port if link else primary.port)
+        servers.append(standby)
+        standby.start()
+        wanted = "sync" if synchronous else "async"
+        deadline = time.monotonic() + 30
+        while primary.query("SELECT state, sync_state FROM pg_stat_replication") != [
+            ("streaming", wanted)
+        ]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the standby did not start streaming")
+            time.sleep(0.1)
+        yield ReplicatedPostgres(primary, standby, link)
+    finally:
+        for server in reversed(servers):
+            server.close()
+        if link is not None:
+            link.close()
+
+
+def multi_host_url(*servers: PrivatePostgres) -> str:
+    """``DATABASE_URL`` naming ``servers`` in libpq's multi-host form, to the one that takes
+    writes."""
+    hosts = ",".join(f"127.0.0.1:{server.port}" for server in servers)
+    return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
 
 
 @contextmanager

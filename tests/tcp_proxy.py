@@ -67,7 +67,11 @@ class TcpProxy:
             except OSError:
                 return  # the listener was closed by cut()
             self._keep_alive(client)
-            server = socket.create_connection(self.upstream)
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:  # the upstream server is down: refused, as it would refuse
+                client.close()
+                continue
             with self._lock:
                 self._sockets += [client, server]
             for source, target in ((client, server), (server, client)):

@@ -2,9 +2,10 @@
 
 An outage of the database is not a property of a reminder, so it must not use up the
 reminder's retries or end it in the dead-letter queue. When an attempt fails because the
-database is unreachable (`shared.store.db.database_unreachable`), the `DatabaseGate` closes: the
-worker's threads stop taking messages, one of them probes the database with backoff, and
-the gate opens again when the database answers. The attempt that met the outage is put
+database is unreachable (`shared.store.db.database_unreachable`, which includes a server that
+refuses writes: a standby, after a failover), the `DatabaseGate` closes: the worker's threads
+stop taking messages, one of them probes the database with backoff, and the gate opens again
+when the database answers and takes writes. The attempt that met the outage is put
 back on the queue without counting against ``REMINDERS_MAX_RETRIES``
 (``shared.broker.queue.OutageAwareRetries``). Messages wait in Redis meanwhile, costing nothing;
 when the database returns each is delivered once, as after any downtime.
@@ -17,11 +18,12 @@ import time
 from typing import Any
 
 from dramatiq import Middleware
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.logs import get_logger
-from shared.store.db import database_unreachable, once_more_if_connection_lost
+from shared.planning.rules import describe_error
+from shared.store.db import check_takes_writes, database_unreachable, once_more_if_connection_lost
 
 log = get_logger("worker")
 
@@ -45,6 +47,8 @@ class DatabaseGate(Middleware):
         self._lock = threading.Lock()
         self._prober: int | None = None  # the thread that probes while the gate is closed
         self._closed_at = 0.0
+        self._opened_at = 0.0  # when the gate last opened again after an outage
+        self._attempt_began = threading.local()  # when this thread's attempt passed the gate
         self._stopping = False
 
     @property
@@ -59,11 +63,19 @@ class DatabaseGate(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is not None and database_unreachable(exception):
-            self.close(exception)
+        if exception is None or not database_unreachable(exception):
+            return
+        # An attempt that passed the gate before it last opened met the outage the probe has
+        # already seen the end of (a delivery in flight at a failover, whose receiver answered
+        # after that, fails its commit on a connection to the old server): nothing new to hold
+        # the process for. Only an attempt begun since can tell of a new outage.
+        if getattr(self._attempt_began, "value", 0.0) < self._opened_at:
+            return
+        self.close(exception)
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         self.wait_until_open()
+        self._attempt_began.value = time.monotonic()
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         # Let waiting threads go: their attempts fail on the outage and are put back, so the
@@ -77,7 +89,9 @@ class DatabaseGate(Middleware):
                 return
             self._open.clear()
             self._closed_at = time.monotonic()
-        log.warning("database.unavailable", error_type=type(cause).__name__)
+        log.warning(
+            "database.unavailable", error_type=type(cause).__name__, error=describe_error(cause)
+        )
 
     def wait_until_open(self) -> None:
         """Return at once if the gate is open; else wait, one thread probing, until it opens."""
@@ -103,16 +117,14 @@ class DatabaseGate(Middleware):
             if self._stopping:
                 return
             try:
-                # A pooled connection that died in the outage fails once and takes the
-                # pool's other old ones with it; the second try opens a fresh one.
-                once_more_if_connection_lost(self._select_one)
+                # A pooled connection that died in the outage (or that reached a server
+                # since demoted to a standby) fails once and takes the pool's other old ones
+                # with it; the second try opens a fresh one, through libpq's hosts.
+                once_more_if_connection_lost(lambda: check_takes_writes(self.engine))
             except SQLAlchemyError:
                 delay = min(delay * 2, MAX_PROBE_SECONDS)
                 continue
-            outage = time.monotonic() - self._closed_at
+            self._opened_at = time.monotonic()
+            outage = self._opened_at - self._closed_at
             log.info("database.available", outage_ms=round(outage * 1000))
             self._open.set()
-
-    def _select_one(self) -> None:
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))

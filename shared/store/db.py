@@ -17,9 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
+import psycopg.errors
 from psycopg.pq import ExecStatus
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event, func, make_url, select
-from sqlalchemy.engine import Dialect
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    create_engine,
+    event,
+    func,
+    make_url,
+    select,
+    text,
+)
+from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.expression import ClauseElement, Executable
@@ -86,6 +97,7 @@ def make_engine(
     options.setdefault("max_overflow", 10)
     engine = create_engine(url, **options)
     _peer_timeouts_on_the_server(engine, keepalive_for(peer_timeout))
+    _read_only_server_is_lost(engine)
     return engine
 
 
@@ -133,6 +145,29 @@ def _peer_timeouts_on_the_server(engine: Engine, keepalive: Keepalive) -> None:
             statement += _SERVER_USER_TIMEOUT
         dbapi_connection.execute(statement, values)
         dbapi_connection.commit()
+
+
+def refuses_writes(error: BaseException | None) -> bool:
+    """Whether ``error`` is a server refusing a write: SQLSTATE 25006, ``cannot execute …
+    in a read-only transaction`` (or ``… during recovery``).
+
+    The service never opens a read-only transaction itself, so this means its connection
+    reached a server that is not the primary (any more): a standby, a primary demoted or
+    fenced read-only (``default_transaction_read_only``) for a switchover. Such a connection
+    counts as lost: the pool lets go of it and of its others (opened to the same server),
+    and the next one goes through libpq's hosts again, to the one that takes writes
+    (``target_session_attrs=read-write``).
+    """
+    return isinstance(error, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def _read_only_server_is_lost(engine: Engine) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # SQLAlchemy then invalidates the connection and the pool, as for a disconnect, and
+        # the error it raises says connection_invalidated.
+        if refuses_writes(context.original_exception):
+            context.is_disconnect = True
 
 
 def _serialize_sqlite_writers(engine: Engine) -> None:
@@ -201,10 +236,11 @@ def _driver_cursor(engine: Engine) -> Iterator[psycopg.Cursor[Any]]:
     its parameter and row adapters again.
 
     A psycopg error is raised as SQLAlchemy's ``DBAPIError`` subclass. A lost connection
-    marks every pooled connection as old, as SQLAlchemy does (they were all opened to the
-    same server), so the next checkout opens a fresh one instead of finding the next dead
-    one. Back in the pool, what was not committed is rolled back. A connection that cannot
-    be opened (the pool does not wrap that error) is raised as ``DBAPIError`` too.
+    (or one to a server that refuses writes, `refuses_writes`) marks every pooled connection
+    as old, as SQLAlchemy does (they were all opened to the same server), so the next
+    checkout opens a fresh one instead of finding the next dead one. Back in the pool, what
+    was not committed is rolled back. A connection that cannot be opened (the pool does not
+    wrap that error) is raised as ``DBAPIError`` too.
     """
     try:
         pooled = engine.raw_connection()
@@ -219,7 +255,9 @@ def _driver_cursor(engine: Engine) -> Iterator[psycopg.Cursor[Any]]:
                 cursor = pooled.info[_KEPT_CURSOR] = driver.cursor()
             yield cursor
         except psycopg.Error as exc:
-            lost = driver.closed or driver.broken  # as SQLAlchemy's psycopg dialect tells
+            # As SQLAlchemy's psycopg dialect tells a lost connection, and a server that
+            # takes no writes as `_read_only_server_is_lost` does.
+            lost = driver.closed or driver.broken or refuses_writes(exc)
             if lost:
                 engine.pool._invalidate(pooled, exc)  # what a SQLAlchemy Connection calls
             raise DBAPIError.instance(
@@ -272,6 +310,31 @@ def hot_statement(
                 driver.autocommit = False  # as the pool's other users expect it
 
 
+def check_takes_writes(engine: Engine) -> None:
+    """One round trip that succeeds only if the database answers and would take a write.
+
+    On PostgreSQL a server whose transactions are read-only (a standby, or a primary set
+    read-only) fails it as a refused write does (`refuses_writes`): its connection and the
+    pool's others are let go, so a second try opens a fresh one through libpq's hosts.
+
+    Raises:
+        DBAPIError: the database cannot be reached or takes no writes
+            (`database_unreachable` is true of it).
+    """
+    if engine.dialect.name != "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return
+    with _driver_cursor(engine) as cursor:
+        cursor.execute(_READ_ONLY)
+        if cursor.fetchone() == ("on",):
+            raise psycopg.errors.ReadOnlySqlTransaction(
+                "the server takes no writes (a standby, or set read-only)"
+            )
+
+
+_READ_ONLY = "SELECT pg_catalog.current_setting('transaction_read_only')"
+
 T = TypeVar("T")
 
 
@@ -298,16 +361,17 @@ def database_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database is unreachable, not that it refused a statement.
 
     True for a connection that could not be opened or was lost (refused, reset, server shut
-    down or restarting); False for anything the server answered — a deadlock, a constraint,
-    bad SQL — and for SQLite, whose database is a local file.
+    down or restarting), or that reached a server that refuses writes (`refuses_writes`: a
+    standby, after a failover); False for anything else the server answered — a deadlock, a
+    constraint, bad SQL — and for SQLite, whose database is a local file.
     """
     if not isinstance(exc, DBAPIError):
         return False
     if exc.connection_invalidated:
         return True
     orig = exc.orig
-    if isinstance(orig, psycopg.InterfaceError):
-        return True  # "the connection is closed"
+    if isinstance(orig, psycopg.InterfaceError) or refuses_writes(orig):
+        return True  # "the connection is closed"; a standby's "read-only transaction"
     if isinstance(orig, psycopg.OperationalError):
         return orig.sqlstate is None or orig.sqlstate.startswith(_UNREACHABLE_SQLSTATES)
     return False
