@@ -78,10 +78,13 @@ local receivers = ns .. ':gate:receivers'
 -- day after its last request: deleted and idle endpoints do not stay in Redis for good.
 local STATE_TTL_MS = 86400000
 
+-- Put a woken message at the head of the queue, the next one taken: it has waited its turn
+-- already, and it holds a slot reserved for it (so no more than the receivers' limits ever
+-- go ahead of newcomers this way).
 local function push(queue, value)
   local bid = string.sub(value, 1, 32)
   redis.call('HSET', queue .. '.msgs', bid, string.sub(value, 33))
-  redis.call('RPUSH', queue, bid)
+  redis.call('LPUSH', queue, bid)
 end
 
 -- Wake the oldest message waiting for a thread of the slow lane, with a slot of its receiver
@@ -109,19 +112,19 @@ end
 -- Wake up to n messages parked on the list parked_key, each with a slot reserved for it
 -- in leases_key.
 local function wake_from(parked_key, leases_key, n, queue, wake_lease)
-  local woken = 0
-  while woken < n do
+  local values = {}
+  while #values < n do
     local token = redis.call('LPOP', parked_key)
     if not token then break end
     local value = redis.call('HGET', parked_msgs, token)
     if value then
       redis.call('HDEL', parked_msgs, token)
-      push(queue, value)
       redis.call('ZADD', leases_key, now + wake_lease, token)
-      woken = woken + 1
+      values[#values + 1] = value
     end
   end
-  return woken
+  for i = #values, 1, -1 do push(queue, values[i]) end  -- the oldest at the very head
+  return #values
 end
 
 -- Wake up to n parked messages of this receiver.

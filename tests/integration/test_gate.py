@@ -27,6 +27,7 @@ from shared.broker.gate import (
     Gate,
     Limits,
     Verdict,
+    parked_value,
 )
 from shared.broker.redis_broker import decode_message
 from tests.conftest import REDIS_URL
@@ -135,6 +136,35 @@ def test_a_full_receiver_parks_and_its_next_free_slot_wakes_the_oldest(
     # The freed slot is the woken message's: a newcomer waits behind the fourth.
     assert gate.admit("endpoint:a", TWO, reminder()).verdict is Verdict.PARKED
     assert gate.admit("endpoint:a", TWO, woken).verdict is Verdict.ADMITTED
+
+
+def test_woken_reminders_go_to_the_head_of_the_queue(
+    gate: Gate, client: Any, redis_namespace: str
+) -> None:
+    """They have waited their turn already: a backlog that came after them (another user's
+    burst, the rest of a flood) does not hold them, nor the slots reserved for them. One
+    release's wakes keep their order; a later release's go ahead of them (a few, each
+    holding a slot, so all are taken within moments)."""
+    prove(gate, "endpoint:a", TWO)
+    held = [reminder() for _ in range(2)]
+    waiting = [reminder() for _ in range(2)]
+    for message in held:
+        assert gate.admit("endpoint:a", TWO, message).verdict is Verdict.ADMITTED
+    for message in waiting:
+        assert gate.admit("endpoint:a", TWO, message).verdict is Verdict.PARKED
+    backlog = reminder()
+    value = parked_value(backlog, "endpoint:b")
+    client.hset(f"{redis_namespace}:{QUEUE}.msgs", value[:32], value[32:])
+    client.rpush(f"{redis_namespace}:{QUEUE}", value[:32])
+
+    for message in held:
+        gate.release("endpoint:a", message.message_id, duration_ms=20)
+
+    assert [message.message_id for message in queued(client, redis_namespace)] == [
+        waiting[1].message_id,  # woken by the second release: pushed last, so first
+        waiting[0].message_id,
+        backlog.message_id,
+    ]
 
 
 def test_a_lease_whose_worker_died_expires_and_the_sweep_wakes_who_waited(
