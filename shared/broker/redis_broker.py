@@ -639,31 +639,42 @@ def pending_message_ids(broker: RedisBroker, queue_name: str) -> set[str]:
 
 
 def run_maintenance(
-    broker: RedisBroker, queue_name: str, clock: Callable[[], int] = current_millis
+    broker: RedisBroker, *queue_names: str, clock: Callable[[], int] = current_millis
 ) -> None:
     """Give back messages held by dead workers and expire old dead letters, now.
 
     Dramatiq does this only on a random 0.1% of broker calls, which can leave a SIGKILLed
-    worker's messages stranded for many minutes; the producer calls this on every scan.
-    ``clock`` (milliseconds since the epoch) is the time the heartbeats and dead letters'
-    ages are judged at; Dramatiq stamps both with the same clock.
+    worker's messages stranded for many minutes; every worker process calls this each
+    second (`shared.broker.heartbeat.Heartbeat`), and the producer on every scan. One call
+    of Dramatiq's ``dispatch`` script with maintenance on per queue of ``queue_names`` and
+    per delay queue, in one round trip; as every Dramatiq call, it also stamps ``broker``'s
+    own heartbeat. ``clock`` (milliseconds since the epoch) is the time the heartbeats and
+    dead letters' ages are judged at, and this instance stamped with; Dramatiq stamps both
+    with the same clock.
+
+    Raises:
+        redis.RedisError: Redis did not answer (a lost connection among others).
     """
     dispatch = broker.scripts["dispatch"]
     now_ms = clock()
-    for name in (queue_name, dq_name(queue_name)):
-        dispatch(
-            args=[
-                "qsize",
-                now_ms,
-                name,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                1,  # do maintenance
-                broker._max_unpack_size(),
-            ],
-            keys=[broker.namespace],
-        )
+    with _client(broker).pipeline(transaction=False) as pipe:
+        for queue_name in queue_names:
+            for name in (queue_name, dq_name(queue_name)):
+                dispatch(
+                    keys=[broker.namespace],
+                    args=[
+                        "qsize",
+                        now_ms,
+                        name,
+                        broker.broker_id,
+                        broker.heartbeat_timeout,
+                        broker.dead_message_ttl,
+                        1,  # do maintenance
+                        broker._max_unpack_size(),
+                    ],
+                    client=pipe,
+                )
+        pipe.execute()
 
 
 @dataclass(frozen=True)
