@@ -29,6 +29,13 @@ THIRTY_DAYS = 30 * 24 * 3600
 # answer here, well below TCP's own minutes.
 DEFAULT_PEER_TIMEOUT_SECONDS = 5
 
+# REMINDERS_HEARTBEAT_TIMEOUT_MS's default: three times the peer timeout's. A worker that
+# loses Redis gives the connection up after the peer timeout and is connected again within
+# a second or two of Redis answering, so a cut of up to about ten seconds leaves it its
+# messages; a worker killed or cut off for longer has them given back within this plus a
+# second. A healthy worker, however busy, is never silent half a second (bench/README.md).
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 15_000
+
 # minute, hour, day of month, month, day of week (0 and 7 are Sunday)
 CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
@@ -229,11 +236,12 @@ class Settings(BaseModel):
         "failure record regardless.",
     )
     heartbeat_timeout_ms: int = Field(
-        default=60_000,
+        default=DEFAULT_HEARTBEAT_TIMEOUT_MS,
         ge=1000,
         validation_alias="REMINDERS_HEARTBEAT_TIMEOUT_MS",
-        description="A worker silent this long is presumed dead and its unacked "
-        "messages are given back by the broker.",
+        description="A worker process silent this long (no call to Redis: it beats every "
+        "second) is presumed dead, and the messages it fetched and did not finish go back "
+        "on the queue for the others.",
     )
     peer_timeout_seconds: int = Field(
         default=DEFAULT_PEER_TIMEOUT_SECONDS,

@@ -24,6 +24,7 @@ from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
 from shared.broker.connection import redis_client, redis_options
+from shared.broker.heartbeat import Heartbeat
 from shared.broker.redis_broker import (
     OWNER,
     BatchedDelayHandOver,
@@ -78,7 +79,9 @@ def make_broker(
     Callbacks and Pipelines act only on options no actor or message here sets (``max_age``,
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
     hooks on every message. `BatchedDelayHandOver` moves due delayed messages to their
-    queue in batches (Dramatiq's worker does it one round trip at a time). The broker's
+    queue in batches (Dramatiq's worker does it one round trip at a time). `Heartbeat`
+    beats a worker process's heartbeat every second, however busy its threads, and gives
+    back what silent processes held (Dramatiq leaves both to chance). The broker's
     client is `redis_client`'s for ``REDIS_URL`` (a Sentinel set's follows its primary; a
     silent server is given up after ``REMINDERS_PEER_TIMEOUT``);
     passing ``client`` (e.g. a fakeredis client) replaces it; ``ack_linger_seconds`` lets
@@ -102,6 +105,7 @@ def make_broker(
     )
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(BatchedDelayHandOver())
+    broker.add_middleware(Heartbeat())
     return broker
 
 

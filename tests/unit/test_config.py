@@ -124,6 +124,7 @@ def test_environment_values_are_read_by_variable_name() -> None:
         ({"REMINDERS_HORIZON": "60"}, "REMINDERS_HORIZON"),
         ({"REMINDERS_HISTORY_DAYS": "7"}, "REMINDERS_HISTORY_DAYS"),
         ({"REMINDERS_LOG_FORMAT": "xml"}, "REMINDERS_LOG_FORMAT"),
+        ({"REMINDERS_HEARTBEAT_TIMEOUT_MS": "500"}, "REMINDERS_HEARTBEAT_TIMEOUT_MS"),
     ],
 )
 def test_bad_variable_is_named_in_the_error(environ: dict[str, str], variable: str) -> None:
