@@ -494,7 +494,8 @@ def _acknowledge(broker: GroupAckRedisBroker, thread: Any, messages: list[Messag
 
 
 class _GroupAckConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer, with acknowledgements sent as a group (`AckGroup`).
+    """Dramatiq's Redis consumer, with acknowledgements sent as a group (`AckGroup`), and a
+    delay queue's held messages taken back after a lost connection.
 
     Dramatiq acknowledges each processed message from the worker thread that processed it,
     one script call and one Redis round trip per message. Here the ids go to the broker's
@@ -502,12 +503,21 @@ class _GroupAckConsumer(_RedisConsumer):
     acknowledgement never reached Redis (the process was killed) is given back by
     maintenance and delivered again; delivery is idempotent in the database, so that costs
     a no-op, not a duplicate.
+
+    A delay queue's consumer keeps the delayed messages it fetched in its thread's memory
+    until they are due. When its connection is lost Dramatiq's consumer thread drops them
+    and starts afresh, but Redis still counts them fetched by this live instance, which
+    maintenance never gives back: they would wait for the process to end. The consumer that
+    takes over (`_reclaim`, before its first fetch) puts them back on the delay queue.
     """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._acks = self.broker.ack_group(self.queue_name)
         self._set_aside_script = _client(self.broker).register_script(_SET_ASIDE)
+        # A delay queue's consumer starts with its thread's delayed messages dropped.
+        self._reclaim_script = _client(self.broker).register_script(_RECLAIM)
+        self._reclaimed = not self.queue_name.endswith(".DQ")
 
     def __next__(self) -> MessageProxy | None:
         """The next message, or None after an idle wait; as Dramatiq's, except for bodies
@@ -530,6 +540,8 @@ class _GroupAckConsumer(_RedisConsumer):
                 fetched: list[bytes | None] = []
                 if self.outstanding_message_count < self.prefetch:
                     sent_at = time.monotonic()
+                    if not self._reclaimed:
+                        self._reclaim()
                     self.message_cache = fetched = self.broker.do_fetch(
                         self.queue_name, self.prefetch - self.outstanding_message_count
                     )
@@ -590,10 +602,42 @@ class _GroupAckConsumer(_RedisConsumer):
             self.queued_message_ids.discard(message.message_id)
         self._acks.add([message.options["redis_message_id"] for message in messages])
 
+    def _reclaim(self) -> None:
+        """Put back on this delay queue every message this instance fetched from it: none
+        is held in memory any more (see the class). Raises what the script call raises."""
+        broker: RedisBroker = self.broker
+        namespace = broker.namespace
+        count = self._reclaim_script(
+            keys=[
+                f"{namespace}:__acks__.{broker.broker_id}.{self.queue_name}",
+                f"{namespace}:{self.queue_name}",
+                f"{namespace}:{self.queue_name}.msgs",
+            ]
+        )
+        self._reclaimed = True
+        if count:
+            log.info("broker.delayed_reclaimed", queue=self.queue_name, count=count)
+
     def close(self) -> None:
         """Send the acknowledgements still waiting (the worker is stopping, or this consumer
         is replaced after a lost connection)."""
         self._acks.flush()
+
+
+# Dramatiq's requeue (dispatch.lua) of every id of a consumer's set of fetched, unacknowledged
+# ids. KEYS: that set, the queue's list, the queue's messages hash. Returns how many went back.
+_RECLAIM = """
+local ids = redis.call("smembers", KEYS[1])
+local count = 0
+for _, broker_id in ipairs(ids) do
+    if redis.call("hexists", KEYS[3], broker_id) > 0 then
+        redis.call("rpush", KEYS[2], broker_id)
+        count = count + 1
+    end
+end
+redis.call("del", KEYS[1])
+return count
+"""
 
 
 # Finds the entry of an undecodable body among a consumer's fetched, unacknowledged ids and

@@ -612,6 +612,47 @@ def test_due_delayed_messages_are_each_processed_once_and_the_not_due_are_held(
     assert len(pending_message_ids(broker, QUEUE_NAME)) == 300
 
 
+@pytest.mark.slow
+def test_delayed_messages_held_through_a_lost_connection_still_go_out(
+    brokers: BrokerFactory,
+) -> None:
+    """A worker whose delay-queue consumer loses Redis drops the delayed messages it held in
+    memory (Dramatiq's consumer thread starts afresh); they stay fetched by this live instance
+    in Redis, which maintenance never gives back. Its restarted consumer takes them back.
+
+    Real time: the messages are released by the worker's own clock, after a reconnection."""
+    server = urlsplit(REDIS_URL)
+    proxy = TcpProxy((server.hostname or "127.0.0.1", server.port or 6379))
+    try:
+        broker = brokers(redis_url=server._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+        processed: list[int] = []
+
+        @dramatiq.actor(broker=broker, queue_name=QUEUE_NAME, actor_name="record")
+        def record(number: int) -> None:
+            processed.append(number)
+
+        direct = brokers()
+        eta = current_millis() + 3000
+        enqueue_batch(direct, [recorded(n, dq_name(QUEUE_NAME), eta=eta) for n in range(3)])
+
+        def held() -> bool:  # fetched from the delay queue, waiting in the worker's memory
+            return direct.client.llen(f"{direct.namespace}:{dq_name(QUEUE_NAME)}") == 0
+
+        with worker_until(broker, held, seconds=10):
+            assert held()
+            proxy.cut()
+            time.sleep(0.5)  # every consumer meets the lost connection
+            proxy.restore()
+            deadline = time.monotonic() + 20
+            while len(processed) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        proxy.close()
+
+    assert sorted(processed) == [0, 1, 2]
+    assert queue_depth(direct, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
+
+
 # -- acknowledgements, sent in groups ----------------------------------------------------------
 
 
