@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,11 +20,13 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
 from shared.broker.connection import redis_client, redis_options
 from shared.broker.heartbeat import Heartbeat
+from shared.broker.reachability import LOST_CONNECTION
 from shared.broker.redis_broker import (
     OWNER,
     BatchedDelayHandOver,
@@ -46,13 +48,30 @@ SCAN_DUE_TASKS = "scan_due_tasks"
 
 
 class OutageAwareRetries(Retries):
-    """Dramatiq's Retries, except for an attempt that failed because the database is down.
+    """Dramatiq's Retries, except for an attempt that failed because the database is down,
+    and a retry that cannot reach Redis.
 
-    Such an attempt says nothing about the reminder, so it is put back on the queue after
-    ``min_backoff`` without counting against ``max_retries``; the worker's
-    ``workers.outage.DatabaseGate`` meanwhile holds every message until the database
-    answers. Every other failure is counted and backed off as Dramatiq does.
+    An attempt that met a database outage says nothing about the reminder, so it is put
+    back on the queue after ``min_backoff`` without counting against ``max_retries``; the
+    worker's ``workers.outage.DatabaseGate`` meanwhile holds every message until the
+    database answers. Every other failure is counted and backed off as Dramatiq does.
+
+    The retry is enqueued before the attempt's message is acknowledged. Dramatiq's Retries
+    lets a lost Redis connection escape from that enqueue (logged, nothing more), and the
+    message is then acknowledged once Redis answers: the retry is lost, and the reminder
+    waits for the producer's lost-message check (``REMINDERS_REQUEUE_AFTER``). Here the
+    thread tries the enqueue again every `RETRY_ENQUEUE_SECONDS` until Redis answers, as
+    Dramatiq's worker does with an acknowledgement (a host cut off from both its database
+    and Redis retries its attempts in flight once it is back), and gives up only when the
+    worker stops.
     """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._stopping = False
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self._stopping = True
 
     def after_process_message(
         self,
@@ -62,11 +81,39 @@ class OutageAwareRetries(Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None or not database_unreachable(exception):
-            super().after_process_message(broker, message, result=result, exception=exception)
+        if exception is None:
+            return
+        patient = _PatientEnqueue(broker, lambda: self._stopping)
+        if not database_unreachable(exception):
+            super().after_process_message(patient, message, result=result, exception=exception)
             return
         message.options["requeue_timestamp"] = int(time.time() * 1000)
-        broker.enqueue(message, delay=self.min_backoff)
+        patient.enqueue(message, delay=self.min_backoff)
+
+
+RETRY_ENQUEUE_SECONDS = 1.0  # as a consumer's reconnection (``dramatiq_restart_delay``)
+_REDIS_UNREACHABLE: tuple[type[Exception], ...] = (*LOST_CONNECTION, BrokerConnectionError)
+
+
+class _PatientEnqueue:
+    """``broker`` whose ``enqueue`` waits for a lost Redis to answer (see `OutageAwareRetries`)
+    until ``stopping()``; everything else is the broker's."""
+
+    def __init__(self, broker: Any, stopping: Callable[[], bool]) -> None:
+        self._broker = broker
+        self._stopping = stopping
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        while True:
+            try:
+                return self._broker.enqueue(message, delay=delay)
+            except _REDIS_UNREACHABLE:
+                if self._stopping():
+                    raise
+                time.sleep(RETRY_ENQUEUE_SECONDS)
 
 
 def make_broker(

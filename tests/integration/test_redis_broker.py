@@ -653,6 +653,44 @@ def test_delayed_messages_held_through_a_lost_connection_still_go_out(
     assert queue_depth(direct, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
 
 
+# -- retries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_retry_that_cannot_reach_redis_is_enqueued_once_redis_answers(
+    brokers: BrokerFactory,
+) -> None:
+    """An attempt fails while the worker's Redis connection is cut: its retry goes on the
+    queue when Redis answers again, instead of being lost with the failed attempt's
+    acknowledgement (the reminder would then wait for the producer's lost-message check).
+
+    Real time: Redis is unreachable for a second, and the retry waits out its backoff."""
+    server = urlsplit(REDIS_URL)
+    proxy = TcpProxy((server.hostname or "127.0.0.1", server.port or 6379))
+    try:
+        broker = brokers(redis_url=server._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+        attempts: list[int] = []
+
+        @dramatiq.actor(broker=broker, queue_name=QUEUE_NAME, actor_name="record")
+        def record(number: int) -> None:
+            attempts.append(number)
+            if len(attempts) == 1:
+                proxy.cut()  # the host loses Redis as its attempt fails
+                threading.Timer(1.0, proxy.restore).start()
+                raise RuntimeError("a transient failure")
+
+        direct = brokers()
+        enqueue_batch(direct, [recorded(5)])
+        with worker_until(broker, lambda: len(attempts) >= 2, seconds=30):
+            pass
+    finally:
+        proxy.close()
+
+    assert attempts == [5, 5]
+    assert in_flight_within(direct, 0) == 0
+    assert queue_depth(direct, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
+
+
 # -- acknowledgements, sent in groups ----------------------------------------------------------
 
 
