@@ -36,6 +36,12 @@ DEFAULT_PEER_TIMEOUT_SECONDS = 5
 # second. A healthy worker, however busy, is never silent half a second (bench/README.md).
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 15_000
 
+# REMINDERS_PREFETCH_PER_THREAD's default. Measured (bench/README.md): a worker group's rate
+# to a receiver that answers at once is the same at 1, 2, 4 and 16 per thread, and its
+# no-op ceiling at 4 is 0.93 of 16's; a slow or cut-off process holds a quarter of what 16
+# made it hold, and a few messages per thread still hide a far Redis's round trip.
+DEFAULT_PREFETCH_PER_THREAD = 4
+
 # minute, hour, day of month, month, day of week (0 and 7 are Sunday)
 CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
@@ -242,6 +248,15 @@ class Settings(BaseModel):
         description="A worker process silent this long (no call to Redis: it beats every "
         "second) is presumed dead, and the messages it fetched and did not finish go back "
         "on the queue for the others.",
+    )
+    prefetch_per_thread: int = Field(
+        default=DEFAULT_PREFETCH_PER_THREAD,
+        ge=1,
+        le=1000,
+        validation_alias="REMINDERS_PREFETCH_PER_THREAD",
+        description="Reminders each worker process fetches ahead of its threads, per thread: "
+        "what a slow or cut-off process holds back from the others is at most this many "
+        "per thread.",
     )
     peer_timeout_seconds: int = Field(
         default=DEFAULT_PEER_TIMEOUT_SECONDS,

@@ -494,8 +494,9 @@ def _acknowledge(broker: GroupAckRedisBroker, thread: Any, messages: list[Messag
 
 
 class _GroupAckConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer, with acknowledgements sent as a group (`AckGroup`), and a
-    delay queue's held messages taken back after a lost connection.
+    """Dramatiq's Redis consumer, with acknowledgements sent as a group (`AckGroup`), a full
+    window refilled as soon as a thread frees room, and a delay queue's held messages taken
+    back after a lost connection.
 
     Dramatiq acknowledges each processed message from the worker thread that processed it,
     one script call and one Redis round trip per message. Here the ids go to the broker's
@@ -503,6 +504,14 @@ class _GroupAckConsumer(_RedisConsumer):
     acknowledgement never reached Redis (the process was killed) is given back by
     maintenance and delivered again; delivery is idempotent in the database, so that costs
     a no-op, not a duplicate.
+
+    A consumer holds at most ``prefetch`` messages fetched and not yet acknowledged (its
+    window). Dramatiq's, when the window is full, sleeps in the back-off it uses for an empty
+    queue (up to the worker timeout) before it looks again, so threads idle while it sleeps
+    unless the window is much larger than the threads; here it waits for the next
+    acknowledgement instead, and fetches at once. A small window then costs little
+    throughput, and a slow or cut-off process holds little work
+    (``REMINDERS_PREFETCH_PER_THREAD``).
 
     A delay queue's consumer keeps the delayed messages it fetched in its thread's memory
     until they are due. When its connection is lost Dramatiq's consumer thread drops them
@@ -515,6 +524,7 @@ class _GroupAckConsumer(_RedisConsumer):
         super().__init__(*args)
         self._acks = self.broker.ack_group(self.queue_name)
         self._set_aside_script = _client(self.broker).register_script(_SET_ASIDE)
+        self._room = threading.Event()  # set when an acknowledgement frees room in the window
         # A delay queue's consumer starts with its thread's delayed messages dropped.
         self._reclaim_script = _client(self.broker).register_script(_RECLAIM)
         self._reclaimed = not self.queue_name.endswith(".DQ")
@@ -537,15 +547,18 @@ class _GroupAckConsumer(_RedisConsumer):
                         continue
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
-                fetched: list[bytes | None] = []
-                if self.outstanding_message_count < self.prefetch:
-                    sent_at = time.monotonic()
-                    if not self._reclaimed:
-                        self._reclaim()
-                    self.message_cache = fetched = self.broker.do_fetch(
-                        self.queue_name, self.prefetch - self.outstanding_message_count
-                    )
-                    self.broker.reachability.answered()
+                self._room.clear()
+                if self.outstanding_message_count >= self.prefetch:
+                    # The window is full: fetch as soon as a thread frees room in it.
+                    self._room.wait(self.timeout / 1000)
+                    return None
+                sent_at = time.monotonic()
+                if not self._reclaimed:
+                    self._reclaim()
+                self.message_cache = fetched = self.broker.do_fetch(
+                    self.queue_name, self.prefetch - self.outstanding_message_count
+                )
+                self.broker.reachability.answered()
                 if not fetched:
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
                     time.sleep(backoff_ms / 1000)
@@ -600,7 +613,14 @@ class _GroupAckConsumer(_RedisConsumer):
         again what a connection error kept waiting."""
         for message in messages:
             self.queued_message_ids.discard(message.message_id)
+        self._room.set()
         self._acks.add([message.options["redis_message_id"] for message in messages])
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)
+        finally:
+            self._room.set()
 
     def _reclaim(self) -> None:
         """Put back on this delay queue every message this instance fetched from it: none
