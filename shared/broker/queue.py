@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 from dramatiq.errors import BrokerConnectionError
@@ -32,6 +33,7 @@ from shared.broker.redis_broker import (
     BatchedDelayHandOver,
     GroupAckRedisBroker,
     enqueue_batch,
+    enqueue_before_ack,
     interleave_owners,
 )
 from shared.config import Settings
@@ -59,19 +61,11 @@ class OutageAwareRetries(Retries):
     The retry is enqueued before the attempt's message is acknowledged. Dramatiq's Retries
     lets a lost Redis connection escape from that enqueue (logged, nothing more), and the
     message is then acknowledged once Redis answers: the retry is lost, and the reminder
-    waits for the producer's lost-message check (``REMINDERS_REQUEUE_AFTER``). Here the
-    thread tries the enqueue again every `RETRY_ENQUEUE_SECONDS` until Redis answers, as
-    Dramatiq's worker does with an acknowledgement (a host cut off from both its database
-    and Redis retries its attempts in flight once it is back), and gives up only when the
-    worker stops.
+    waits for the producer's lost-message check (``REMINDERS_REQUEUE_AFTER``). Here such a
+    retry goes with the acknowledgement instead (`enqueue_before_ack`): both wait for Redis
+    to answer, the retry first; the worker thread goes on (a host cut off from both its
+    database and Redis retries its attempts in flight once it is back).
     """
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self._stopping = False
-
-    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        self._stopping = True
 
     def after_process_message(
         self,
@@ -83,37 +77,43 @@ class OutageAwareRetries(Retries):
     ) -> None:
         if exception is None:
             return
-        patient = _PatientEnqueue(broker, lambda: self._stopping)
+        retrying = _RetryEnqueue(broker, message)
         if not database_unreachable(exception):
-            super().after_process_message(patient, message, result=result, exception=exception)
+            super().after_process_message(retrying, message, result=result, exception=exception)
             return
         message.options["requeue_timestamp"] = int(time.time() * 1000)
-        patient.enqueue(message, delay=self.min_backoff)
+        retrying.enqueue(message, delay=self.min_backoff)
 
 
-RETRY_ENQUEUE_SECONDS = 1.0  # as a consumer's reconnection (``dramatiq_restart_delay``)
 _REDIS_UNREACHABLE: tuple[type[Exception], ...] = (*LOST_CONNECTION, BrokerConnectionError)
 
 
-class _PatientEnqueue:
-    """``broker`` whose ``enqueue`` waits for a lost Redis to answer (see `OutageAwareRetries`)
-    until ``stopping()``; everything else is the broker's."""
+class _RetryEnqueue:
+    """``broker`` whose ``enqueue`` of the retry of ``attempt`` is left to the attempt's
+    acknowledgement when Redis cannot be reached (see `OutageAwareRetries`); everything
+    else is the broker's."""
 
-    def __init__(self, broker: Any, stopping: Callable[[], bool]) -> None:
+    def __init__(self, broker: Any, attempt: MessageProxy) -> None:
         self._broker = broker
-        self._stopping = stopping
+        self._attempt = attempt
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._broker, name)
 
     def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
-        while True:
+        if not broker_down(self._broker):  # else no connection attempt to wait out first
             try:
                 return self._broker.enqueue(message, delay=delay)
             except _REDIS_UNREACHABLE:
-                if self._stopping():
-                    raise
-                time.sleep(RETRY_ENQUEUE_SECONDS)
+                pass
+        enqueue_before_ack(self._attempt, message.copy(), delay)
+        return None
+
+
+def broker_down(broker: Any) -> bool:
+    """Whether ``broker``'s consumers have lost Redis and not reached it again since."""
+    reachability = getattr(broker, "reachability", None)
+    return reachability is not None and reachability.down
 
 
 def make_broker(

@@ -271,6 +271,10 @@ class AckGroup:
     worker closing its consumers sends what waits (`flush`). Without one, the first thread
     to add ids sends them, with every id other threads add meanwhile, until none is left;
     the others go on.
+
+    An acknowledgement may come with an enqueue that must reach Redis first (the retry of a
+    failed attempt that could not be enqueued then: `enqueue_before_ack`): it is made before
+    any acknowledgement added with or after it, and waits with them for Redis to answer.
     """
 
     def __init__(self, broker: GroupAckRedisBroker, queue_name: str) -> None:
@@ -279,6 +283,7 @@ class AckGroup:
         self._linger = broker.ack_linger_seconds
         self._lock = threading.Lock()
         self._waiting: list[str] = []
+        self._enqueues: list[tuple[Message[Any], int | None]] = []
         self._sending = False
         self._wake = threading.Event()
         self._sender: threading.Thread | None = None
@@ -294,8 +299,13 @@ class AckGroup:
         """Whether a group is on its way to Redis."""
         return self._sending
 
-    def add(self, broker_ids: Sequence[str]) -> None:
-        """Acknowledge ``broker_ids``: now (no linger), or within the linger.
+    def add(
+        self,
+        broker_ids: Sequence[str],
+        enqueues: Sequence[tuple[Message[Any], int | None]] = (),
+    ) -> None:
+        """Acknowledge ``broker_ids``: now (no linger), or within the linger; first enqueue
+        each message of ``enqueues`` with its delay (milliseconds or None).
 
         Raises:
             ConnectionClosed: no linger, and Redis could not be reached; the ids stay
@@ -303,6 +313,7 @@ class AckGroup:
                 after a pause).
         """
         with self._lock:
+            self._enqueues.extend(enqueues)
             self._waiting.extend(broker_ids)
             if self._linger:
                 if self._sender is None:
@@ -350,20 +361,35 @@ class AckGroup:
                 return
             self._sending = True
         group: list[str] = []
+        enqueues: list[tuple[Message[Any], int | None]] = []
         try:
             while True:
                 with self._lock:
+                    enqueues, self._enqueues = self._enqueues, []
                     group = self._waiting[:ACK_GROUP_MAX]
                     del self._waiting[:ACK_GROUP_MAX]
-                    if not group:
+                    if not group and not enqueues:
                         self._sending = False
                         return
-                self._send(group)
+                while enqueues:  # before the acknowledgements that came with or after them
+                    self._enqueue(*enqueues[0])
+                    del enqueues[0]
+                if group:
+                    self._send(group)
         except BaseException:
             with self._lock:
                 self._waiting[:0] = group
+                self._enqueues[:0] = enqueues
                 self._sending = False
             raise
+
+    def _enqueue(self, message: Message[Any], delay: int | None) -> None:
+        sent_at = time.monotonic()
+        try:
+            self._broker.enqueue(message, delay=delay)
+        except LOST_CONNECTION as error:
+            self._broker.reachability.lost(error, sent_at)
+            raise ConnectionClosed(error) from None
 
     def _send(self, broker_ids: list[str]) -> None:
         sent_at = time.monotonic()
@@ -493,6 +519,19 @@ def _acknowledge(broker: GroupAckRedisBroker, thread: Any, messages: list[Messag
         broker.emit_after("ack", message)
 
 
+# The attribute of a MessageProxy that holds what `enqueue_before_ack` asked for.
+_ENQUEUE_FIRST = "_reminders_enqueue_before_ack"
+
+
+def enqueue_before_ack(message: MessageProxy, copy: Message[Any], delay: int | None) -> None:
+    """Have ``copy`` enqueued, delayed by ``delay`` milliseconds (or not), as ``message`` is
+    acknowledged and before: the acknowledgement's sender (`AckGroup`) makes it, waiting
+    for Redis as acknowledgements do. For an enqueue that a lost connection kept from Redis
+    (a failed attempt's retry): the message stays unacknowledged until its retry is on the
+    queue, so a crash meanwhile loses neither (maintenance gives the message back)."""
+    setattr(message, _ENQUEUE_FIRST, (copy, delay))
+
+
 class _GroupAckConsumer(_RedisConsumer):
     """Dramatiq's Redis consumer, with acknowledgements sent as a group (`AckGroup`), a full
     window refilled as soon as a thread frees room, and a delay queue's held messages taken
@@ -611,10 +650,15 @@ class _GroupAckConsumer(_RedisConsumer):
     def ack_many(self, messages: Sequence[MessageProxy]) -> None:
         """Acknowledge ``messages`` in a group (see `AckGroup.add`); ``ack_many([])`` sends
         again what a connection error kept waiting."""
+        enqueues = []
         for message in messages:
             self.queued_message_ids.discard(message.message_id)
+            first = getattr(message, _ENQUEUE_FIRST, None)
+            if first is not None:
+                enqueues.append(first)
+                setattr(message, _ENQUEUE_FIRST, None)  # handed over once
         self._room.set()
-        self._acks.add([message.options["redis_message_id"] for message in messages])
+        self._acks.add([message.options["redis_message_id"] for message in messages], enqueues)
 
     def nack(self, message: MessageProxy) -> None:
         try:
