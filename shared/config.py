@@ -37,9 +37,10 @@ DEFAULT_PEER_TIMEOUT_SECONDS = 5
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 15_000
 
 # REMINDERS_PREFETCH_PER_THREAD's default. Measured (bench/README.md): a worker group's rate
-# to a receiver that answers at once is the same at 1, 2, 4 and 16 per thread, and its
-# no-op ceiling at 4 is 0.93 of 16's; a slow or cut-off process holds a quarter of what 16
-# made it hold, and a few messages per thread still hide a far Redis's round trip.
+# to a receiver that answers at once is the same at 1, 2, 4 and 16 per thread, and its no-op
+# ceiling at 4 is 0.8 of 16's, thirty times what deliveries reach; a slow or cut-off process
+# holds a quarter of what 16 made it hold, and a few per thread still hide a far Redis's
+# round trip.
 DEFAULT_PREFETCH_PER_THREAD = 4
 
 # minute, hour, day of month, month, day of week (0 and 7 are Sunday)
