@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cli.processes import scheduler_env, worker_argv, worker_env  # noqa: E402
-from shared.config import Settings  # noqa: E402
+from shared.config import Settings, load_settings  # noqa: E402
 from shared.delivery.endpoints import DEFAULT_MAX_CONCURRENCY  # noqa: E402
 from shared.delivery.secret_box import SecretBox  # noqa: E402
 from shared.delivery.signing import new_endpoint_secret  # noqa: E402
@@ -256,14 +256,18 @@ def count_sent(env: Env) -> int:
 
 
 @contextmanager
-def service(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """A long-running process in its own session, its output in a temporary file, stopped after."""
+def service(
+    argv: list[str], env: dict[str, str], cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running process in its own session, its output in a temporary file, stopped after;
+    ``cwd``: the source tree it runs (this one by default)."""
     log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=log, start_new_session=True)
     try:
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with suppress(ProcessLookupError):  # it may have ended on its own
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -282,7 +286,7 @@ def worker_group(
     argv[0], argv[argv.index("workers.app")] = sys.executable, module
     # INFO, as in production: the log channel's delivery *is* its ``reminder.sent`` line.
     base = env.process_env(REMINDERS_LOG_LEVEL="INFO", **more_env)
-    group_env = worker_env(env.settings, base, threads)
+    group_env = worker_env(load_settings(base), base, threads)
     with service(argv, group_env) as proc:
         group = psutil.Process(proc.pid)
         # Every worker process's broker adds its heartbeat at its first fetch from Redis: the

@@ -93,10 +93,6 @@ def scheduler_argv() -> list[str]:
     return ["python", "-m", "cli.launch", "periodiq", "workers.app"]
 
 
-# Messages each worker process fetches ahead, per thread. Dramatiq's default (2) leaves its
-# consumer sleeping in back-off whenever that small window is full of unacknowledged
-# messages, which caps throughput well below what the threads can do.
-PREFETCH_PER_THREAD = 16
 IDLE_POLL_MS = 200
 CONSUMER_RESTART_MS = 1000
 
@@ -104,7 +100,8 @@ CONSUMER_RESTART_MS = 1000
 def worker_env(settings: Settings, base: dict[str, str], threads: int) -> dict[str, str]:
     """A worker group's environment: prefetch, and Prometheus files when metrics are on."""
     env = dict(base)
-    env.setdefault("dramatiq_queue_prefetch", str(threads * PREFETCH_PER_THREAD))
+    # What each process may fetch ahead of its threads: all a slow or cut-off one holds back.
+    env.setdefault("dramatiq_queue_prefetch", str(threads * settings.prefetch_per_thread))
     # How long an idle consumer may sleep between polls of Redis (Dramatiq's default: 1 s).
     # A delayed reminder waits for one poll of the delay queue's consumer, then one of the
     # queue's: a shorter cap keeps it within a fraction of a second of its remind time.

@@ -30,6 +30,20 @@ THIRTY_DAYS = 30 * 24 * 3600
 # answer here, well below TCP's own minutes.
 DEFAULT_PEER_TIMEOUT_SECONDS = 5
 
+# REMINDERS_HEARTBEAT_TIMEOUT_MS's default: three times the peer timeout's. A worker that
+# loses Redis gives the connection up after the peer timeout and is connected again within
+# a second or two of Redis answering, so a cut of up to about ten seconds leaves it its
+# messages; a worker killed or cut off for longer has them given back within this plus a
+# second. A healthy worker, however busy, is never silent half a second (bench/README.md).
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 15_000
+
+# REMINDERS_PREFETCH_PER_THREAD's default. Measured (bench/README.md): a worker group's rate
+# to a receiver that answers at once is the same at 1, 2, 4 and 16 per thread, and its no-op
+# ceiling at 4 is 0.8 of 16's, thirty times what deliveries reach; a slow or cut-off process
+# holds a quarter of what 16 made it hold, and a few per thread still hide a far Redis's
+# round trip.
+DEFAULT_PREFETCH_PER_THREAD = 4
+
 # minute, hour, day of month, month, day of week (0 and 7 are Sunday)
 CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
@@ -231,11 +245,21 @@ class Settings(BaseModel):
         "failure record regardless.",
     )
     heartbeat_timeout_ms: int = Field(
-        default=60_000,
+        default=DEFAULT_HEARTBEAT_TIMEOUT_MS,
         ge=1000,
         validation_alias="REMINDERS_HEARTBEAT_TIMEOUT_MS",
-        description="A worker silent this long is presumed dead and its unacked "
-        "messages are given back by the broker.",
+        description="A worker process silent this long (no call to Redis: it beats every "
+        "second) is presumed dead, and the messages it fetched and did not finish go back "
+        "on the queue for the others.",
+    )
+    prefetch_per_thread: int = Field(
+        default=DEFAULT_PREFETCH_PER_THREAD,
+        ge=1,
+        le=1000,
+        validation_alias="REMINDERS_PREFETCH_PER_THREAD",
+        description="Reminders each worker process fetches ahead of its threads, per thread: "
+        "what a slow or cut-off process holds back from the others is at most this many "
+        "per thread.",
     )
     peer_timeout_seconds: int = Field(
         default=DEFAULT_PEER_TIMEOUT_SECONDS,

@@ -1,10 +1,12 @@
-"""A TCP forwarder that a test can cut, to lose a server for real."""
+"""A TCP forwarder that a test can cut, to lose a server for real, or slow, to put it far away."""
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from shared.config import keepalive_for
@@ -20,6 +22,11 @@ class TcpProxy:
     While cut, the port refuses connections, as a server that went away does;
     `restore` listens on the same port again.
 
+    ``latency`` (seconds) holds every chunk of bytes that long before it is passed on, in
+    each direction, so a round trip through the proxy takes twice as long more: a server on
+    a link with that one-way delay (where the kernel lacks netem). Order is kept; bandwidth
+    is not limited.
+
     ``listen`` makes the listening socket for a port (0: any), elsewhere than on loopback
     (`tests.partition.Partition.listen`: on a link the test can pull). ``peer_timeout``
     gives the client side of each connection the keepalive and user timeout a server of
@@ -32,8 +39,10 @@ class TcpProxy:
         upstream: tuple[str, int],
         listen: Callable[[int], socket.socket] = on_loopback,
         peer_timeout: int | None = None,
+        latency: float = 0.0,
     ) -> None:
         self.upstream = upstream
+        self.latency = latency
         self._make_listener = listen
         self._peer_timeout = peer_timeout
         self._lock = threading.Lock()
@@ -74,8 +83,13 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._sockets += [client, server]
+            pump = self._pump
+            if self.latency:
+                pump = self._delayed_pump
+                for sock in (client, server):  # each chunk sent as it comes due
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+                threading.Thread(target=pump, args=(source, target), daemon=True).start()
 
     @staticmethod
     def _pump(source: socket.socket, target: socket.socket) -> None:
@@ -85,6 +99,28 @@ class TcpProxy:
         for sock in (source, target):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _delayed_pump(self, source: socket.socket, target: socket.socket) -> None:
+        """As `_pump`, each chunk passed on `latency` seconds after it arrived."""
+        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+
+        def pass_on() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    due, data = chunks.get()
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    if not data:
+                        break
+                    target.sendall(data)
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=pass_on, daemon=True).start()
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                chunks.put((time.monotonic() + self.latency, data))
+        chunks.put((time.monotonic() + self.latency, b""))  # the end, after what came before
 
     def cut(self) -> None:
         """Refuse new connections and drop every open one."""

@@ -33,7 +33,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broker.gate import RESERVED_SLOT, WOKEN_FOR, Gate, Verdict, endpoint_receiver
-from shared.broker.queue import QUEUE_NAME, SCAN_DUE_TASKS, SCAN_QUEUE_NAME, SEND_REMINDER
+from shared.broker.queue import (
+    QUEUE_NAME,
+    SCAN_DUE_TASKS,
+    SCAN_QUEUE_NAME,
+    SEND_REMINDER,
+    broker_down,
+)
 from shared.broker.redis_broker import ENDPOINT
 from shared.config import Settings
 from shared.delivery.endpoints import purge_attempts
@@ -108,14 +114,17 @@ class RecordFailedAttempts(Middleware):
 
     def _count_retry(self, broker: Any, error_type: str) -> None:
         metrics.RETRIED.labels(error_type).inc()
-        # The ops page's retries per minute; best effort, it never fails the attempt.
-        record_retry(broker.client, self.pipeline.settings.redis_namespace, utcnow())
+        # The ops page's retries per minute; best effort, it never fails the attempt, nor
+        # holds up the middleware after it (the database gate) waiting on a lost Redis.
+        if not broker_down(broker):
+            record_retry(broker.client, self.pipeline.settings.redis_namespace, utcnow())
 
     def _count_dead_letter(self, broker: Any, error_type: str) -> None:
         metrics.DEAD_LETTERED.labels(error_type).inc()
         # The ops page's dead letters per minute, kept as they happen: an operator's retry
-        # later does not take one back. Best effort, it never fails the attempt.
-        record_dead_letters(broker.client, self.pipeline.settings.redis_namespace, utcnow())
+        # later does not take one back. Best effort, as retries above.
+        if not broker_down(broker):
+            record_dead_letters(broker.client, self.pipeline.settings.redis_namespace, utcnow())
 
     def after_process_message(
         self,

@@ -295,8 +295,7 @@ def scan_due_tasks(
     result = ScanResult()
     _extend_series(sessions, settings, now, result)
     _enqueue_due(sessions, broker, settings, now, result)
-    for queue_name in (QUEUE_NAME, SCAN_QUEUE_NAME):
-        run_maintenance(broker, queue_name)
+    run_maintenance(broker, QUEUE_NAME, SCAN_QUEUE_NAME)
     _requeue_lost(sessions, broker, settings, now, result)
     result.seconds = time.perf_counter() - started
     log.info(

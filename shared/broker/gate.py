@@ -54,7 +54,9 @@ from shared.config import Settings
 # A rate reservation is honoured if its message comes back this long after its slot at most
 # (a backlog in the queue); later, it takes a new slot.
 RESERVATION_GRACE_MS = 2_000
-# How long a slot freed for a woken message stays reserved for it while it travels the queue.
+# How long a slot freed for a woken message stays reserved for it while it travels the queue
+# (at least: `make_gate` keeps it longer than the heartbeat bound, so a woken message whose
+# worker dies before it sends still finds its slot when it comes back).
 WAKE_LEASE_MS = 60_000
 # A receiver is slow while its requests take this long (their running average, or one still
 # in flight for longer).
@@ -421,12 +423,14 @@ class Gate:
         queue_name: str,
         *,
         lease_ms: int,
+        wake_lease_ms: int = WAKE_LEASE_MS,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.client = client
         self.namespace = namespace
         self.queue_key = f"{namespace}:{queue_name}"
         self.lease_ms = lease_ms
+        self.wake_lease_ms = wake_lease_ms
         self.clock_ms = clock_ms
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
@@ -459,7 +463,7 @@ class Gate:
                 SLOW_MS,
                 parked_value(message, receiver),
                 self.queue_key,
-                WAKE_LEASE_MS,
+                self.wake_lease_ms,
                 per_window,
             ]
         )
@@ -495,7 +499,7 @@ class Gate:
                 duration_ms,
                 back_off_ms,
                 self.queue_key,
-                WAKE_LEASE_MS,
+                self.wake_lease_ms,
                 "1" if slow_lane else "0",
                 "1" if throttled else "0",
             ]
@@ -515,7 +519,7 @@ class Gate:
                     message.message_id,
                     parked_value(message, receiver),
                     self.queue_key,
-                    WAKE_LEASE_MS,
+                    self.wake_lease_ms,
                 ]
             )
         )
@@ -544,7 +548,7 @@ class Gate:
                 parked_value(message, receiver, {SLOW_LANE_HOPS_OPTION: hops}),
                 how,
                 self.queue_key,
-                WAKE_LEASE_MS,
+                self.wake_lease_ms,
             ]
         )
 
@@ -552,7 +556,14 @@ class Gate:
         """Wake what waits on slots freed by expired leases (a worker killed mid-request), and
         up to ``slow_wake`` messages of the slow lane; returns how many were woken."""
         woken: int = self._sweep(
-            args=[self.namespace, "", self._now_ms(), self.queue_key, WAKE_LEASE_MS, slow_wake]
+            args=[
+                self.namespace,
+                "",
+                self._now_ms(),
+                self.queue_key,
+                self.wake_lease_ms,
+                slow_wake,
+            ]
         )
         return woken
 
@@ -618,10 +629,20 @@ def make_gate(
     """The gate on the broker's Redis, under its namespace, for ``send_reminder``'s queue:
     built the same way by the workers (to admit) and by what shows operators the receivers
     (the API, the CLI). A lease outlives the longest request (the webhook timeout bounds the
-    whole call) by ten seconds. ``clock_ms``: the time, in milliseconds since the epoch
-    (None: Redis' own)."""
+    whole call) by ten seconds. A slot reserved for a woken message outlives the time its
+    worker's death takes to be noticed (``REMINDERS_HEARTBEAT_TIMEOUT_MS``) by five seconds,
+    and is kept `WAKE_LEASE_MS` at least. ``clock_ms``: the time, in milliseconds since the
+    epoch (None: Redis' own)."""
     lease_ms = round((settings.webhook_timeout_seconds + 10) * 1000)
-    return Gate(broker.client, broker.namespace, QUEUE_NAME, lease_ms=lease_ms, clock_ms=clock_ms)
+    wake_lease_ms = max(WAKE_LEASE_MS, settings.heartbeat_timeout_ms + 5_000)
+    return Gate(
+        broker.client,
+        broker.namespace,
+        QUEUE_NAME,
+        lease_ms=lease_ms,
+        wake_lease_ms=wake_lease_ms,
+        clock_ms=clock_ms,
+    )
 
 
 def parked_message_ids(client: Any, namespace: str) -> set[str]:

@@ -18,18 +18,23 @@ from typing import Any
 
 import redis
 from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 from sqlalchemy import Engine, update
 
 from shared.broker.connection import redis_client, redis_options
+from shared.broker.heartbeat import Heartbeat
+from shared.broker.reachability import LOST_CONNECTION
 from shared.broker.redis_broker import (
     ENDPOINT,
     OWNER,
     BatchedDelayHandOver,
     GroupAckRedisBroker,
     enqueue_batch,
+    enqueue_before_ack,
     interleave_owners,
 )
 from shared.config import Settings
@@ -46,12 +51,21 @@ SCAN_DUE_TASKS = "scan_due_tasks"
 
 
 class OutageAwareRetries(Retries):
-    """Dramatiq's Retries, except for an attempt that failed because the database is down.
+    """Dramatiq's Retries, except for an attempt that failed because the database is down,
+    and a retry that cannot reach Redis.
 
-    Such an attempt says nothing about the reminder, so it is put back on the queue after
-    ``min_backoff`` without counting against ``max_retries``; the worker's
-    ``workers.outage.DatabaseGate`` meanwhile holds every message until the database
-    answers. Every other failure is counted and backed off as Dramatiq does.
+    An attempt that met a database outage says nothing about the reminder, so it is put
+    back on the queue after ``min_backoff`` without counting against ``max_retries``; the
+    worker's ``workers.outage.DatabaseGate`` meanwhile holds every message until the
+    database answers. Every other failure is counted and backed off as Dramatiq does.
+
+    The retry is enqueued before the attempt's message is acknowledged. Dramatiq's Retries
+    lets a lost Redis connection escape from that enqueue (logged, nothing more), and the
+    message is then acknowledged once Redis answers: the retry is lost, and the reminder
+    waits for the producer's lost-message check (``REMINDERS_REQUEUE_AFTER``). Here such a
+    retry goes with the acknowledgement instead (`enqueue_before_ack`): both wait for Redis
+    to answer, the retry first; the worker thread goes on (a host cut off from both its
+    database and Redis retries its attempts in flight once it is back).
     """
 
     def after_process_message(
@@ -62,11 +76,45 @@ class OutageAwareRetries(Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None or not database_unreachable(exception):
-            super().after_process_message(broker, message, result=result, exception=exception)
+        if exception is None:
+            return
+        retrying = _RetryEnqueue(broker, message)
+        if not database_unreachable(exception):
+            super().after_process_message(retrying, message, result=result, exception=exception)
             return
         message.options["requeue_timestamp"] = int(time.time() * 1000)
-        broker.enqueue(message, delay=self.min_backoff)
+        retrying.enqueue(message, delay=self.min_backoff)
+
+
+_REDIS_UNREACHABLE: tuple[type[Exception], ...] = (*LOST_CONNECTION, BrokerConnectionError)
+
+
+class _RetryEnqueue:
+    """``broker`` whose ``enqueue`` of the retry of ``attempt`` is left to the attempt's
+    acknowledgement when Redis cannot be reached (see `OutageAwareRetries`); everything
+    else is the broker's."""
+
+    def __init__(self, broker: Any, attempt: MessageProxy) -> None:
+        self._broker = broker
+        self._attempt = attempt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        if not broker_down(self._broker):  # else no connection attempt to wait out first
+            try:
+                return self._broker.enqueue(message, delay=delay)
+            except _REDIS_UNREACHABLE:
+                pass
+        enqueue_before_ack(self._attempt, message.copy(), delay)
+        return None
+
+
+def broker_down(broker: Any) -> bool:
+    """Whether ``broker``'s consumers have lost Redis and not reached it again since."""
+    reachability = getattr(broker, "reachability", None)
+    return reachability is not None and reachability.down
 
 
 def make_broker(
@@ -79,7 +127,9 @@ def make_broker(
     Callbacks and Pipelines act only on options no actor or message here sets (``max_age``,
     ``notify_shutdown``, ``on_success``/``on_failure``, ``pipe_target``), yet each ran its
     hooks on every message. `BatchedDelayHandOver` moves due delayed messages to their
-    queue in batches (Dramatiq's worker does it one round trip at a time). The broker's
+    queue in batches (Dramatiq's worker does it one round trip at a time). `Heartbeat`
+    beats a worker process's heartbeat every second, however busy its threads, and gives
+    back what silent processes held (Dramatiq leaves both to chance). The broker's
     client is `redis_client`'s for ``REDIS_URL`` (a Sentinel set's follows its primary; a
     silent server is given up after ``REMINDERS_PEER_TIMEOUT``);
     passing ``client`` (e.g. a fakeredis client) replaces it; ``ack_linger_seconds`` lets
@@ -103,6 +153,7 @@ def make_broker(
     )
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(BatchedDelayHandOver())
+    broker.add_middleware(Heartbeat())
     return broker
 
 

@@ -275,6 +275,10 @@ class AckGroup:
     worker closing its consumers sends what waits (`flush`). Without one, the first thread
     to add ids sends them, with every id other threads add meanwhile, until none is left;
     the others go on.
+
+    An acknowledgement may come with an enqueue that must reach Redis first (the retry of a
+    failed attempt that could not be enqueued then: `enqueue_before_ack`): it is made before
+    any acknowledgement added with or after it, and waits with them for Redis to answer.
     """
 
     def __init__(self, broker: GroupAckRedisBroker, queue_name: str) -> None:
@@ -283,6 +287,7 @@ class AckGroup:
         self._linger = broker.ack_linger_seconds
         self._lock = threading.Lock()
         self._waiting: list[str] = []
+        self._enqueues: list[tuple[Message[Any], int | None]] = []
         self._sending = False
         self._wake = threading.Event()
         self._sender: threading.Thread | None = None
@@ -298,8 +303,13 @@ class AckGroup:
         """Whether a group is on its way to Redis."""
         return self._sending
 
-    def add(self, broker_ids: Sequence[str]) -> None:
-        """Acknowledge ``broker_ids``: now (no linger), or within the linger.
+    def add(
+        self,
+        broker_ids: Sequence[str],
+        enqueues: Sequence[tuple[Message[Any], int | None]] = (),
+    ) -> None:
+        """Acknowledge ``broker_ids``: now (no linger), or within the linger; first enqueue
+        each message of ``enqueues`` with its delay (milliseconds or None).
 
         Raises:
             ConnectionClosed: no linger, and Redis could not be reached; the ids stay
@@ -307,6 +317,7 @@ class AckGroup:
                 after a pause).
         """
         with self._lock:
+            self._enqueues.extend(enqueues)
             self._waiting.extend(broker_ids)
             if self._linger:
                 if self._sender is None:
@@ -354,20 +365,35 @@ class AckGroup:
                 return
             self._sending = True
         group: list[str] = []
+        enqueues: list[tuple[Message[Any], int | None]] = []
         try:
             while True:
                 with self._lock:
+                    enqueues, self._enqueues = self._enqueues, []
                     group = self._waiting[:ACK_GROUP_MAX]
                     del self._waiting[:ACK_GROUP_MAX]
-                    if not group:
+                    if not group and not enqueues:
                         self._sending = False
                         return
-                self._send(group)
+                while enqueues:  # before the acknowledgements that came with or after them
+                    self._enqueue(*enqueues[0])
+                    del enqueues[0]
+                if group:
+                    self._send(group)
         except BaseException:
             with self._lock:
                 self._waiting[:0] = group
+                self._enqueues[:0] = enqueues
                 self._sending = False
             raise
+
+    def _enqueue(self, message: Message[Any], delay: int | None) -> None:
+        sent_at = time.monotonic()
+        try:
+            self._broker.enqueue(message, delay=delay)
+        except LOST_CONNECTION as error:
+            self._broker.reachability.lost(error, sent_at)
+            raise ConnectionClosed(error) from None
 
     def _send(self, broker_ids: list[str]) -> None:
         sent_at = time.monotonic()
@@ -497,8 +523,23 @@ def _acknowledge(broker: GroupAckRedisBroker, thread: Any, messages: list[Messag
         broker.emit_after("ack", message)
 
 
+# The attribute of a MessageProxy that holds what `enqueue_before_ack` asked for.
+_ENQUEUE_FIRST = "_reminders_enqueue_before_ack"
+
+
+def enqueue_before_ack(message: MessageProxy, copy: Message[Any], delay: int | None) -> None:
+    """Have ``copy`` enqueued, delayed by ``delay`` milliseconds (or not), as ``message`` is
+    acknowledged and before: the acknowledgement's sender (`AckGroup`) makes it, waiting
+    for Redis as acknowledgements do. For an enqueue that a lost connection kept from Redis
+    (a failed attempt's retry): the message stays unacknowledged until its retry is on the
+    queue, so a crash meanwhile loses neither (maintenance gives the message back)."""
+    setattr(message, _ENQUEUE_FIRST, (copy, delay))
+
+
 class _GroupAckConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer, with acknowledgements sent as a group (`AckGroup`).
+    """Dramatiq's Redis consumer, with acknowledgements sent as a group (`AckGroup`), a full
+    window refilled as soon as a thread frees room, and a delay queue's held messages taken
+    back after a lost connection.
 
     Dramatiq acknowledges each processed message from the worker thread that processed it,
     one script call and one Redis round trip per message. Here the ids go to the broker's
@@ -506,12 +547,30 @@ class _GroupAckConsumer(_RedisConsumer):
     acknowledgement never reached Redis (the process was killed) is given back by
     maintenance and delivered again; delivery is idempotent in the database, so that costs
     a no-op, not a duplicate.
+
+    A consumer holds at most ``prefetch`` messages fetched and not yet acknowledged (its
+    window). Dramatiq's, when the window is full, sleeps in the back-off it uses for an empty
+    queue (up to the worker timeout) before it looks again, so threads idle while it sleeps
+    unless the window is much larger than the threads; here it waits for the next
+    acknowledgement instead, and fetches at once. A small window then costs little
+    throughput, and a slow or cut-off process holds little work
+    (``REMINDERS_PREFETCH_PER_THREAD``).
+
+    A delay queue's consumer keeps the delayed messages it fetched in its thread's memory
+    until they are due. When its connection is lost Dramatiq's consumer thread drops them
+    and starts afresh, but Redis still counts them fetched by this live instance, which
+    maintenance never gives back: they would wait for the process to end. The consumer that
+    takes over (`_reclaim`, before its first fetch) puts them back on the delay queue.
     """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._acks = self.broker.ack_group(self.queue_name)
         self._set_aside_script = _client(self.broker).register_script(_SET_ASIDE)
+        self._room = threading.Event()  # set when an acknowledgement frees room in the window
+        # A delay queue's consumer starts with its thread's delayed messages dropped.
+        self._reclaim_script = _client(self.broker).register_script(_RECLAIM)
+        self._reclaimed = not self.queue_name.endswith(".DQ")
 
     def __next__(self) -> MessageProxy | None:
         """The next message, or None after an idle wait; as Dramatiq's, except for bodies
@@ -531,13 +590,18 @@ class _GroupAckConsumer(_RedisConsumer):
                         continue
                     self.queued_message_ids.add(message.message_id)
                     return MessageProxy(message)
-                fetched: list[bytes | None] = []
-                if self.outstanding_message_count < self.prefetch:
-                    sent_at = time.monotonic()
-                    self.message_cache = fetched = self.broker.do_fetch(
-                        self.queue_name, self.prefetch - self.outstanding_message_count
-                    )
-                    self.broker.reachability.answered()
+                self._room.clear()
+                if self.outstanding_message_count >= self.prefetch:
+                    # The window is full: fetch as soon as a thread frees room in it.
+                    self._room.wait(self.timeout / 1000)
+                    return None
+                sent_at = time.monotonic()
+                if not self._reclaimed:
+                    self._reclaim()
+                self.message_cache = fetched = self.broker.do_fetch(
+                    self.queue_name, self.prefetch - self.outstanding_message_count
+                )
+                self.broker.reachability.answered()
                 if not fetched:
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
                     time.sleep(backoff_ms / 1000)
@@ -590,14 +654,58 @@ class _GroupAckConsumer(_RedisConsumer):
     def ack_many(self, messages: Sequence[MessageProxy]) -> None:
         """Acknowledge ``messages`` in a group (see `AckGroup.add`); ``ack_many([])`` sends
         again what a connection error kept waiting."""
+        enqueues = []
         for message in messages:
             self.queued_message_ids.discard(message.message_id)
-        self._acks.add([message.options["redis_message_id"] for message in messages])
+            first = getattr(message, _ENQUEUE_FIRST, None)
+            if first is not None:
+                enqueues.append(first)
+                setattr(message, _ENQUEUE_FIRST, None)  # handed over once
+        self._room.set()
+        self._acks.add([message.options["redis_message_id"] for message in messages], enqueues)
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)
+        finally:
+            self._room.set()
+
+    def _reclaim(self) -> None:
+        """Put back on this delay queue every message this instance fetched from it: none
+        is held in memory any more (see the class). Raises what the script call raises."""
+        broker: RedisBroker = self.broker
+        namespace = broker.namespace
+        count = self._reclaim_script(
+            keys=[
+                f"{namespace}:__acks__.{broker.broker_id}.{self.queue_name}",
+                f"{namespace}:{self.queue_name}",
+                f"{namespace}:{self.queue_name}.msgs",
+            ]
+        )
+        self._reclaimed = True
+        if count:
+            log.info("broker.delayed_reclaimed", queue=self.queue_name, count=count)
 
     def close(self) -> None:
         """Send the acknowledgements still waiting (the worker is stopping, or this consumer
         is replaced after a lost connection)."""
         self._acks.flush()
+
+
+# Dramatiq's requeue (dispatch.lua) of every id of a consumer's set of fetched, unacknowledged
+# ids. KEYS: that set, the queue's list, the queue's messages hash. Returns how many went back.
+_RECLAIM = """
+local ids = redis.call("smembers", KEYS[1])
+local count = 0
+for _, broker_id in ipairs(ids) do
+    if redis.call("hexists", KEYS[3], broker_id) > 0 then
+        redis.call("rpush", KEYS[2], broker_id)
+        count = count + 1
+    end
+end
+redis.call("del", KEYS[1])
+return count
+"""
 
 
 # Finds the entry of an undecodable body among a consumer's fetched, unacknowledged ids and
@@ -643,31 +751,42 @@ def pending_message_ids(broker: RedisBroker, queue_name: str) -> set[str]:
 
 
 def run_maintenance(
-    broker: RedisBroker, queue_name: str, clock: Callable[[], int] = current_millis
+    broker: RedisBroker, *queue_names: str, clock: Callable[[], int] = current_millis
 ) -> None:
     """Give back messages held by dead workers and expire old dead letters, now.
 
     Dramatiq does this only on a random 0.1% of broker calls, which can leave a SIGKILLed
-    worker's messages stranded for many minutes; the producer calls this on every scan.
-    ``clock`` (milliseconds since the epoch) is the time the heartbeats and dead letters'
-    ages are judged at; Dramatiq stamps both with the same clock.
+    worker's messages stranded for many minutes; every worker process calls this each
+    second (`shared.broker.heartbeat.Heartbeat`), and the producer on every scan. One call
+    of Dramatiq's ``dispatch`` script with maintenance on per queue of ``queue_names`` and
+    per delay queue, in one round trip; as every Dramatiq call, it also stamps ``broker``'s
+    own heartbeat. ``clock`` (milliseconds since the epoch) is the time the heartbeats and
+    dead letters' ages are judged at, and this instance stamped with; Dramatiq stamps both
+    with the same clock.
+
+    Raises:
+        redis.RedisError: Redis did not answer (a lost connection among others).
     """
     dispatch = broker.scripts["dispatch"]
     now_ms = clock()
-    for name in (queue_name, dq_name(queue_name)):
-        dispatch(
-            args=[
-                "qsize",
-                now_ms,
-                name,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                1,  # do maintenance
-                broker._max_unpack_size(),
-            ],
-            keys=[broker.namespace],
-        )
+    with _client(broker).pipeline(transaction=False) as pipe:
+        for queue_name in queue_names:
+            for name in (queue_name, dq_name(queue_name)):
+                dispatch(
+                    keys=[broker.namespace],
+                    args=[
+                        "qsize",
+                        now_ms,
+                        name,
+                        broker.broker_id,
+                        broker.heartbeat_timeout,
+                        broker.dead_message_ttl,
+                        1,  # do maintenance
+                        broker._max_unpack_size(),
+                    ],
+                    client=pipe,
+                )
+        pipe.execute()
 
 
 @dataclass(frozen=True)

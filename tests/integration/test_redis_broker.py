@@ -42,6 +42,7 @@ from shared.broker.redis_broker import (
     remove_dead_letter,
     run_maintenance,
 )
+from shared.config import DEFAULT_HEARTBEAT_TIMEOUT_MS as TIMEOUT_MS
 from tests.conftest import REDIS_URL, make_settings
 from tests.tcp_proxy import TcpProxy
 
@@ -384,7 +385,7 @@ def later(milliseconds: int) -> Callable[[], int]:
 def test_maintenance_gives_back_the_messages_of_a_broker_instance_that_stopped_beating(
     brokers: BrokerFactory,
 ) -> None:
-    """Judged at an injected time past the (default, 60 s) heartbeat timeout: the timeout is
+    """Judged at an injected time past the (default) heartbeat timeout: the timeout is
     arithmetic on the heartbeats' stamps, which the Redis script does with the time given."""
     dying = brokers()
     survivor = brokers()
@@ -393,9 +394,9 @@ def test_maintenance_gives_back_the_messages_of_a_broker_instance_that_stopped_b
     assert stranded.message_id == sent.message_id
     assert queue_depth(survivor, QUEUE_NAME).in_flight == 1
 
-    run_maintenance(survivor, QUEUE_NAME, clock=later(55_000))  # silent, not yet dead
+    run_maintenance(survivor, QUEUE_NAME, clock=later(TIMEOUT_MS - 5000))  # silent, not yet dead
     assert queue_depth(survivor, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 1, 0)
-    run_maintenance(survivor, QUEUE_NAME, clock=later(61_000))  # past the heartbeat timeout
+    run_maintenance(survivor, QUEUE_NAME, clock=later(TIMEOUT_MS + 1000))  # past the timeout
 
     assert queue_depth(survivor, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 1, 0, 0, 0)
     again = fetch(survivor)
@@ -412,7 +413,7 @@ def test_maintenance_gives_back_delayed_messages_of_a_dead_instance(
     sent = survivor.enqueue(message(), delay=100)
     assert fetch(dying, dq_name(QUEUE_NAME)).message_id == sent.message_id
 
-    run_maintenance(survivor, QUEUE_NAME, clock=later(61_000))  # past the heartbeat timeout
+    run_maintenance(survivor, QUEUE_NAME, clock=later(TIMEOUT_MS + 1000))  # past the timeout
 
     assert fetch(survivor, dq_name(QUEUE_NAME)).message_id == sent.message_id
 
@@ -440,14 +441,14 @@ def test_maintenance_leaves_a_live_instance_its_messages(brokers: BrokerFactory)
 def test_maintenance_leaves_a_recently_silent_instance_its_messages(
     brokers: BrokerFactory,
 ) -> None:
-    """Silent for less than the heartbeat timeout is not dead: judged 59 s after its last
-    call, at an injected time."""
-    quiet = brokers()  # default timeout: 60 s
+    """Silent for less than the heartbeat timeout is not dead: judged a second before the
+    (default) timeout after its last call, at an injected time."""
+    quiet = brokers()
     other = brokers()
     other.enqueue(message())
     fetch(quiet)
 
-    run_maintenance(other, QUEUE_NAME, clock=later(59_000))
+    run_maintenance(other, QUEUE_NAME, clock=later(TIMEOUT_MS - 1000))
 
     assert queue_depth(other, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 1, 0)
 
@@ -469,6 +470,69 @@ def test_maintenance_expires_dead_letters_older_than_the_ttl_and_keeps_younger_o
 
     assert dead_message_ids(broker, QUEUE_NAME) == {young.message_id}
     assert queue_depth(broker, QUEUE_NAME).dead == 1
+
+
+# -- each worker process beats, and gives back what silent ones held (Heartbeat) ---------------
+
+
+@pytest.mark.slow
+def test_a_running_worker_gives_back_what_a_silent_instance_held_without_a_scan(
+    brokers: BrokerFactory,
+) -> None:
+    """No producer scan and no chance: the live worker's own heartbeat thread runs maintenance
+    and hands the silent instance's message to the live worker.
+
+    Real time: a heartbeat timeout of 1 s, judged by the live worker's clock."""
+    silent = brokers(heartbeat_timeout_ms=1000)
+    live = brokers(heartbeat_timeout_ms=1000)
+    live.maintenance_chance = 0  # Dramatiq's maintenance on a random call: left out
+    processed: list[int] = []
+
+    @dramatiq.actor(broker=live, queue_name=QUEUE_NAME, actor_name="record")
+    def record(number: int) -> None:
+        processed.append(number)
+
+    enqueue_batch(live, [recorded(7)])
+    fetch(silent)  # fetched, then never a word again: killed, or cut off
+    with worker_until(live, lambda: bool(processed), seconds=10):
+        pass
+
+    assert processed == [7]
+    assert queue_depth(live, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
+
+
+@pytest.mark.slow
+def test_a_worker_whose_threads_are_busy_longer_than_the_timeout_keeps_its_messages(
+    brokers: BrokerFactory,
+) -> None:
+    """A worker's one thread takes 1.5 s per message, 6 s in all with a heartbeat timeout of
+    1 s, while another instance runs maintenance every 100 ms: nothing it fetched is given
+    back, so nothing is processed twice.
+
+    Real time: the timeout is judged against the worker's own stamps as time passes."""
+    live = brokers(heartbeat_timeout_ms=1000)
+    other = brokers(heartbeat_timeout_ms=1000)
+    processed: list[int] = []
+
+    @dramatiq.actor(broker=live, queue_name=QUEUE_NAME, actor_name="record")
+    def record(number: int) -> None:
+        time.sleep(1.5)
+        processed.append(number)
+
+    enqueue_batch(live, [recorded(number) for number in range(4)])
+    worker = Worker(live, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(processed) < 4 and time.monotonic() < deadline:
+            run_maintenance(other, QUEUE_NAME)
+            time.sleep(0.1)
+        time.sleep(0.5)  # a message given back would be processed again by now
+    finally:
+        worker.stop()
+
+    assert processed == [0, 1, 2, 3]
+    assert queue_depth(other, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
 
 
 def test_a_batch_is_enqueued_in_order_and_consumed_like_single_enqueues(
@@ -546,6 +610,85 @@ def test_due_delayed_messages_are_each_processed_once_and_the_not_due_are_held(
     # The 300 not yet due: fetched by the worker and held (in flight on the delay queue).
     assert held == QueueDepth(QUEUE_NAME, ready=0, delayed=300, in_flight=0, dead=0)
     assert len(pending_message_ids(broker, QUEUE_NAME)) == 300
+
+
+@pytest.mark.slow
+def test_delayed_messages_held_through_a_lost_connection_still_go_out(
+    brokers: BrokerFactory,
+) -> None:
+    """A worker whose delay-queue consumer loses Redis drops the delayed messages it held in
+    memory (Dramatiq's consumer thread starts afresh); they stay fetched by this live instance
+    in Redis, which maintenance never gives back. Its restarted consumer takes them back.
+
+    Real time: the messages are released by the worker's own clock, after a reconnection."""
+    server = urlsplit(REDIS_URL)
+    proxy = TcpProxy((server.hostname or "127.0.0.1", server.port or 6379))
+    try:
+        broker = brokers(redis_url=server._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+        processed: list[int] = []
+
+        @dramatiq.actor(broker=broker, queue_name=QUEUE_NAME, actor_name="record")
+        def record(number: int) -> None:
+            processed.append(number)
+
+        direct = brokers()
+        eta = current_millis() + 3000
+        enqueue_batch(direct, [recorded(n, dq_name(QUEUE_NAME), eta=eta) for n in range(3)])
+
+        def held() -> bool:  # fetched from the delay queue, waiting in the worker's memory
+            return direct.client.llen(f"{direct.namespace}:{dq_name(QUEUE_NAME)}") == 0
+
+        with worker_until(broker, held, seconds=10):
+            assert held()
+            proxy.cut()
+            time.sleep(0.5)  # every consumer meets the lost connection
+            proxy.restore()
+            deadline = time.monotonic() + 20
+            while len(processed) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        proxy.close()
+
+    assert sorted(processed) == [0, 1, 2]
+    assert queue_depth(direct, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
+
+
+# -- retries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_retry_that_cannot_reach_redis_is_enqueued_once_redis_answers(
+    brokers: BrokerFactory,
+) -> None:
+    """An attempt fails while the worker's Redis connection is cut: its retry goes on the
+    queue when Redis answers again, instead of being lost with the failed attempt's
+    acknowledgement (the reminder would then wait for the producer's lost-message check).
+
+    Real time: Redis is unreachable for a second, and the retry waits out its backoff."""
+    server = urlsplit(REDIS_URL)
+    proxy = TcpProxy((server.hostname or "127.0.0.1", server.port or 6379))
+    try:
+        broker = brokers(redis_url=server._replace(netloc=f"127.0.0.1:{proxy.port}").geturl())
+        attempts: list[int] = []
+
+        @dramatiq.actor(broker=broker, queue_name=QUEUE_NAME, actor_name="record")
+        def record(number: int) -> None:
+            attempts.append(number)
+            if len(attempts) == 1:
+                proxy.cut()  # the host loses Redis as its attempt fails
+                threading.Timer(1.0, proxy.restore).start()
+                raise RuntimeError("a transient failure")
+
+        direct = brokers()
+        enqueue_batch(direct, [recorded(5)])
+        with worker_until(broker, lambda: len(attempts) >= 2, seconds=30):
+            pass
+    finally:
+        proxy.close()
+
+    assert attempts == [5, 5]
+    assert in_flight_within(direct, 0) == 0
+    assert queue_depth(direct, QUEUE_NAME) == QueueDepth(QUEUE_NAME, 0, 0, 0, 0)
 
 
 # -- acknowledgements, sent in groups ----------------------------------------------------------

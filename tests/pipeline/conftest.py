@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.broker.queue import make_broker
+from shared.broker.queue import QUEUE_NAME, make_broker
+from shared.broker.redis_broker import decode_message
 from shared.config import Settings
 from shared.delivery.address_guard import Resolver, system_resolver
 from shared.planning.keys import message_id
@@ -266,6 +268,36 @@ class Stack:
                 return True
             time.sleep(interval)
         return condition()
+
+    def broker_instances(self) -> set[str]:
+        """The broker instances that have stamped this namespace's heartbeat: one per worker
+        process (and one per broker of the test's that has called Redis's dispatch)."""
+        client = redis.Redis.from_url(self.settings().redis_url)
+        try:
+            return {m.decode() for m in client.zrange(f"{self.namespace}:__heartbeats__", 0, -1)}
+        finally:
+            client.close()
+
+    def new_instances(self, before: set[str], count: int, timeout: float = 60) -> list[str]:
+        """The ``count`` broker instances that stamp the heartbeat after ``before`` was read
+        (a worker group's processes, once each has called Redis)."""
+        assert self.wait_for(lambda: len(self.broker_instances() - before) >= count, timeout)
+        return sorted(self.broker_instances() - before)
+
+    def held(self, instance: str) -> set[str]:
+        """Message IDs of the reminders broker ``instance`` fetched and has not acknowledged."""
+        client = redis.Redis.from_url(self.settings().redis_url)
+        try:
+            ids = list(client.smembers(f"{self.namespace}:__acks__.{instance}.{QUEUE_NAME}"))
+            bodies = client.hmget(f"{self.namespace}:{QUEUE_NAME}.msgs", ids) if ids else []
+        finally:
+            client.close()
+        return {decode_message(body).message_id for body in bodies if body is not None}
+
+    def unsent(self, message_ids: set[str]) -> set[str]:
+        """Those of ``message_ids`` whose reminder is not ``sent``."""
+        sent = {str(row.message_id) for row in self.reminders() if row.state == "sent"}
+        return message_ids - sent
 
     def env(self, **more: Any) -> dict[str, str]:
         """Environment for real service processes on this test's database and namespace."""

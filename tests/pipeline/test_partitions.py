@@ -7,6 +7,9 @@ would take minutes), and delivers again within one probe interval of the link co
 back; every reminder is delivered, and only those in flight at the cut may come twice.
 A scheduler cut off from Redis across its tick sends the tick once healed, and the tick
 runs however late it is: the reminders due meanwhile do not wait for the next one.
+A host cut off from both for longer than ``REMINDERS_HEARTBEAT_TIMEOUT_MS`` has the
+reminders it held sent by another host within a second more, and sends none of them again
+when the link comes back.
 
 Real time: real processes behind a real link, and the timeouts under test are seconds.
 """
@@ -24,9 +27,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from cli.processes import CONSUMER_RESTART_MS
+from shared.broker.heartbeat import MAX_BEAT_SECONDS
 from shared.broker.queue import QUEUE_NAME, SCAN_DUE_TASKS
-from shared.broker.redis_broker import dead_letters
-from shared.config import DEFAULT_PEER_TIMEOUT_SECONDS
+from shared.broker.redis_broker import dead_letters, queue_depth
+from shared.config import DEFAULT_HEARTBEAT_TIMEOUT_MS, DEFAULT_PEER_TIMEOUT_SECONDS
 from shared.store.db import make_engine
 from shared.store.schema import upgrade
 from tests.partition import Partition, partition
@@ -76,8 +80,8 @@ def wait_for_event(stack: Stack, log: Path, name: str, after: datetime, within: 
     return (at - after).total_seconds()
 
 
-def start_worker(stack: Stack, env: dict[str, str], log: Path) -> None:
-    argv = [str(BIN / "reminders"), "worker", "--processes", "1", "--threads", str(THREADS)]
+def start_worker(stack: Stack, env: dict[str, str], log: Path, threads: int = THREADS) -> None:
+    argv = [str(BIN / "reminders"), "worker", "--processes", "1", "--threads", str(threads)]
     stack.spawn_logged(argv, env, log)
 
 
@@ -297,3 +301,98 @@ def test_a_scheduler_cut_off_from_redis_across_its_tick_sends_it_once_healed_and
     receipts = Counter(receiver.keys())
     assert set(receipts) == {str(row.message_id) for row in rows}
     assert set(receipts.values()) == {1}, receipts.most_common(3)
+
+
+# What the recovered reminders' delivery may take on top of the bound, on a busy machine.
+DELIVERY_ALLOWANCE_SECONDS = 5
+
+
+@pytest.mark.slow
+def test_a_worker_host_cut_off_has_its_reminders_sent_by_another_and_sends_none_again(
+    stack: Stack, receiver: Receiver, link: Partition, tmp_path: Path
+) -> None:
+    """Host A (one worker group) reaches PostgreSQL and Redis through one link, host B
+    directly. A's link is pulled while it holds reminders; B sends them once A's heartbeat
+    is ``REMINDERS_HEARTBEAT_TIMEOUT_MS`` old, within a second more. Only A's requests in
+    flight at the cut (one per thread) reach a receiver twice; healed, A finds the rest sent
+    and sends nothing."""
+    timeout = DEFAULT_HEARTBEAT_TIMEOUT_MS / 1000  # the default is what is measured
+    redis_server = urlsplit(stack.settings().redis_url)
+    pg_server = urlsplit(stack.database_url)
+    redis_proxy = TcpProxy(
+        (redis_server.hostname or "127.0.0.1", redis_server.port or 6379), listen=link.listen
+    )
+    pg_proxy = TcpProxy(
+        (pg_server.hostname or "127.0.0.1", pg_server.port or 5432),
+        listen=link.listen,
+        peer_timeout=PEER_TIMEOUT,
+    )
+    a_receiver = Receiver(delay_seconds=0.5).start()  # A's deliveries take a while: it holds
+    try:
+        settings = {"webhook_secret": "s"}
+        env_a = stack.env(webhook_url=a_receiver.url, **settings)
+        env_a["DATABASE_URL"] = through(stack.database_url, pg_proxy)
+        env_a["REDIS_URL"] = through(stack.settings().redis_url, redis_proxy)
+        count, a_threads = 40, 2
+        enqueue_due(stack, settings, count)
+        before = stack.broker_instances()
+        log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+        start_worker(stack, env_a, log_a, threads=a_threads)
+        [host_a] = stack.new_instances(before, 1)
+        assert stack.wait_for(lambda: len(a_receiver.receipts) >= a_threads, 60), tail(log_a)
+        before = stack.broker_instances()
+        start_worker(stack, stack.env(webhook_url=receiver.url, **settings), log_b)
+        stack.new_instances(before, 1)
+        broker, _ = stack.broker()
+        # B took what A had not fetched: the queue holds nothing, A its window.
+        assert stack.wait_for(lambda: queue_depth(broker, QUEUE_NAME).ready == 0, 60)
+        held = stack.unsent(stack.held(host_a))
+        assert len(held) > a_threads, held
+
+        cut_at, cut_wall = time.monotonic(), datetime.now(UTC)
+        link.cut()
+        assert stack.wait_for(lambda: stack.states() == {"sent": count}, timeout + 60, 0.5), (
+            stack.states()
+        )
+        noticed = {
+            name: wait_for_event(stack, log_a, name, cut_wall, 1)
+            for name in ("broker.unavailable", "database.unavailable")
+        }
+        at_b = {receipt.key: receipt.at for receipt in receiver.receipts}
+        # All but those A finished between reading what it held and the cut (at most one a
+        # thread) went out from B.
+        recovered = held & set(at_b)
+        assert len(recovered) >= len(held) - a_threads, (held, at_b)
+        recovered_after = max(at_b[key] for key in recovered) - cut_at
+        healed_at = datetime.now(UTC)
+        healed = time.monotonic()
+        link.heal()
+        resumed = {
+            name: wait_for_event(
+                stack, log_a, name, healed_at, MAX_PROBE_SECONDS + PEER_TIMEOUT + 10
+            )
+            for name in ("broker.available", "database.available")
+        }
+        # A goes through the reminders it still held, finding each sent by B.
+        assert stack.wait_for(
+            lambda: (
+                "reminder.duplicate_suppressed" in [line.get("event") for line in json_lines(log_a)]
+            ),
+            30,
+            0.5,
+        ), tail(log_a)
+        time.sleep(2)  # a request A made now would have arrived
+    finally:
+        a_receiver.stop()
+
+    print(
+        f"host cut: noticed {noticed}, resumed {resumed} s after the heal; {len(held)} "
+        f"reminders it held sent by the other host {recovered_after:.1f} s after the cut"
+    )
+    assert recovered_after <= timeout + MAX_BEAT_SECONDS + DELIVERY_ALLOWANCE_SECONDS
+    assert not [r.key for r in a_receiver.receipts if r.at > healed]  # A sent nothing again
+    # Every reminder went out, and only A's requests in flight at the cut went out twice.
+    keys = [r.key for r in a_receiver.receipts] + [r.key for r in receiver.receipts]
+    assert set(keys) == {str(row.message_id) for row in stack.reminders()}
+    assert len(keys) - count <= a_threads, Counter(keys).most_common(a_threads + 1)
+    assert len(at_b) == len(receiver.receipts)  # B sent each once

@@ -8,6 +8,7 @@ import pendulum
 import pytest
 from periodiq import cron
 
+from cli.processes import worker_env
 from shared.config import ConfigError, load_settings
 
 SECRET = "whsec-Zq9-do-not-print-me"
@@ -83,6 +84,19 @@ def test_a_bad_deployment_webhook_limit_is_named_with_its_value_and_why(
     assert reason in line
 
 
+@pytest.mark.parametrize(
+    ("environ", "prefetch"), [({}, "32"), ({"REMINDERS_PREFETCH_PER_THREAD": "3"}, "24")]
+)
+def test_a_worker_group_fetches_ahead_its_threads_times_the_prefetch_per_thread(
+    environ: dict[str, str], prefetch: str
+) -> None:
+    """What each worker process of ``reminders worker --threads 8`` may fetch ahead of its
+    threads: all a slow or cut-off process holds back from the others."""
+    env = worker_env(load_settings(environ), {}, threads=8)
+
+    assert env["dramatiq_queue_prefetch"] == prefetch
+
+
 def test_default_scan_runs_every_minute() -> None:
     schedule = cron(load_settings({}).scan_cron)
     start = pendulum.datetime(2030, 3, 31, 0, 0, tz="UTC")
@@ -124,6 +138,9 @@ def test_environment_values_are_read_by_variable_name() -> None:
         ({"REMINDERS_HORIZON": "60"}, "REMINDERS_HORIZON"),
         ({"REMINDERS_HISTORY_DAYS": "7"}, "REMINDERS_HISTORY_DAYS"),
         ({"REMINDERS_LOG_FORMAT": "xml"}, "REMINDERS_LOG_FORMAT"),
+        ({"REMINDERS_PREFETCH_PER_THREAD": "0"}, "REMINDERS_PREFETCH_PER_THREAD"),
+        ({"REMINDERS_PREFETCH_PER_THREAD": "some"}, "REMINDERS_PREFETCH_PER_THREAD"),
+        ({"REMINDERS_HEARTBEAT_TIMEOUT_MS": "500"}, "REMINDERS_HEARTBEAT_TIMEOUT_MS"),
     ],
 )
 def test_bad_variable_is_named_in_the_error(environ: dict[str, str], variable: str) -> None:
